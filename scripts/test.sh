@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up everything the test suite needs on a fresh machine, then runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_system.sh
+python -m pip install -q -e '.[cpu,audio,midi,train,dev]'
+python -m pytest -q "$@"

@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def tone_mix(sr=16000, seconds=3.0, freqs=(220.0, 330.0), seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    x = sum(np.sin(2 * np.pi * f * t) for f in freqs) * 0.2 + 0.01 * rng.standard_normal(t.size)
+    return x.astype(np.float32)

@@ -1,0 +1,194 @@
+"""The Stem-JEPA model family: ViT encoder, predictors (FiLM text / 4-class), beat head, EMA target.
+
+Shapes: ``B`` batch, ``F`` mel bins (80), ``T`` frames (<= 800), ``P = 5 * T/16`` patches,
+``d`` model width, ``C`` text-embedding width.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` positions -> ``(N, dim)`` sin-cos embedding."""
+    omega = 1.0 / (10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)))
+    out = pos.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding ``(cols, rows, dim)``: half the width for the frequency row,
+    half for the time column."""
+    r = torch.arange(rows).repeat(cols)  # time-major token order
+    c = torch.arange(cols).repeat_interleave(rows)
+    emb = torch.cat([sincos_1d(dim // 2, r), sincos_1d(dim // 2, c)], dim=1)
+    return emb.reshape(cols, rows, dim).float()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        hidden = int(d * mlp_ratio)
+        self.fc1 = nn.Linear(d, hidden)
+        self.fc2 = nn.Linear(hidden, d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d)
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d/H)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class Encoder(nn.Module):
+    """ViT over 16x16 log-mel patches, no CLS token.
+
+    ``(B, F, T)`` normalised log-mel -> ``(B, P, d)`` tokens, time-major (``P = T/16 * F/16``).
+    ``T`` may be any multiple of 16 up to ``max_frames``: the position embedding is sliced.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        p = cfg.patch
+        self.patch_embed = nn.Linear(p * p, cfg.d_model)
+        self.register_buffer("pos", sincos_2d(cfg.d_model, cfg.freq_patches, cfg.max_columns), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, F, T)`` -> ``(B, T/p, F/p, p*p)`` patches."""
+        b, f, t = x.shape
+        p = self.cfg.patch
+        x = x.reshape(b, f // p, p, t // p, p).permute(0, 3, 1, 2, 4)
+        return x.reshape(b, t // p, f // p, p * p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, f, t = x.shape
+        cfg = self.cfg
+        if f != cfg.n_mels or t % cfg.patch or t > cfg.max_frames or t == 0:
+            raise ValueError(f"encoder input must be (B, {cfg.n_mels}, T) with T a multiple of {cfg.patch} "
+                             f"up to {cfg.max_frames}; got {tuple(x.shape)}")
+        cols = t // cfg.patch
+        z = self.patch_embed(self.patchify(x)) + self.pos[:cols]  # (B, cols, rows, d)
+        z = z.reshape(b, cols * cfg.freq_patches, cfg.d_model)
+        for blk in self.blocks:
+            z = blk(z)
+        return self.norm(z)
+
+
+class FiLMPredictor(nn.Module):
+    """Per-patch MLP predicting the missing stem's tokens, FiLM-conditioned on a text embedding.
+
+    ``z (B, P, d)``, ``c (B, C)`` -> ``(B, P, d)``. Every hidden layer: ``h <- ReLU(g(c)*h + b(c))``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.predictor_hidden
+        dims = [cfg.d_model] + [h] * (cfg.predictor_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.film = nn.ModuleList(nn.Linear(cfg.text_dim, 2 * h) for _ in self.layers)
+        for f in self.film:  # start as identity modulation
+            nn.init.zeros_(f.weight)
+            nn.init.zeros_(f.bias)
+        self.out = nn.Linear(h, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = z
+        for lin, film in zip(self.layers, self.film):
+            gamma, beta = film(c).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, H) each
+            h = F.relu((1.0 + gamma) * lin(h) + beta)
+        return self.norm(self.out(h))
+
+
+class ClassPredictor(nn.Module):
+    """Stem-JEPA baseline: a learned embedding of 4 classes concatenated to every patch.
+
+    ``z (B, P, d)``, ``k (B,)`` class indices -> ``(B, P, d)``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.predictor_hidden
+        self.embed = nn.Embedding(cfg.n_classes, cfg.d_model)
+        dims = [2 * cfg.d_model] + [h] * (cfg.predictor_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out = nn.Linear(h, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
+
+    def forward(self, z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        e = self.embed(k.long()).unsqueeze(1).expand(-1, z.shape[1], -1)
+        h = torch.cat([z, e], dim=-1)
+        for lin in self.layers:
+            h = F.relu(lin(h))
+        return self.norm(self.out(h))
+
+
+class BeatHead(nn.Module):
+    """8 linear probes per 160-ms column on the frequency-concatenated tokens.
+
+    ``(B, P, d)`` -> ``(B, cols * 8)`` beat logits at 50 Hz.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.probe = nn.Linear(cfg.freq_patches * cfg.d_model, cfg.beat_probes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, p, d = z.shape
+        cols = p // self.cfg.freq_patches
+        return self.probe(z.reshape(b, cols, self.cfg.freq_patches * d)).reshape(b, cols * self.cfg.beat_probes)
+
+
+class StemJEPA(nn.Module):
+    """Context encoder, EMA target encoder, predictor, beat head and the phase-1 temperature."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.encoder = Encoder(cfg)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        self.predictor = FiLMPredictor(cfg) if cfg.conditioning == "film" else ClassPredictor(cfg)
+        self.beat_head = BeatHead(cfg)
+        self.log_temp = nn.Parameter(torch.tensor(math.log(0.1)))  # InfoNCE temperature (phase 1)
+
+    def predict(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.predictor(z, cond)
+
+    @torch.no_grad()
+    def ema_update(self, tau: float) -> None:
+        """target <- tau * target + (1 - tau) * online."""
+        for t, o in zip(self.target_encoder.parameters(), self.encoder.parameters()):
+            t.mul_(tau).add_(o.detach(), alpha=1.0 - tau)
+
+    @torch.no_grad()
+    def sync_target(self) -> None:
+        self.target_encoder.load_state_dict(self.encoder.state_dict())
+
+
+def pool_embedding(tokens: torch.Tensor) -> torch.Tensor:
+    """Retrieval embedding: ``(B, P, d)`` -> mean over patches -> layer norm -> L2 ``(B, d)``."""
+    m = tokens.mean(dim=1)
+    return F.normalize(F.layer_norm(m, m.shape[-1:]), dim=-1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
