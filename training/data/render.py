@@ -1,0 +1,335 @@
+"""Render MIDI corpora into the dataset layout (one stem per GM family, drums = channel 10).
+
+Layout written (DESIGN.md): ``OUT/<track_id>/<stem_id>.wav`` (16 kHz mono 16-bit) and
+``OUT/<track_id>/track.json``; plus ``OUT/splits.json`` (song-grouped train/validation) and
+``OUT/render_report.json`` (what was rendered, what was skipped and why).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import gm
+from .midi import MidiError, Song, corpus_of, group_of, read_pop909_beats, read_song, stable_hash
+
+SR = 16000
+SILENT_RMS = 3e-4  # a stem quieter than this over the whole excerpt (about -70 dBFS) is dropped
+PREROLL = 2.0  # seconds rendered before an excerpt so that sustained notes and controllers settle
+TAIL = 1.0  # seconds after the last note of a full-song render
+PEAK = 0.98  # stems are scaled together so that the mix stays below this peak
+ASSIGN_CORPORA = ("pop909", "nottingham")
+
+
+@dataclass
+class Job:
+    path: str  # MIDI file
+    corpus: str
+    rel: str  # path from the corpus folder, for ids and reports
+    track_id: str
+    group: str
+
+
+def slug(s: str, n: int = 40) -> str:
+    s = re.sub(r"[^0-9a-z]+", "-", s.lower()).strip("-")
+    return s[:n].strip("-") or "x"
+
+
+def find_jobs(midi_dir: str | Path, limit: int | None = None, seed: int = 0) -> list[Job]:
+    """Every usable MIDI file under ``midi_dir`` (recursively), as render jobs.
+
+    Corpus rules: Nottingham's melody-only/chords-only folders are duplicates of ``MIDI/`` and are
+    left out; Groove (drums only, one stem) is left out. ``limit`` keeps the first N files of a
+    seeded shuffle (stable: the same seed and folder always give the same files).
+    """
+    midi_dir = Path(midi_dir)
+    if not midi_dir.is_dir():
+        raise FileNotFoundError(f"{midi_dir}: no such folder")
+    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+    jobs = []
+    for p in files:
+        corpus = corpus_of(p.resolve())
+        if corpus == "groove":
+            continue
+        if corpus == "nottingham" and p.parent.name.lower() in ("melody", "chords"):
+            continue
+        parts = p.resolve().parts
+        idx = next((i for i, x in enumerate(parts) if corpus in x.lower()), None)
+        rel = "/".join(parts[idx:]) if idx is not None and corpus != "midi" else str(p.relative_to(midi_dir))
+        tid = f"{corpus}-{slug(p.stem)}-{stable_hash(rel) % 16**6:06x}"
+        jobs.append(Job(str(p), corpus, rel, tid, group_of(corpus, p)))
+    if limit is not None and limit < len(jobs):
+        order = np.random.default_rng(seed).permutation(len(jobs))
+        jobs = [jobs[i] for i in sorted(order[:limit])]
+    return jobs
+
+
+def load_song(job: Job) -> Song:
+    assign = job.corpus if job.corpus in ASSIGN_CORPORA else None
+    song = read_song(job.path, assign=assign, key=job.rel)
+    if job.corpus == "pop909":
+        b = read_pop909_beats(Path(job.path).parent)
+        if b is not None:
+            song.beats, song.downbeats = b
+    return song
+
+
+def activity(song: Song, cats: list[str], res: float = 0.25) -> np.ndarray:
+    """(len(cats), frames) bool: a note of the category sounds in the frame."""
+    nf = int(np.ceil(song.end / res)) + 1
+    act = np.zeros((len(cats), nf), dtype=bool)
+    idx = {c: i for i, c in enumerate(cats)}
+    for n in song.notes:
+        a = int(n.start / res)
+        b = max(a + 1, int(np.ceil(n.end / res)))
+        act[idx[n.category], a:b] = True
+    return act
+
+
+def choose_excerpt(song: Song, seconds: float, rng: np.random.Generator, res: float = 0.25) -> float:
+    """Start (s) of a busy excerpt: a bar start where the most stems play for at least half of the
+    excerpt; ties are broken by ``rng`` (deterministic with the seed)."""
+    if song.end <= seconds:
+        return 0.0
+    cats = song.categories()
+    act = activity(song, cats, res)
+    w = int(round(seconds / res))
+    cs = np.concatenate([np.zeros((len(cats), 1)), np.cumsum(act, axis=1)], axis=1)
+    cand = song.downbeats if len(song.downbeats) else song.beats
+    cand = cand[(cand >= 0) & (cand + seconds <= song.end)]
+    if len(cand) == 0:
+        cand = np.arange(0.0, song.end - seconds + 1e-9, 1.0)
+    fi = np.clip((cand / res).astype(int), 0, act.shape[1] - w)
+    cover = (cs[:, fi + w] - cs[:, fi]) / w  # (cats, cand)
+    score = (cover >= 0.5).sum(axis=0) + 0.01 * cover.sum(axis=0) / max(1, len(cats))
+    best = np.flatnonzero(score >= np.floor(score.max()))  # all candidates with the top stem count
+    return float(cand[best[rng.integers(len(best))]])
+
+
+def render_song(song: Song, renderer, excerpt: float | None = None, seed: int = 0, key: str = "") -> dict:
+    """Render every stem of ``song`` -> {"stems": {cat: audio}, "start", "end", "beats", "dropped"}."""
+    if excerpt:
+        start = choose_excerpt(song, excerpt, np.random.default_rng(stable_hash("excerpt", seed, key)))
+        end = min(start + excerpt, song.end + TAIL)
+    else:
+        start, end = 0.0, song.end + TAIL
+    stems, dropped = {}, []
+    for cat in song.categories():
+        notes = [n for n in song.notes if n.category == cat]
+        if not any(n.end > start and n.start < end for n in notes):
+            dropped.append(cat)
+            continue
+        chans = {n.channel for n in notes}
+        ctrl = [c for c in song.controls if c.channel in chans]
+        x = renderer.render(notes, ctrl, start, end, preroll=PREROLL if start > 0 else 0.0)
+        if not np.isfinite(x).all() or float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < SILENT_RMS:
+            dropped.append(cat)
+            continue
+        stems[cat] = x
+    if stems:
+        peak = float(np.abs(sum(stems.values())).max())
+        if peak > PEAK:
+            g = PEAK / peak
+            stems = {k: v * g for k, v in stems.items()}
+    beats = song.beats[(song.beats >= start) & (song.beats < end)] - start
+    downs = song.downbeats[(song.downbeats >= start) & (song.downbeats < end)] - start
+    return {"stems": stems, "start": start, "end": end, "beats": beats, "downbeats": downs, "dropped": dropped}
+
+
+def write_track(out_dir: Path, track_id: str, stems: dict[str, np.ndarray], meta: dict, labels: dict[str, str],
+                ext: str = ".wav") -> Path:
+    """Write one track atomically: a temporary folder renamed into place."""
+    import soundfile as sf
+
+    final = out_dir / track_id
+    tmp = out_dir / f".tmp-{track_id}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    entry = {}
+    for cat, x in stems.items():
+        sid = gm.stem_id(cat)
+        sf.write(str(tmp / f"{sid}{ext}"), np.clip(x, -1, 1), SR, subtype="PCM_16")
+        entry[sid] = {"label": labels[cat], "category": cat}
+    doc = {"stems": entry, **meta}
+    (tmp / "track.json").write_text(json.dumps(doc, indent=1))
+    if final.exists():  # an incomplete leftover (no track.json): replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final
+
+
+# ---- worker pool ---------------------------------------------------------------------------------
+
+_RENDERER = None
+
+
+def _init_worker(soundfont: str):
+    global _RENDERER
+    from .synth import Renderer
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _RENDERER = Renderer(soundfont, sr=SR)
+
+
+def _run_job(args) -> dict:
+    job, out_dir, excerpt, seed = args
+    t = time.time()
+    res = {"track_id": job.track_id, "source": job.rel}
+    try:
+        try:
+            song = load_song(job)
+        except MidiError as e:
+            return {**res, "status": "skipped", "reason": f"unreadable MIDI: {e}"}
+        if len(song.categories()) < 2:
+            return {**res, "status": "skipped", "reason": f"fewer than 2 stems ({song.categories()})"}
+        r = render_song(song, _RENDERER, excerpt, seed, job.rel)
+        if len(r["stems"]) < 2:
+            return {**res, "status": "skipped",
+                    "reason": f"fewer than 2 non-silent stems ({sorted(r['stems'])}, silent: {r['dropped']})"}
+        meta = {"beats": [round(float(b), 4) for b in r["beats"]],
+                "downbeats": [round(float(b), 4) for b in r["downbeats"]],
+                "source": job.rel, "corpus": job.corpus, "group": job.group,
+                "excerpt": [round(r["start"], 4), round(r["end"], 4)], "sample_rate": SR,
+                "dropped_silent": r["dropped"]}
+        write_track(Path(out_dir), job.track_id, r["stems"], meta, song.labels)
+        dur = r["end"] - r["start"]
+        return {**res, "status": "ok", "stems": len(r["stems"]), "seconds": dur, "render_s": time.time() - t}
+    except Exception as e:  # never stop the run
+        return {**res, "status": "skipped", "reason": f"error: {type(e).__name__}: {e}",
+                "trace": traceback.format_exc(limit=3)}
+
+
+def is_complete(track_dir: Path) -> bool:
+    return (track_dir / "track.json").is_file()
+
+
+def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: float | None = None,
+                  limit: int | None = None, val_fraction: float = 0.08, seed: int = 0, progress: bool = True) -> dict:
+    """Render every MIDI file of ``midi_dirs`` into ``out_dir``; resumable; returns the report."""
+    from tqdm import tqdm
+
+    if isinstance(midi_dirs, (str, Path)):
+        midi_dirs = [midi_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not Path(soundfont).is_file():
+        raise FileNotFoundError(f"{soundfont}: no such soundfont")
+    all_jobs = []
+    for i, d in enumerate(midi_dirs):  # limit: one int for every folder, or one per folder
+        all_jobs += find_jobs(d, limit[i] if isinstance(limit, (list, tuple)) else limit, seed)
+    skipped_dir = out_dir / ".skipped"
+    todo, done, skipped = [], 0, []
+    for j in all_jobs:
+        if is_complete(out_dir / j.track_id):
+            done += 1
+        elif (skipped_dir / f"{j.track_id}.json").exists():  # skipped by an earlier run: don't retry
+            skipped.append(json.loads((skipped_dir / f"{j.track_id}.json").read_text()))
+        else:
+            todo.append(j)
+    # interleave corpora/folders so that a run stopped early is still a balanced sample
+    todo.sort(key=lambda j: stable_hash("order", seed, j.track_id))
+    t0 = time.time()
+    results = []
+    args = [(j, str(out_dir), excerpt, seed) for j in todo]
+    bar = tqdm(total=len(args), desc="render", unit="song", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    if jobs <= 1:
+        _init_worker(soundfont)
+        it = map(_run_job, args)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(jobs, _init_worker, (soundfont,))
+        it = pool.imap_unordered(_run_job, args, chunksize=1)
+    try:
+        for r in it:
+            results.append(r)
+            if r["status"] != "ok":
+                skipped.append(r)
+                skipped_dir.mkdir(exist_ok=True)
+                (skipped_dir / f"{r['track_id']}.json").write_text(json.dumps(r))
+            bar.update(1)
+            bar.set_postfix(ok=sum(x["status"] == "ok" for x in results), skipped=len(skipped))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    for p in out_dir.glob(".tmp-*"):  # leftovers of killed runs
+        shutil.rmtree(p, ignore_errors=True)
+    elapsed = time.time() - t0
+    ok = [r for r in results if r["status"] == "ok"]
+    splits = write_splits(out_dir, val_fraction, seed)
+    audio_s = sum(r["seconds"] for r in ok)
+    report = {
+        "midi_dirs": [str(d) for d in midi_dirs], "soundfont": str(soundfont), "excerpt": excerpt, "limit": limit,
+        "seed": seed, "val_fraction": val_fraction, "jobs": jobs,
+        "found": len(all_jobs), "already_done": done, "rendered": len(ok), "skipped": len(skipped),
+        "elapsed_s": round(elapsed, 1),
+        "speed_x_realtime": round(audio_s / elapsed, 1) if elapsed > 0 else None,
+        "songs_per_s": round(len(ok) / elapsed, 3) if elapsed > 0 else None,
+        "tracks_total": len(splits["train"]) + len(splits["validation"]),
+        "train": len(splits["train"]), "validation": len(splits["validation"]),
+        "skipped_tracks": [{k: r.get(k) for k in ("track_id", "source", "reason")} for r in skipped],
+    }
+    (out_dir / "render_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def split_of(group: str, val_fraction: float, seed: int) -> str:
+    """"validation" for a fixed fraction of song groups, from a hash of the group: stable under
+    resume and independent of which other tracks exist."""
+    u = (stable_hash("split", seed, group) % 10**9) / 1e9
+    return "validation" if u < val_fraction else "train"
+
+
+def write_splits(out_dir: Path, val_fraction: float, seed: int) -> dict:
+    splits = {"train": [], "validation": []}
+    for tj in sorted(Path(out_dir).glob("*/track.json")):
+        try:
+            doc = json.loads(tj.read_text())
+        except ValueError:
+            continue
+        group = doc.get("group") or tj.parent.name
+        splits[split_of(group, val_fraction, seed)].append(tj.parent.name)
+    splits["grouping"] = "song title (touhou), song id (pop909), tune (nottingham)"
+    splits["val_fraction"] = val_fraction
+    splits["seed"] = seed
+    tmp = Path(out_dir) / ".splits.json.tmp"
+    tmp.write_text(json.dumps(splits, indent=1))
+    os.replace(tmp, Path(out_dir) / "splits.json")
+    return splits
+
+
+# ---- the default training set ------------------------------------------------------------------
+
+DEFAULT_SET = {
+    # folder under the MIDI root -> songs rendered (seeded choice); 30-s busy excerpts
+    "touhou": 800,
+    "pop909": 400,
+    "nottingham": 300,
+}
+DEFAULT_EXCERPT = 30.0
+DEFAULT_SEED = 0
+DEFAULT_VAL_FRACTION = 0.08
+
+
+def render_default(out_dir="/work/data/render", midi_root="/work/shared/data/midi",
+                   soundfont="/usr/share/sounds/sf2/FluidR3_GM.sf2", jobs: int = 2) -> dict:
+    """The default training set: :data:`DEFAULT_SET` songs of touhou + pop909 + nottingham, 30-s
+    excerpts, FluidR3_GM, 8 % validation by song. Restartable (finished tracks are kept)."""
+    from tqdm import tqdm  # noqa: F401  (fail early if missing)
+
+    dirs = [Path(midi_root) / name for name in DEFAULT_SET]
+    return render_corpus(dirs, out_dir, soundfont, jobs, DEFAULT_EXCERPT, list(DEFAULT_SET.values()),
+                         DEFAULT_VAL_FRACTION, DEFAULT_SEED)
