@@ -1,0 +1,193 @@
+"""``python -m server``: the live accompaniment matcher.
+
+With no argument: the shipped model, the demo library, and the default sound input -- or, when
+there is none (no PortAudio, no input device), the demo track replayed in real time (looping).
+Ctrl-C / SIGTERM stop it cleanly (exit status 0).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import config
+
+log = logging.getLogger("server")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="inference device: cpu or cuda:N (default cpu)")
+    ap.add_argument("--model", default=str(config.DEFAULT_MODEL_DIR), help="model directory (default: shipped model)")
+    ap.add_argument("--library", default=str(config.DEFAULT_LIBRARY), help="stem library index (default: demo library)")
+    ap.add_argument("--input", default=None,
+                    help="audio file to replay, or sound device (index or name); default: default input device, "
+                         "else the demo track")
+    ap.add_argument("--instruments", default=",".join(config.DEFAULT_INSTRUMENTS),
+                    help='comma-separated instrument names (default "%(default)s")')
+    ap.add_argument("--k", type=int, default=config.DEFAULT_K, help="matches per instrument (default %(default)s)")
+    ap.add_argument("--hop", type=float, default=config.DEFAULT_HOP_MS, help="hop in ms (default %(default)s)")
+    ap.add_argument("--restrict-category", action="store_true", help="only return stems of the queried category")
+    ap.add_argument("--pub", default=config.DEFAULT_PUB, help="PUB address (default %(default)s)")
+    ap.add_argument("--ctl", default=config.DEFAULT_CTL, help="control ROUTER address (default %(default)s)")
+    ap.add_argument("--speed", type=float, default=1.0,
+                    help="file replay speed: 1 real time, 2 twice as fast, 0 as fast as possible")
+    ap.add_argument("--loop", action="store_true", help="loop the input file instead of exiting at its end")
+    ap.add_argument("--midi", action="store_true", help="MIDI clock + beat notes on a virtual port")
+    ap.add_argument("--midi-channel", type=int, default=config.MIDI_CHANNEL, help="beat note channel 1-16")
+    ap.add_argument("--midi-note", type=int, default=config.MIDI_NOTE, help="beat note number 0-127")
+    ap.add_argument("--midi-port", default=config.MIDI_PORT_NAME, help="virtual MIDI port name")
+    ap.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    ap.add_argument("--curve-keys", default=None,
+                    help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback")
+    ap.add_argument("--fake", action="store_true",
+                    help="no model: synthetic matches and a 120 BPM grid (protocol testing, patch building)")
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    if a.speed < 0:
+        ap.error("--speed must be >= 0")
+    if not 1 <= a.midi_channel <= 16 or not 0 <= a.midi_note <= 127:
+        ap.error("--midi-channel must be 1..16 and --midi-note 0..127")
+    if not config.HOP_MS_RANGE[0] <= a.hop <= config.HOP_MS_RANGE[1]:
+        ap.error(f"--hop must be within {config.HOP_MS_RANGE} ms")
+    if not 1 <= a.k <= config.MAX_K:
+        ap.error(f"--k must be 1..{config.MAX_K}")
+    a.instrument_list = [s.strip() for s in a.instruments.split(",") if s.strip()]
+    if not a.instrument_list:
+        ap.error("--instruments is empty")
+    return a
+
+
+def build_engine(a):
+    """(matcher, backend name, library loader)."""
+    if a.fake:
+        from .fake import FakeLibrary, FakeMatcher
+
+        m = FakeMatcher(instruments=a.instrument_list, k=a.k, hop_ms=a.hop, restrict_category=a.restrict_category)
+        return m, "fake", (lambda p: FakeLibrary(path=p))
+    from .app import ConfigError
+
+    model = Path(a.model)
+    if not (model / "manifest.json").is_file():
+        raise ConfigError(f"no model directory at {model} (manifest.json missing). The shipped model is written by "
+                          f"`python -m export`; pass --model DIR, or --fake to run without a model.")
+    lib_path = Path(a.library)
+    if not lib_path.is_file():
+        raise ConfigError(f"no stem library at {lib_path}. Build one with `python -m engine.library`; "
+                          f"pass --library PATH.")
+    from engine.backends import load_backend
+    from engine.library import StemLibrary
+    from engine.pipeline import Matcher
+
+    backend = load_backend(str(model), device=a.device, threads=a.threads)
+    fp = backend.manifest.fingerprint
+
+    def loader(p):
+        return StemLibrary.load(p, expect_fingerprint=fp)
+
+    lib = loader(str(lib_path))
+    m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
+                window_s=config.DEFAULT_WINDOW_S, restrict_category=a.restrict_category)
+    return m, backend.name, loader
+
+
+def build_source(a):
+    from .capture import DeviceSource, FileSource, find_input_device
+
+    if a.input is None:
+        try:
+            dev = find_input_device()
+            src = DeviceSource(dev)
+            log.info("input: sound device %r at %g Hz", src.name, src.rate)
+            return src, False
+        except Exception as e:
+            track = config.DEMO_TRACK
+            if not track.is_file():
+                from .app import ConfigError
+
+                raise ConfigError(f"no audio input ({e}) and no demo track at {track}; pass --input FILE")
+            log.warning("no audio input (%s): replaying the demo track %s in real time, looping", e, track)
+            return FileSource(track, speed=a.speed, loop=True), False
+    if Path(a.input).is_file():
+        src = FileSource(a.input, speed=a.speed, loop=a.loop)
+        log.info("input: replaying %s (%.1f s) at %s", a.input, src.duration_s,
+                 "full speed" if a.speed == 0 else f"{a.speed:g}x real time")
+        return src, not a.loop
+    dev = int(a.input) if a.input.isdigit() else a.input
+    src = DeviceSource(dev)
+    log.info("input: sound device %r at %g Hz", src.name, src.rate)
+    return src, False
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(a.log_level).upper(), logging.INFO),
+                        format="[%(name)s] %(message)s", stream=sys.stderr)
+    from .app import ConfigError, Server
+
+    stop_requested = []
+    server_box = []
+
+    def on_signal(signum, frame):
+        stop_requested.append(signum)
+        if server_box:
+            server_box[0].stop()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        matcher, backend_name, loader = build_engine(a)
+        source, exit_at_end = build_source(a)
+        midi, midi_error = None, None
+        if a.midi:
+            from .midi import MidiClock, MidiUnavailable
+
+            try:
+                midi = MidiClock(port_name=a.midi_port, channel=a.midi_channel, note=a.midi_note)
+                log.info("MIDI: clock and beat notes (channel %d, note %d) on virtual port %r (%s)",
+                         a.midi_channel, a.midi_note, a.midi_port, midi.api)
+            except MidiUnavailable as e:
+                midi_error = str(e)
+                log.warning("MIDI unavailable, continuing without MIDI: %s", e)
+        srv = Server(matcher, source, backend_name=backend_name, device=a.device, pub_addr=a.pub, ctl_addr=a.ctl,
+                     library_path=a.library if not a.fake else "<fake>", library_loader=loader,
+                     curve_keys=a.curve_keys, midi=midi, exit_at_end=exit_at_end, hop_ms=a.hop, k=a.k,
+                     instruments=a.instrument_list, restrict_category=a.restrict_category)
+        srv.midi_error = midi_error
+    except KeyboardInterrupt:
+        log.info("interrupted during start-up")
+        return 0
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    except Exception as e:
+        log.error("cannot start: %s: %s", type(e).__name__, e)
+        return 1
+    server_box.append(srv)
+    try:
+        srv.start()
+    except ConfigError as e:
+        log.error("%s", e)
+        srv.close()
+        return 2
+    log.info("backend %s on %s; publishing on %s, control on %s; instruments %s, k=%d, hop %g ms",
+             backend_name, a.device, a.pub, a.ctl, a.instrument_list, a.k, a.hop)
+    try:
+        while not srv.wait(0.2):
+            pass
+    finally:
+        srv.close()
+    if stop_requested:
+        log.info("stopped by signal; clean shutdown")
+    else:
+        log.info("finished: end of input")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Audio input: a capture buffer fed by a sound-device callback or by a file replayed in time.
+
+The producer (PortAudio's callback, or the replay thread) only *copies* a block into a
+preallocated ring at the device rate and stamps its arrival time in a preallocated log; nothing is
+allocated, no lock is taken. The worker thread drains the buffer, resamples to 16 kHz with a
+streaming soxr resampler and writes into the matcher's ring (see :class:`Feeder`). Resampling in the
+worker rather than the callback keeps the callback allocation-free; it adds no latency because the
+worker drains right before every hop, and the latency we publish is measured from the arrival of
+the *device-rate* samples (so the resampler's own delay is included).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from . import config
+
+
+class CaptureBuffer:
+    """SPSC ring of mono float32 samples at ``rate`` Hz, plus an arrival log.
+
+    ``written`` counts samples since creation; ``arrivals`` holds ``(written_after_block, unix_time)``
+    for the last ``log_len`` blocks.
+    """
+
+    def __init__(self, rate: float, seconds: float = config.CAPTURE_SECONDS, log_len: int = 4096):
+        self.rate = float(rate)
+        self.capacity = max(1024, int(rate * seconds))
+        self._buf = np.zeros(self.capacity, dtype=np.float32)
+        self._log_pos = np.zeros(log_len, dtype=np.int64)
+        self._log_t = np.zeros(log_len, dtype=np.float64)
+        self._log_n = 0  # blocks logged (monotonic)
+        self.written = 0
+        self.read_pos = 0
+        self.overruns = 0  # blocks whose samples were lost before the worker read them
+        self.ready = threading.Event()  # set after each block; the worker waits on it
+        self.done = False  # producer finished (end of file)
+
+    # producer --------------------------------------------------------------------------------
+    def write(self, block: np.ndarray, now: float | None = None) -> None:
+        """Copy a ``(n,)`` or ``(n, channels)`` block (channel 0 is taken for 2-D input)."""
+        if now is None:
+            now = time.time()
+        if block.ndim == 2:
+            block = block[:, 0]
+        n = block.shape[0]
+        if n == 0:
+            return
+        cap = self.capacity
+        w = self.written
+        if n > cap:
+            block = block[n - cap:]
+            w += n - cap
+            n = cap
+        i = w % cap
+        first = min(n, cap - i)
+        self._buf[i:i + first] = block[:first]
+        if first < n:
+            self._buf[:n - first] = block[first:]
+        j = self._log_n % self._log_pos.shape[0]
+        self._log_pos[j] = w + n
+        self._log_t[j] = now
+        self._log_n += 1
+        self.written = w + n  # publish (atomic rebinding under the GIL)
+        self.ready.set()
+
+    # consumer --------------------------------------------------------------------------------
+    def read_new(self) -> tuple[np.ndarray, int]:
+        """All samples written since the last call: ``(samples, end_position)``."""
+        end = self.written
+        start = self.read_pos
+        if end - start > self.capacity:
+            self.overruns += 1
+            start = end - self.capacity
+        n = end - start
+        out = np.empty(n, dtype=np.float32)
+        if n:
+            cap = self.capacity
+            i = start % cap
+            first = min(n, cap - i)
+            out[:first] = self._buf[i:i + first]
+            if first < n:
+                out[first:] = self._buf[:n - first]
+        self.read_pos = end
+        return out, end
+
+    def arrival_time(self, pos: int) -> float | None:
+        """Unix time at which sample ``pos - 1`` (the sample just before clock position ``pos``)
+        arrived, i.e. the arrival of the first logged block whose end is ``>= pos``."""
+        nlog = self._log_n
+        L = self._log_pos.shape[0]
+        lo = max(0, nlog - L)
+        # binary search over logged blocks [lo, nlog)
+        a, b = lo, nlog
+        while a < b:
+            m = (a + b) // 2
+            if self._log_pos[m % L] >= pos:
+                b = m
+            else:
+                a = m + 1
+        if a >= nlog:
+            return None
+        return float(self._log_t[a % L])
+
+
+class Feeder:
+    """Worker side: drains a :class:`CaptureBuffer`, resamples to 16 kHz, writes to the ring, and
+    maps ring positions back to the arrival time of their audio."""
+
+    def __init__(self, capture: CaptureBuffer, sr_out: int = config.SAMPLE_RATE):
+        self.capture = capture
+        self.sr_out = sr_out
+        self.ratio = capture.rate / sr_out  # device samples per output sample
+        self._stream = None
+        if abs(capture.rate - sr_out) > 1e-6:
+            import soxr
+
+            self._stream = soxr.ResampleStream(capture.rate, sr_out, 1, dtype="float32", quality="HQ")
+        self._flushed = False
+        self.out_written = 0  # output samples produced (== samples written to the ring since start)
+        self.ring_base = 0  # ring.written when out_written was 0
+
+    def attach(self, ring) -> None:
+        self.ring_base = ring.written - self.out_written
+
+    def pump(self, ring) -> int:
+        """Move everything captured so far into ``ring``; returns output samples written."""
+        done = self.capture.done  # read before draining: nothing is written after done is set
+        x, _ = self.capture.read_new()
+        if self._stream is not None:
+            if self._flushed or (x.size == 0 and not done):
+                return 0
+            y = self._stream.resample_chunk(x, last=done)
+            self._flushed = done
+        else:
+            y = x
+        if y.size:
+            ring.write(y)
+            self.out_written += y.shape[0]
+        return int(y.size)
+
+    def arrival_of_ring_pos(self, ring_pos: int) -> float | None:
+        """Arrival (unix s) of the device sample that ring position ``ring_pos`` (exclusive end)
+        was resampled from."""
+        out_pos = ring_pos - self.ring_base
+        if out_pos <= 0:
+            return None
+        dev_pos = int(np.ceil(out_pos * self.ratio - 1e-9))
+        return self.capture.arrival_time(dev_pos)
+
+
+# ---------------------------------------------------------------------------- sources
+class FileSource:
+    """Replays an audio file into a CaptureBuffer at its native rate, paced like a sound card
+    (``speed`` 1 = real time, 2 = twice as fast, 0 = as fast as the worker consumes)."""
+
+    kind = "file"
+
+    def __init__(self, path, speed: float = 1.0, loop: bool = False, block_s: float = config.FILE_BLOCK_S):
+        import soundfile as sf
+
+        from engine.audio import AudioError, check_finite, to_mono
+
+        self.path = str(path)
+        try:
+            data, rate = sf.read(self.path, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise AudioError(f"{path}: cannot read audio ({e})") from e
+        self.data = check_finite(to_mono(data), self.path)
+        self.rate = float(rate)
+        self.speed = float(speed)
+        self.loop = bool(loop)
+        self.block = max(1, int(round(block_s * rate)))
+        self.capture = CaptureBuffer(self.rate, seconds=max(config.CAPTURE_SECONDS, 4 * block_s))
+        self.name = self.path
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.consumed = threading.Event()  # speed 0: set by the worker when it has caught up
+        self.duration_s = len(self.data) / self.rate
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="file-replay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        pos = 0
+        sent = 0  # samples written in total (for pacing across loops)
+        n = len(self.data)
+        fast = self.speed <= 0
+        block = self.block
+        if fast:  # write ~one hop at a time and wait for the worker
+            block = max(block, int(self.rate * 0.16))
+        while not self._stop.is_set():
+            if pos >= n:
+                if not self.loop or n == 0:
+                    break
+                pos = 0
+            blk = self.data[pos:pos + block]
+            if fast:
+                self.consumed.clear()
+                self.capture.write(blk)
+                while not self.consumed.wait(0.05):
+                    if self._stop.is_set():
+                        return
+            else:
+                due = t0 + (sent + blk.shape[0]) / self.rate / self.speed
+                delay = due - time.perf_counter()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                self.capture.write(blk)
+            pos += blk.shape[0]
+            sent += blk.shape[0]
+        self.capture.done = True
+        self.capture.ready.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.consumed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def info(self) -> dict:
+        return {"kind": "file", "name": self.name, "rate": self.rate, "speed": self.speed, "loop": self.loop}
+
+
+class DeviceSource:
+    """A sounddevice InputStream whose callback only copies into the CaptureBuffer."""
+
+    kind = "device"
+
+    def __init__(self, device=None, rate: float | None = None, blocksize: int = config.DEVICE_BLOCKSIZE):
+        import sounddevice as sd  # raises OSError when PortAudio is missing
+
+        info = sd.query_devices(device, "input")  # raises when there is no input device
+        self.device = device
+        self.name = str(info["name"])
+        self.rate = float(rate or info["default_samplerate"])
+        self.capture = CaptureBuffer(self.rate)
+        self.speed = None
+        self.loop = False
+        self.status_flags = 0  # PortAudio input overflows reported to the callback
+        cap = self.capture
+
+        def callback(indata, frames, t, status):  # PortAudio thread: copy only
+            if status:
+                self.status_flags += 1
+            cap.write(indata)
+
+        self._stream = sd.InputStream(device=device, channels=1, samplerate=self.rate, dtype="float32",
+                                      blocksize=blocksize, latency="low", callback=callback)
+
+    def start(self) -> None:
+        self._stream.start()
+
+    def stop(self) -> None:
+        try:
+            self._stream.stop()
+            self._stream.close()
+        except Exception:
+            pass
+
+    def info(self) -> dict:
+        return {"kind": "device", "name": self.name, "rate": self.rate, "speed": None, "loop": False}
+
+
+def find_input_device():
+    """The default input device's index, or raise RuntimeError with the reason there is none."""
+    try:
+        import sounddevice as sd
+    except (OSError, ImportError) as e:
+        raise RuntimeError(f"no PortAudio ({e})")
+    try:
+        devs = sd.query_devices()
+        default = sd.default.device[0]
+        if default is not None and default >= 0 and devs[default]["max_input_channels"] > 0:
+            return default
+        for i, d in enumerate(devs):
+            if d["max_input_channels"] > 0:
+                return i
+    except Exception as e:
+        raise RuntimeError(f"cannot query sound devices ({e})")
+    raise RuntimeError("no audio input device")

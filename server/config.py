@@ -1,0 +1,49 @@
+"""Every default the server uses, in one place."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import engine
+
+#: shipped assets (produced by export/ and engine/library; may be absent in a fresh checkout)
+ASSETS_DIR = Path(engine.__file__).resolve().parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "model"
+DEFAULT_LIBRARY = ASSETS_DIR / "demo" / "library.npz"
+DEMO_TRACK = ASSETS_DIR / "demo" / "demo_track.flac"
+
+SAMPLE_RATE = 16000  # Hz, model rate
+DEFAULT_INSTRUMENTS = ["drums", "fretless bass", "warm pad"]
+DEFAULT_K = 5
+DEFAULT_HOP_MS = 160
+DEFAULT_WINDOW_S = 8.0
+
+DEFAULT_PUB = "tcp://127.0.0.1:5555"
+DEFAULT_CTL = "tcp://127.0.0.1:5556"
+PUB_SNDHWM = 1000  # messages queued per subscriber before PUB drops (never blocks)
+STATUS_PERIOD_S = 1.0
+LATENCY_WINDOW = 1000  # hops kept for the p50/p99 latency statistics
+
+MAX_CTL_BYTES = 64 * 1024  # a control request larger than this gets a "too_large" error
+MAX_CTL_WIRE_BYTES = 1024 * 1024  # ZMQ_MAXMSGSIZE: peers sending more are disconnected by libzmq
+MAX_INSTRUMENTS = 16
+MAX_K = 100
+HOP_MS_RANGE = (10, 2000)
+
+# audio capture
+CAPTURE_SECONDS = 4.0  # capacity of the capture buffer (device rate)
+DEVICE_BLOCKSIZE = 0  # 0: let PortAudio choose (lowest latency)
+FILE_BLOCK_S = 0.01  # file replay writes blocks of this many seconds (like an audio callback)
+
+# MIDI
+MIDI_PORT_NAME = "stemjepa clock"
+MIDI_CHANNEL = 10  # 1..16
+MIDI_NOTE = 37  # GM side stick
+MIDI_VELOCITY = 100
+MIDI_NOTE_LENGTH_S = 0.05
+
+# CURVE key files written by `python -m server.keys DIR`
+CURVE_SERVER_SECRET = "server.key_secret"
+CURVE_SERVER_PUBLIC = "server.key"
+CURVE_CLIENT_SECRET = "client.key_secret"
+CURVE_CLIENT_PUBLIC = "client.key"
+CURVE_AUTHORIZED_DIR = "authorized_clients"

@@ -1,0 +1,114 @@
+"""``python -m server.listen [ADDR] [--topics match,beat,status]``: watch the stream in a terminal.
+
+Per instrument: the top-k stems (score, stem, track, offset); the tempo, phase and next beat; a
+status line with counters and latency. Ctrl-C exits cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+import zmq
+
+from . import config, protocol as P
+
+
+def _fmt_match(d: dict, width: int = 3) -> list[str]:
+    lines = [f"match  seq {d.get('seq')}  t={d.get('stream_time', 0):8.2f}s  latency {d.get('latency_ms', 0):6.1f} ms"]
+    for inst in d.get("instruments", []):
+        items = d.get("matches", {}).get(inst, [])[:width]
+        cells = "  ".join(f"{it['score']:+.2f} {it['track_id']}/{it['stem_id']}@{it['offset']:.1f}s" for it in items)
+        lines.append(f"  {inst[:18]:<18} {cells}")
+    return lines
+
+
+def _fmt_beat(d: dict) -> str:
+    tempo = d.get("tempo")
+    nb = d.get("next_beats") or []
+    nxt = f"{nb[0] - d['stream_time']:+.3f}s" if nb else "-"
+    t = f"{tempo:6.1f} BPM" if tempo else "  ?   BPM"
+    ph = d.get("phase")
+    bar = "" if ph is None else "[" + "".join("#" if i == int(ph * 8) else "." for i in range(8)) + "]"
+    hit = " BEAT" if d.get("beats_in_hop") else ""
+    return f"beat   {t} {bar} next {nxt}  conf {d.get('confidence') or 0:.2f}{hit}"
+
+
+def _fmt_status(d: dict) -> str:
+    c, lat = d.get("counters", {}), d.get("latency", {})
+    p50, p99 = lat.get("p50"), lat.get("p99")
+    return (f"status {d.get('state')}  {d.get('backend')}  up {d.get('uptime_s', 0):.0f}s  hops {c.get('hops')} "
+            f"drops {c.get('drops')} overruns {c.get('overruns')}  latency p50 "
+            f"{'-' if p50 is None else f'{p50:.1f}'} p99 {'-' if p99 is None else f'{p99:.1f}'} ms  "
+            f"lib {d.get('library', {}).get('stems')} stems")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m server.listen", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("addr", nargs="?", default=config.DEFAULT_PUB)
+    ap.add_argument("--topics", default="match,beat,status", help="comma-separated topics")
+    ap.add_argument("--k", type=int, default=3, help="matches shown per instrument")
+    ap.add_argument("--json", action="store_true", help="print raw JSON lines")
+    ap.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
+    ap.add_argument("--timeout", type=float, default=0, help="exit after this many seconds (0: never)")
+    ap.add_argument("--curve-keys", default=None, help="key directory (server.key + client key pair)")
+    ap.add_argument("--check", action="store_true", help="validate every message against the v1 schema")
+    a = ap.parse_args(argv)
+    topics = [t.strip() for t in a.topics.split(",") if t.strip()]
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    if a.curve_keys:
+        from .keys import load_client
+
+        for k, v in load_client(a.curve_keys).items():
+            setattr(sub, k, v)
+    sub.connect(a.addr)
+    for t in topics:
+        sub.subscribe(t.encode())
+    print(f"listening on {a.addr} topics {topics} (Ctrl-C to quit)", flush=True)
+    n = bad = 0
+    t_end = time.monotonic() + a.timeout if a.timeout else None
+    try:
+        while not stop and (t_end is None or time.monotonic() < t_end):
+            if not sub.poll(200):
+                continue
+            frames = sub.recv_multipart()
+            if len(frames) != 2:
+                continue
+            topic = frames[0].decode("utf-8", "replace")
+            try:
+                d = json.loads(frames[1])
+            except ValueError:
+                print(f"{topic}: undecodable message", flush=True)
+                continue
+            n += 1
+            if a.check:
+                errs = P.validate_message(topic, d)
+                if errs:
+                    bad += 1
+                    print(f"SCHEMA {topic}: {errs[:3]}", flush=True)
+            if a.json:
+                print(topic, json.dumps(d), flush=True)
+            elif topic == "match":
+                print("\n".join(_fmt_match(d, a.k)), flush=True)
+            elif topic == "beat":
+                print(_fmt_beat(d), flush=True)
+            elif topic == "status":
+                print(_fmt_status(d), flush=True)
+            if a.count and n >= a.count:
+                break
+    finally:
+        sub.close(0)
+        ctx.term()
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
