@@ -76,14 +76,16 @@ class Encoder(nn.Module):
         x = x.reshape(b, f // p, p, t // p, p).permute(0, 3, 1, 2, 4)
         return x.reshape(b, t // p, f // p, p * p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, col_offset: int = 0) -> torch.Tensor:
+        """``col_offset``: first position-embedding column to use (training on crops shorter than
+        8 s places them anywhere in the window so that every position is learned)."""
         b, f, t = x.shape
         cfg = self.cfg
-        if f != cfg.n_mels or t % cfg.patch or t > cfg.max_frames or t == 0:
+        if f != cfg.n_mels or t % cfg.patch or t + col_offset * cfg.patch > cfg.max_frames or t == 0:
             raise ValueError(f"encoder input must be (B, {cfg.n_mels}, T) with T a multiple of {cfg.patch} "
                              f"up to {cfg.max_frames}; got {tuple(x.shape)}")
         cols = t // cfg.patch
-        z = self.patch_embed(self.patchify(x)) + self.pos[:cols]  # (B, cols, rows, d)
+        z = self.patch_embed(self.patchify(x)) + self.pos[col_offset:col_offset + cols]  # (B, cols, rows, d)
         z = z.reshape(b, cols * cfg.freq_patches, cfg.d_model)
         for blk in self.blocks:
             z = blk(z)

@@ -1,0 +1,134 @@
+"""Training phases on a tiny rendered fixture: losses fall, resume is exact, DDP runs on gloo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+SF2 = "/usr/share/sounds/sf2/TimGM6mb.sf2"
+pytestmark = pytest.mark.skipif(not Path(SF2).is_file(), reason="needs Debian timgm6mb-soundfont (scripts/setup_system.sh)")
+
+
+def _song(path: Path, seed: int):
+    import mido
+
+    rng = np.random.default_rng(seed)
+    mid = mido.MidiFile(ticks_per_beat=96)
+    tempo = mido.bpm2tempo(int(rng.integers(90, 140)))
+    root = int(rng.integers(40, 52))
+    for ch, prog, base in ((0, 33, root), (1, 0, root + 24), (9, 0, None)):
+        tr = mido.MidiTrack()
+        mid.tracks.append(tr)
+        if ch == 0:
+            tr.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
+        if ch != 9:
+            tr.append(mido.Message("program_change", program=prog, channel=ch, time=0))
+        for beat in range(48):  # 12 bars of 4/4
+            if ch == 9:
+                note = 36 if beat % 2 == 0 else 38
+            else:
+                note = base + int(rng.choice([0, 3, 5, 7, 10, 12]))
+            tr.append(mido.Message("note_on", note=note, velocity=90, channel=ch, time=0))
+            tr.append(mido.Message("note_off", note=note, velocity=0, channel=ch, time=96))
+    mid.save(path)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from training.data.render import render_corpus
+
+    base = tmp_path_factory.mktemp("fixture")
+    midi = base / "midi"
+    midi.mkdir()
+    for i in range(4):
+        _song(midi / f"song{i}.mid", seed=i)
+    out = base / "data"
+    render_corpus([midi], out, SF2, jobs=1, excerpt=None, val_fraction=0.0, seed=0, progress=False)
+    assert len([p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 4
+    return out
+
+
+def run_fit(data, out, *overrides, model="micro"):
+    from training.fit import TrainConfig, fit
+
+    cfg = TrainConfig.load(None, [f"data={data}", f"out={out}", f"model={model}", "frames=160", "batch_size=4",
+                                  "warmup=2", "threads=1", "ckpt_every=1000", "norm_samples=8", *overrides])
+    return fit(cfg)
+
+
+def losses(out):
+    return [json.loads(l)["loss"] for l in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("phase,extra", [("contrastive", ["lr=2e-3"]),
+                                         ("jepa", ["lr=2e-3", "conditioning=film"]),
+                                         ("jepa", ["lr=2e-3", "conditioning=class"])])
+def test_phase_loss_falls(dataset, tmp_path, phase, extra):
+    run_fit(dataset, tmp_path / "run", f"phase={phase}", "steps=24", *extra)
+    l = losses(tmp_path / "run")
+    assert len(l) == 24 and all(np.isfinite(l))
+    assert np.mean(l[-6:]) < np.mean(l[:6]), l
+
+
+def test_beats_phase_from_init_loss_falls(dataset, tmp_path):
+    ck = run_fit(dataset, tmp_path / "p2", "phase=jepa", "steps=2")
+    run_fit(dataset, tmp_path / "beats", "phase=beats", f"init={ck}", "steps=24", "lr=5e-3")
+    l = losses(tmp_path / "beats")
+    assert np.mean(l[-6:]) < np.mean(l[:6]), l
+    from training.checkpoint import load_model
+
+    m, state = load_model(tmp_path / "beats" / "final.pt")
+    assert state["phase"] == "beats" and state["labels"]  # labels carried for the conditioning cache
+
+
+def test_resume_is_exact(dataset, tmp_path):
+    common = ["phase=jepa", "steps=6", "lr=1e-3"]
+    run_fit(dataset, tmp_path / "a", *common)
+    run_fit(dataset, tmp_path / "b", *common, "stop_after=3")
+    assert len(losses(tmp_path / "b")) == 3
+    run_fit(dataset, tmp_path / "b", *common)
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert len(lb) == 6
+    np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+
+
+def test_phase2_from_phase1_syncs_target(dataset, tmp_path):
+    import torch
+
+    from training.checkpoint import load_model
+    from training.fit import TrainConfig, build_model
+
+    ck = run_fit(dataset, tmp_path / "p1", "phase=contrastive", "steps=2")
+    cfg = TrainConfig.load(None, [f"init={ck}", "model=micro", f"out={tmp_path / 'p2'}"])
+    m, _, resume = build_model(cfg, tmp_path / "p2")
+    p1, _ = load_model(ck)
+    assert resume is None
+    for a, b in zip(m.target_encoder.parameters(), p1.encoder.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bad_options_are_refused(dataset, tmp_path):
+    from training.fit import TrainConfig
+
+    with pytest.raises(SystemExit, match="unknown training option"):
+        TrainConfig.load(None, ["stepz=3"])
+    with pytest.raises(SystemExit, match="phase"):
+        TrainConfig.load(None, ["phase=pretrain"])
+    with pytest.raises((SystemExit, ValueError)):
+        run_fit(tmp_path / "nothing_here", tmp_path / "x", "steps=1")
+
+
+def test_ddp_two_cpu_processes(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+           "-m", "training", "fit", f"data={dataset}", f"out={tmp_path / 'ddp'}", "model=micro", "frames=160",
+           "batch_size=2", "steps=3", "threads=1", "norm_samples=4", "phase=jepa", "conditioning=class"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ddp" / "final.pt").is_file()
+    assert len(losses(tmp_path / "ddp")) == 3

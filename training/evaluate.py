@@ -1,0 +1,318 @@
+"""Evaluation: stem retrieval (the papers' protocol) and beat tracking (offline and causal).
+
+Retrieval, per track of the split: every 8-s chunk (up to ``max_chunks``) is embedded; for each
+stem ``s`` the query is ``predictor(encoder(mix without s), name of s)`` (the contrastive-only
+model: ``encoder(mix without s)``), the candidate is ``target_encoder(s)``; both are pooled over
+patches and averaged over chunks, then layer-normed and L2-normalised; candidates are every stem of
+every track; distance is Euclidean. Reported: Recall@1/5/10, normalised rank mean and median (%),
+overall and per category, beside the figures of a random ranking.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.audio import AudioError, load_audio
+
+from .checkpoint import load_model
+from .config import class_index
+from .features import TorchLogMel
+
+KS = (1, 5, 10)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def ranks_from_distances(dist: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
+    """1-based rank of ``true_idx[i]`` in row ``i`` of ``dist (Q, N)`` (ties count against)."""
+    d_true = dist[np.arange(len(true_idx)), true_idx]
+    return 1 + (dist < d_true[:, None]).sum(1) + ((dist == d_true[:, None]).sum(1) - 1)
+
+
+def retrieval_metrics(ranks: np.ndarray, n_candidates: int) -> dict:
+    """Recall@k (%) and normalised rank ``(rank - 1) / n_candidates`` mean and median (%)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        return {"n": 0}
+    nr = (ranks - 1) / n_candidates * 100.0
+    out = {f"R@{k}": float((ranks <= k).mean() * 100.0) for k in KS}
+    out.update({"nrank_mean": float(nr.mean()), "nrank_median": float(np.median(nr)), "n": int(ranks.size)})
+    return out
+
+
+def random_metrics(n_candidates: int) -> dict:
+    """Expected figures of a uniformly random ranking of ``n_candidates``."""
+    out = {f"R@{k}": 100.0 * min(k, n_candidates) / n_candidates for k in KS}
+    out.update({"nrank_mean": 100.0 * (n_candidates - 1) / 2 / n_candidates,
+                "nrank_median": 100.0 * (n_candidates - 1) / 2 / n_candidates})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class EvalTrack:
+    track_id: str
+    stems: list[tuple[str, str, str, np.ndarray]]  # (stem_id, fine label, category, audio (S,))
+    beats: np.ndarray | None
+
+
+def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = None,
+                max_seconds: float | None = None) -> list[EvalTrack]:
+    from .data.layout import load_dataset
+
+    tracks = load_dataset(root, split=split)
+    out = []
+    for t in tracks[: max_tracks or None]:
+        stems = []
+        for sid, st in t.stems.items():
+            try:
+                x = load_audio(st.path, duration=max_seconds)
+            except AudioError as e:
+                print(f"[eval] skipping {e}")
+                continue
+            stems.append((sid, st.label, st.category, x))
+        if not stems:
+            continue
+        n = max(len(s[3]) for s in stems)
+        stems = [(a, b, c, np.pad(x, (0, n - len(x)))) for a, b, c, x in stems]
+        beats = np.asarray(t.beats, dtype=np.float64) if getattr(t, "beats", None) else None
+        out.append(EvalTrack(t.track_id, stems, beats))
+    if not out:
+        raise SystemExit(f"{root}: no usable tracks in split {split!r}")
+    return out
+
+
+def chunk_starts(n_samples: int, win: int, max_chunks: int) -> list[int]:
+    """Non-overlapping window starts covering the signal; one (padded) window for short tracks."""
+    if n_samples <= win:
+        return [0]
+    starts = list(range(0, n_samples - win + 1, win))
+    if len(starts) > max_chunks:  # spread evenly over the track
+        idx = np.linspace(0, len(starts) - 1, max_chunks).round().astype(int)
+        starts = [starts[i] for i in idx]
+    return starts
+
+
+# ---------------------------------------------------------------------------------------------- retrieval
+class Embedder:
+    def __init__(self, ckpt: str | Path, threads: int = 2, batch: int = 16):
+        torch.set_num_threads(threads)
+        self.model, self.state = load_model(ckpt)
+        self.phase = self.state.get("phase", "jepa")
+        self.norm = self.state["norm"]
+        self.lm = TorchLogMel()
+        self.batch = batch
+        self.frames = self.model.cfg.max_frames
+        self.win = self.lm.cfg.n_samples(self.frames)
+        self._text = None
+
+    def features(self, x: np.ndarray) -> torch.Tensor:
+        m = self.lm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return ((m - self.norm["mean"]) / self.norm["std"])[..., : self.frames]
+
+    @torch.no_grad()
+    def tokens(self, windows: np.ndarray, target: bool) -> torch.Tensor:
+        enc = self.model.target_encoder if target else self.model.encoder
+        outs = [enc(self.features(windows[i:i + self.batch])) for i in range(0, len(windows), self.batch)]
+        return torch.cat(outs)
+
+    def conditioning(self, names: list[str], categories: list[str]) -> torch.Tensor:
+        if self.model.cfg.conditioning == "class":
+            return torch.tensor([class_index(c) for c in categories], dtype=torch.long)
+        table = self.state.get("conditioning") or {}
+        missing = [n for n in names if n not in table]
+        if missing:
+            if self._text is None:
+                from engine.text import CachedText, MiniLMText
+
+                self._text = CachedText(MiniLMText())
+            for n, v in zip(missing, self._text.encode(missing)):
+                table[n] = v
+        return torch.from_numpy(np.stack([np.asarray(table[n], dtype=np.float32) for n in names]))
+
+
+def _finish(e: torch.Tensor) -> np.ndarray:
+    return F.normalize(F.layer_norm(e, e.shape[-1:]), dim=-1).numpy()
+
+
+def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
+                       max_tracks=None, threads=2, tracks=None) -> dict:
+    from tqdm import tqdm
+
+    emb = Embedder(ckpt, threads=threads)
+    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks)
+    queries, cands, q_meta, c_meta = [], [], [], []
+    for t in tqdm(tracks, desc="embed", leave=False):
+        if len(t.stems) < 2:
+            continue
+        audio = np.stack([s[3] for s in t.stems])  # (n_stems, S)
+        starts = chunk_starts(audio.shape[1], emb.win, max_chunks)
+        audio = np.pad(audio, ((0, 0), (0, max(0, starts[-1] + emb.win - audio.shape[1]))))
+        wins = np.stack([audio[:, s:s + emb.win] for s in starts], axis=1)  # (n_stems, chunks, win)
+        n, c, w = wins.shape
+        tgt = emb.tokens(wins.reshape(n * c, w), target=True).mean(1).reshape(n, c, -1).mean(1)
+        mix_wo = wins.sum(0, keepdims=True) - wins  # (n_stems, chunks, win): mix without stem i
+        ctx = emb.tokens(mix_wo.reshape(n * c, w), target=False)  # (n*c, P, d)
+        if emb.phase == "contrastive":
+            q = ctx.mean(1)
+        else:
+            names = [s[1] if conditioning == "label" else s[2] for s in t.stems]
+            cond = emb.conditioning(names, [s[2] for s in t.stems])
+            cond = cond.repeat_interleave(c, dim=0)
+            with torch.no_grad():
+                q = emb.model.predict(ctx, cond).mean(1)
+        q = q.reshape(n, c, -1).mean(1)
+        for i, (sid, label, cat, _) in enumerate(t.stems):
+            queries.append(q[i])
+            cands.append(tgt[i])
+            q_meta.append((t.track_id, sid, label, cat))
+            c_meta.append((t.track_id, sid))
+    if not queries:
+        raise SystemExit("no track with at least two stems to evaluate")
+    Q, C = _finish(torch.stack(queries)), _finish(torch.stack(cands))
+    dist = np.sqrt(np.maximum(0.0, (Q**2).sum(1)[:, None] + (C**2).sum(1)[None] - 2 * Q @ C.T))
+    true_idx = np.arange(len(Q))  # query i's own stem is candidate i
+    ranks = ranks_from_distances(dist, true_idx)
+    n_c = len(C)
+    result = {"checkpoint": str(ckpt), "phase": emb.phase, "conditioning": conditioning,
+              "model_conditioning": emb.model.cfg.conditioning, "n_tracks": len({m[0] for m in q_meta}),
+              "n_candidates": n_c, "overall": retrieval_metrics(ranks, n_c), "random": random_metrics(n_c),
+              "per_category": {}}
+    cats = np.array([m[3] for m in q_meta])
+    for cat in sorted(set(cats)):
+        result["per_category"][cat] = retrieval_metrics(ranks[cats == cat], n_c)
+    result["recall_curve"] = [float((ranks <= k).mean() * 100.0) for k in range(1, 51)]
+    return result
+
+
+def print_retrieval(r: dict) -> None:
+    hdr = f"{'':24s} {'n':>5s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'nr.mean':>8s} {'nr.med':>7s}"
+    print(f"retrieval: {r['checkpoint']} ({r['phase']}, model={r['model_conditioning']}, "
+          f"query={r['conditioning']}), {r['n_tracks']} tracks, {r['n_candidates']} candidates")
+    print(hdr)
+
+    def row(name, m):
+        print(f"{name:24s} {m.get('n', 0):5d} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['R@10']:6.1f} "
+              f"{m['nrank_mean']:8.2f} {m['nrank_median']:7.2f}")
+
+    row("overall", r["overall"])
+    row("random ranking", {**r["random"], "n": r["overall"]["n"]})
+    for cat, m in r["per_category"].items():
+        row(f"  {cat}", m)
+
+
+def plot_recall(results: dict[str, dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n_c = None
+    for name, r in results.items():
+        ax.plot(range(1, 51), r["recall_curve"], label=name)
+        n_c = r["n_candidates"]
+    if n_c:
+        ax.plot(range(1, 51), [100.0 * k / n_c for k in range(1, 51)], "k--", label="random")
+    ax.set_xlabel("k")
+    ax.set_ylabel("Recall@k (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- beats
+def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray:
+    """Beat activation (50 Hz, sigmoid) of a whole track.
+
+    offline: consecutive 8-s windows, every activation frame of each.
+    causal: as live -- a window ending at each 160-ms hop, keeping only its newest column's 8
+    activations (windows shorter than 8 s at the start of the track).
+    """
+    cfg = emb.model.cfg
+    full = emb.lm(torch.from_numpy(mix[None].astype(np.float32)))[0]
+    full = (full - emb.norm["mean"]) / emb.norm["std"]  # (80, T)
+    T = full.shape[1]
+    p = cfg.patch
+    acts = []
+    with torch.no_grad():
+        if not causal:
+            for s in range(0, T - p + 1, cfg.max_frames):
+                n = min(cfg.max_frames, (T - s) // p * p)
+                z = emb.model.encoder(full[None, :, s:s + n])
+                acts.append(torch.sigmoid(emb.model.beat_head(z))[0])
+        else:
+            for e in range(p, T + 1, p):
+                n = min(cfg.max_frames, e)
+                z = emb.model.encoder(full[None, :, e - n:e])
+                acts.append(torch.sigmoid(emb.model.beat_head(z))[0, -cfg.beat_probes:])
+    return torch.cat(acts).numpy() if acts else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=2, max_seconds=None, tracks=None) -> dict:
+    import mir_eval
+    from tqdm import tqdm
+
+    from engine.beats import offline_beats
+
+    from .fit import BEAT_FRAME_OFFSET_S
+
+    emb = Embedder(ckpt, threads=threads)
+    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
+    fps = emb.model.cfg.beat_rate
+    scores: dict[str, list] = {"offline": [], "causal": []}
+    for t in tqdm([t for t in tracks if t.beats is not None and len(t.beats) > 4], desc="beats", leave=False):
+        mix = np.sum([s[3] for s in t.stems], axis=0)
+        ref = t.beats[t.beats <= len(mix) / 16000.0]
+        for mode in ("offline", "causal"):
+            act = beat_activations(emb, mix, causal=mode == "causal")
+            if mode == "offline":
+                est = offline_beats(act, fps=fps) + BEAT_FRAME_OFFSET_S
+            else:
+                est = causal_beats(act, fps) + BEAT_FRAME_OFFSET_S
+            r, e = mir_eval.beat.trim_beats(ref), mir_eval.beat.trim_beats(np.sort(est))
+            f = mir_eval.beat.f_measure(r, e)
+            _, _, cmlt, amlt = mir_eval.beat.continuity(r, e)
+            scores[mode].append((f, cmlt, amlt))
+    out = {"checkpoint": str(ckpt), "n_tracks": len(scores["offline"])}
+    for mode, v in scores.items():
+        a = np.array(v) if v else np.zeros((0, 3))
+        out[mode] = {"F": float(a[:, 0].mean()) if len(a) else float("nan"),
+                     "CMLt": float(a[:, 1].mean()) if len(a) else float("nan"),
+                     "AMLt": float(a[:, 2].mean()) if len(a) else float("nan")}
+    return out
+
+
+def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
+    """Beat times (s, activation-frame clock) the live tracker reports, fed frame by frame."""
+    from engine.beats import CausalBeatTracker
+
+    tr = CausalBeatTracker(fps=fps)
+    beats: list[float] = []
+    for i in range(len(act)):
+        st = tr.process(act[i:i + 1])
+        lb = getattr(st, "last_beat", None)
+        if lb is not None and (not beats or lb > beats[-1] + 1e-6):
+            beats.append(float(lb))
+    return np.asarray(beats)
+
+
+def print_beats(r: dict) -> None:
+    print(f"beats: {r['checkpoint']}, {r['n_tracks']} tracks")
+    print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s}")
+    for mode in ("offline", "causal"):
+        m = r[mode]
+        print(f"{mode:10s} {m['F']:6.3f} {m['CMLt']:6.3f} {m['AMLt']:6.3f}")
+
+
+def write_json(obj: dict, path: str | Path | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2))

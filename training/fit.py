@@ -1,0 +1,376 @@
+"""``python -m training fit``: the training phases of Stem-JEPA and its zero-shot extension.
+
+Phases (``phase=`` in the config file or on the command line):
+
+* ``contrastive`` -- phase 1: InfoNCE between patch-mean embeddings of context mix and target stem.
+* ``jepa``        -- phase 2: context encoder + predictor conditioned on the target's name (FiLM on a
+  text vector; ``conditioning=class`` gives the 4-class Stem-JEPA baseline), EMA target encoder,
+  per-patch normalised MSE. Starts from ``init=`` (phase 1) or from scratch.
+* ``beats``       -- beat head on the frozen context encoder, BCE with label widening.
+
+Exact resume: the data of step ``s`` is drawn from ``np.random.default_rng([seed, s, rank])``;
+lr and EMA momentum are pure functions of the step; weights, optimiser and step are checkpointed.
+Multi-process: launch with ``torchrun --nproc_per_node N -m training fit ...`` (gloo on CPU, nccl
+on CUDA); each rank draws its own batch, DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from engine.frontend import FrontEndConfig
+
+from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .config import get_config
+from .features import TorchLogMel
+from .losses import beat_loss, info_nce, jepa_loss, widen_beat_targets
+from .model import StemJEPA
+from .schedules import ema_tau_at, lr_at
+
+PHASES = ("contrastive", "jepa", "beats")
+BEAT_FRAME_OFFSET_S = 0.0175  # centre of activation frame 0: (n_fft/2 + hop/2) / sr
+
+
+@dataclass
+class TrainConfig:
+    phase: str = "jepa"
+    model: str = "tiny"  # a name in training.config.CONFIGS
+    conditioning: str = "film"  # film (text, zero-shot) | class (4-class baseline)
+    data: str = "/work/data/render"
+    split: str = "train"
+    out: str = "runs/default"
+    init: str = ""  # checkpoint to start from (phase 1 -> phase 2, phase 2 -> beats)
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr: float = 1e-5
+    warmup: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    ema_start: float = 0.996
+    ema_end: float = 0.9999
+    label_mode: str = "mixed"  # fine | category | mixed
+    frames: int = 800  # training crop in log-mel frames (multiple of 16); shorter crops are placed
+    # at a random column of the position embedding each step
+    contrastive_weight: float = 0.0  # optional InfoNCE term added in the jepa phase
+    beat_widen: int = 1
+    beat_pos_weight: float = 5.0
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast (CUDA; on CPU it uses AMX where present)
+    max_tracks: int = 0
+    norm_samples: int = 64
+    text_encoder: str = "minilm"
+    stop_after: int = 0  # stop after this many steps in this invocation (resume later); 0 = run to the end
+
+    @classmethod
+    def load(cls, path: str | None, overrides: list[str]) -> "TrainConfig":
+        values: dict = {}
+        if path:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        types = {f.name: f.type for f in fields(cls)}
+        for ov in overrides:
+            if "=" not in ov:
+                raise SystemExit(f"override {ov!r} must look like key=value")
+            k, v = ov.split("=", 1)
+            k = k.lstrip("-").replace("-", "_")
+            if k not in types:
+                raise SystemExit(f"unknown training option {k!r}; known: {', '.join(sorted(types))}")
+            values[k] = _parse(v, getattr(cls, k) if hasattr(cls, k) else None)
+        unknown = set(values) - set(types)
+        if unknown:
+            raise SystemExit(f"unknown training options in {path}: {sorted(unknown)}")
+        cfg = cls(**values)
+        if cfg.phase not in PHASES:
+            raise SystemExit(f"phase must be one of {PHASES}, not {cfg.phase!r}")
+        return cfg
+
+
+def _parse(v: str, default):
+    if isinstance(default, bool):
+        return v.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(v)
+    if isinstance(default, float):
+        return float(v)
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed(device: str) -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist_info()
+
+
+class PhaseStep(nn.Module):
+    """One training step's forward for a phase; returns ``(loss, metrics)``. Wrapped by DDP."""
+
+    def __init__(self, model: StemJEPA, phase: str, mean: float, std: float, contrastive_weight: float,
+                 beat_pos_weight: float):
+        super().__init__()
+        self.model, self.phase = model, phase
+        self.logmel = TorchLogMel(FrontEndConfig())
+        self.mean, self.std = mean, std
+        self.cw, self.bpw = contrastive_weight, beat_pos_weight
+        self.frames = model.cfg.max_frames
+        self.n_samples = self.logmel.cfg.n_samples(self.frames)
+        self.col_offset = 0
+
+    def set_frames(self, frames: int) -> None:
+        if frames % self.model.cfg.patch or not 0 < frames <= self.model.cfg.max_frames:
+            raise SystemExit(f"frames={frames} must be a multiple of {self.model.cfg.patch} up to {self.model.cfg.max_frames}")
+        self.frames = frames
+        self.n_samples = self.logmel.cfg.n_samples(frames)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, S)`` audio -> ``(B, 80, frames)`` normalised log-mel (zero-padded audio if short)."""
+        if x.shape[-1] < self.n_samples:
+            x = torch.nn.functional.pad(x, (0, self.n_samples - x.shape[-1]))
+        m = (self.logmel(x[..., : self.n_samples]) - self.mean) / self.std
+        return m[..., : self.frames]
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        m = self.model
+        if self.phase == "beats":
+            with torch.no_grad():
+                z = m.encoder(self.features(batch["mix"]), self.col_offset)
+            logits = m.beat_head(z)
+            loss = beat_loss(logits, batch["beats"], self.bpw)
+            return loss, {"bce": loss.detach()}
+        zc = m.encoder(self.features(batch["mix"]), self.col_offset)
+        if self.phase == "contrastive":
+            zt = m.encoder(self.features(batch["target"]), self.col_offset)
+            loss = info_nce(zc.mean(1), zt.mean(1), m.log_temp)
+            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().detach()}
+        with torch.no_grad():
+            zt = m.target_encoder(self.features(batch["target"]), self.col_offset)
+        pred = m.predict(zc, batch["cond"])
+        loss = jepa_loss(pred, zt)
+        metrics = {"jepa": loss.detach()}
+        if self.cw > 0:
+            c = info_nce(pred.mean(1), zt.mean(1), m.log_temp)
+            loss = loss + self.cw * c
+            metrics["infonce"] = c.detach()
+        # collapse monitor: spread of target embeddings across the batch
+        metrics["target_std"] = torch.nn.functional.normalize(zt.mean(1), dim=-1).std(0).mean().detach()
+        return loss, metrics
+
+
+def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: dict | None,
+               beat_fps: float, n_act: int) -> dict:
+    if cfg.phase == "beats":
+        items = [sampler.sample_beats(rng) for _ in range(cfg.batch_size)]
+        mix = torch.from_numpy(np.stack([it["mix"] for it in items]))
+        beats = torch.stack([widen_beat_targets(np.asarray(it["beats"]) - BEAT_FRAME_OFFSET_S, n_act, beat_fps,
+                                                cfg.beat_widen) for it in items])
+        return {"mix": mix, "beats": beats}
+    items = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+    batch = {"mix": torch.from_numpy(np.stack([it["mix"] for it in items])),
+             "target": torch.from_numpy(np.stack([it["target"] for it in items]))}
+    if cfg.phase == "jepa":
+        if cfg.conditioning == "class":
+            batch["cond"] = torch.tensor([it["class_idx"] for it in items], dtype=torch.long)
+        else:
+            batch["cond"] = torch.from_numpy(np.stack([text_table[it["label"]] for it in items]))
+    return batch
+
+
+def estimate_norm(sampler, n: int, seed: int) -> dict:
+    """Mean/std of the log-mel of ``n`` random mixes (the model's input statistics)."""
+    rng = np.random.default_rng([seed, 987654321])
+    lm = TorchLogMel()
+    vals = []
+    for _ in range(n):
+        x = torch.from_numpy(sampler.sample(rng)["mix"])[None]
+        vals.append(lm(x).flatten())
+    v = torch.cat(vals)
+    return {"mean": float(v.mean()), "std": float(v.std())}
+
+
+def text_vectors(labels: list[str], which: str) -> tuple[dict, dict]:
+    from engine.text import CachedText, MiniLMText
+
+    if which != "minilm":
+        raise SystemExit(f"text_encoder {which!r}: training supports 'minilm' (CLAP vectors can be added via engine.text)")
+    enc = CachedText(MiniLMText())
+    vecs = enc.encode(labels)
+    return {l: v for l, v in zip(labels, vecs)}, {"encoder": enc.name, "dim": enc.dim}
+
+
+def trainable_for(model: StemJEPA, phase: str, contrastive_weight: float = 0.0) -> list[nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mods = {"contrastive": [model.encoder], "jepa": [model.encoder, model.predictor],
+            "beats": [model.beat_head]}[phase]
+    params = [p for mod in mods for p in mod.parameters()]
+    if phase == "contrastive" or (phase == "jepa" and contrastive_weight > 0):
+        params.append(model.log_temp)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def build_model(cfg: TrainConfig, ckpt_dir: Path) -> tuple[StemJEPA, dict, dict | None]:
+    """Model for this run: resume from ``out/last.pt`` if present, else from ``init`` or scratch.
+    Returns (model, meta from the checkpoint used or {}, full resume state or None)."""
+    last = ckpt_dir / "last.pt"
+    if last.is_file():
+        model, state = load_model(last)
+        return model, state, state
+    mcfg = get_config(cfg.model, conditioning=cfg.conditioning)
+    model = StemJEPA(mcfg)
+    if not cfg.init:
+        return model, {}, None
+    init_model, state = load_model(cfg.init)
+    if init_model.cfg.with_(conditioning=mcfg.conditioning) != mcfg:
+        raise SystemExit(f"init checkpoint {cfg.init} has config {init_model.cfg.name!r} incompatible with {mcfg.name!r}")
+    model.encoder.load_state_dict(init_model.encoder.state_dict())
+    model.log_temp.data.copy_(init_model.log_temp.data)
+    if state.get("phase") == "contrastive":
+        model.sync_target()  # phase 1 trained only the online encoder
+    else:
+        model.target_encoder.load_state_dict(init_model.target_encoder.state_dict())
+    if init_model.cfg.conditioning == mcfg.conditioning:
+        model.predictor.load_state_dict(init_model.predictor.state_dict())
+    model.beat_head.load_state_dict(init_model.beat_head.state_dict())
+    return model, state, None
+
+
+def fit(cfg: TrainConfig) -> Path:
+    from tqdm import tqdm
+
+    rank, world = setup_distributed(cfg.device)
+    torch.set_num_threads(max(1, cfg.threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+
+    from .data.sampler import StemSampler
+
+    seconds = FrontEndConfig().n_samples(cfg.frames) / FrontEndConfig().sample_rate
+    sampler = StemSampler(cfg.data, split=cfg.split, seconds=seconds, label_mode=cfg.label_mode,
+                          seed=cfg.seed, max_tracks=cfg.max_tracks or None)
+    model, init_state, resume = build_model(cfg, out)
+
+    norm = init_state.get("norm") or estimate_norm(sampler, cfg.norm_samples, cfg.seed)
+    labels = sorted(set(sampler.labels) | set(init_state.get("labels", [])))
+    text_table, text_meta = None, init_state.get("text", {"encoder": "none", "dim": model.cfg.text_dim})
+    if cfg.phase == "jepa" and model.cfg.conditioning == "film":
+        text_table, text_meta = text_vectors(labels, cfg.text_encoder)
+
+    params = trainable_for(model, cfg.phase, cfg.contrastive_weight)
+    model.to(device)
+    step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight)
+    step_mod.set_frames(cfg.frames)
+    step_mod.to(device)
+    runner: nn.Module = step_mod
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(step_mod, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    if resume is not None:
+        if resume.get("phase") != cfg.phase:
+            raise SystemExit(f"{out}/last.pt is a {resume.get('phase')!r} run; this is {cfg.phase!r}: use another out=")
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["step"])
+
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+        except Exception:  # tensorboard not installed: keep the JSON log
+            writer = None
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    beat_fps = model.cfg.beat_rate
+    n_act = cfg.frames // model.cfg.patch * model.cfg.beat_probes
+    amp_dtype = torch.bfloat16
+    amp = cfg.amp
+
+    def save(name: str, step: int) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(out / name, model, norm=norm, text=text_meta, phase=cfg.phase, step=step,
+                        optimizer=opt.state_dict(), train_config=asdict(cfg), labels=labels,
+                        conditioning={k: v.tolist() for k, v in (text_table or {}).items()} or
+                        init_state.get("conditioning", {}))
+
+    log_path = out / "log.jsonl"
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc=cfg.phase)
+    losses = []
+    t0 = time.time()
+    for step in bar:
+        if cfg.stop_after and step - start >= cfg.stop_after:
+            save("last.pt", step)
+            if rank == 0:
+                print(f"[fit] stopped after {cfg.stop_after} steps at step {step}; run again to resume")
+            break
+        rng = np.random.default_rng([cfg.seed, step, rank])
+        batch = {k: v.to(device) for k, v in make_batch(sampler, rng, cfg, text_table, beat_fps, n_act).items()}
+        lr = lr_at(step, base=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, total=cfg.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        step_mod.col_offset = int(rng.integers(0, model.cfg.max_columns - cfg.frames // model.cfg.patch + 1))
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss, metrics = runner(batch)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if cfg.phase == "jepa":
+            model.ema_update(ema_tau_at(step, start=cfg.ema_start, end=cfg.ema_end, total=cfg.steps))
+        losses.append(float(loss))
+        if rank == 0:
+            rec = {"step": step, "loss": float(loss), "lr": lr, **{k: float(v) for k, v in metrics.items()}}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer is not None and step % cfg.log_every == 0:
+                for k, v in rec.items():
+                    if k != "step":
+                        writer.add_scalar(f"{cfg.phase}/{k}", v, step)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.2e}")
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            if cfg.phase == "contrastive" and step + 1 == cfg.steps:
+                model.sync_target()  # the contrastive model's "target" is its encoder
+            save("last.pt", step + 1)
+    else:
+        _finish_run(rank, writer, save, cfg, start, t0, losses, out)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "final.pt"
+
+
+def _finish_run(rank, writer, save, cfg, start, t0, losses, out) -> None:
+    if rank == 0:
+        save("final.pt", cfg.steps)
+        if writer is not None:
+            writer.close()
+        print(f"[fit] {cfg.phase}: {cfg.steps - start} steps in {time.time() - t0:.0f} s; "
+              f"last loss {np.mean(losses[-20:]) if losses else float('nan'):.4f}; wrote {out / 'final.pt'}")

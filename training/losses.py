@@ -1,0 +1,40 @@
+"""Losses of the three training phases."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Normalised MSE per patch, ``2 - 2 cos(pred, target)``, averaged. ``(B, P, d)`` each."""
+    return (2.0 - 2.0 * F.cosine_similarity(pred, target.detach(), dim=-1)).mean()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
+    ``exp(log_temp)`` (clamped to [0.01, 1])."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    temp = log_temp.exp().clamp(0.01, 1.0)
+    logits = a @ b.t() / temp
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def widen_beat_targets(beats_s, n_frames: int, fps: float, widen: int = 1, neighbour: float = 0.5) -> torch.Tensor:
+    """Beat times (s) -> frame targets ``(n_frames,)`` at ``fps`` Hz: 1 on the beat frame,
+    ``neighbour`` on the ``widen`` frames either side (label widening)."""
+    y = torch.zeros(n_frames)
+    for t in beats_s:
+        i = int(round(float(t) * fps))
+        if 0 <= i < n_frames:
+            for j in range(max(0, i - widen), min(n_frames, i + widen + 1)):
+                if j != i:
+                    y[j] = max(float(y[j]), neighbour)
+            y[i] = 1.0
+    return y
+
+
+def beat_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 5.0) -> torch.Tensor:
+    """Binary cross-entropy on beat logits ``(B, T)`` against widened targets ``(B, T)``."""
+    w = torch.tensor(pos_weight, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=w)
