@@ -315,9 +315,9 @@ def write_splits(out_dir: Path, val_fraction: float, seed: int) -> dict:
 
 DEFAULT_SET = {
     # folder under the MIDI root -> songs rendered (seeded choice); 30-s busy excerpts
-    "touhou": 800,
-    "pop909": 400,
-    "nottingham": 300,
+    "touhou": 1305,  # all of it
+    "pop909": 600,
+    "nottingham": 400,
 }
 DEFAULT_EXCERPT = 30.0
 DEFAULT_SEED = 0

@@ -1,0 +1,257 @@
+"""Training sampler: random 8-s crops of the stems of a split, as (context mix, target stem, label).
+
+All stems of the split are held as int16 at 16 kHz: 16-bit mono WAVs at the right rate are
+memory-mapped (the OS page cache then holds them once for every worker), anything else is decoded,
+resampled and converted once. A 100-ms RMS envelope of every stem is precomputed, so deciding
+which stems are active in a crop is a couple of array lookups.
+
+Activity: a stem is active in a crop when at least ``min_active`` (default 25 %) of its 100-ms
+frames are louder than ``active_db`` (default -60 dBFS RMS).
+"""
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import AudioError
+
+from .layout import DatasetError, Track, load_dataset
+
+HOP = 1600  # samples per envelope frame at 16 kHz (100 ms)
+LABEL_MODES = ("fine", "category", "mixed")
+
+
+def _pcm16_memmap(path: Path, sr: int):
+    """np.memmap over the samples of a mono 16-bit PCM WAV at ``sr`` Hz, else None."""
+    if path.suffix.lower() != ".wav":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            fmt = None
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    if size % 2:
+                        f.read(1)
+                elif cid == b"data":
+                    if fmt is None:
+                        return None
+                    tag, chans, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+                    if tag != 1 or chans != 1 or rate != sr or bits != 16:
+                        return None
+                    off = f.tell()
+                    n = min(size, path.stat().st_size - off) // 2
+                    if n <= 0:
+                        return None
+                    return np.memmap(path, dtype="<i2", mode="r", offset=off, shape=(n,))
+                else:
+                    f.seek(size + (size % 2), 1)
+    except (OSError, struct.error, ValueError):
+        return None
+
+
+def _load_int16(path: Path, sr: int, mmap: bool) -> np.ndarray:
+    if mmap:
+        m = _pcm16_memmap(path, sr)
+        if m is not None:
+            return m
+    from engine.audio import load_audio
+
+    x = load_audio(path, sr)  # raises AudioError for unreadable / NaN audio
+    return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _envelope_db(x: np.ndarray) -> np.ndarray:
+    """RMS per 100-ms frame in dBFS (last partial frame included)."""
+    n = len(x)
+    nf = -(-n // HOP)
+    buf = np.zeros(nf * HOP, dtype=np.float32)
+    buf[:n] = x
+    buf *= 1.0 / 32768.0
+    e = np.mean(buf.reshape(nf, HOP) ** 2, axis=1)
+    return (10.0 * np.log10(e + 1e-12)).astype(np.float32)
+
+
+@dataclass
+class _TrackData:
+    track: Track
+    stem_ids: list[str]
+    audio: list[np.ndarray]  # int16 per stem
+    cum: np.ndarray  # (n_stems, frames+1) cumulative count of active frames
+    length: int  # samples (longest stem)
+    beats: np.ndarray | None
+
+
+class StemSampler:
+    """See the module docstring. ``sample`` and ``sample_beats`` are the API the training loop uses."""
+
+    def __init__(self, root, split="train", seconds=8.0, sr=16000, label_mode="mixed", seed=0, max_tracks=None,
+                 active_db: float = -60.0, min_active: float = 0.25, mmap: bool = True, progress: bool = False):
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, not {label_mode!r}")
+        if sr != 16000:
+            warnings.warn("StemSampler: envelope frames assume 16 kHz; other rates work but frames are not 100 ms")
+        self.root = Path(root)
+        self.split = split
+        self.seconds = float(seconds)
+        self.sr = int(sr)
+        self.S = int(round(self.seconds * self.sr))
+        self.label_mode = label_mode
+        self.active_db = float(active_db)
+        self.min_active = float(min_active)
+        self.errors: list[str] = []  # stems/tracks skipped while loading, with the reason
+        tracks = load_dataset(self.root, split, strict=False)
+        if max_tracks is not None and max_tracks < len(tracks):
+            pick = np.sort(np.random.default_rng(seed).permutation(len(tracks))[:max_tracks])
+            tracks = [tracks[i] for i in pick]
+        it = tracks
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(tracks, desc=f"loading {split or 'all'}", unit="track")
+        self._tracks: list[_TrackData] = []
+        for t in it:
+            td = self._load_track(t, mmap)
+            if td is not None:
+                self._tracks.append(td)
+        if not self._tracks:
+            raise DatasetError(f"{root}: no usable track (need 2 readable stems) in split {split!r}")
+        if self.errors:
+            warnings.warn(f"StemSampler: {len(self.errors)} stems/tracks skipped, e.g. {self.errors[0]}")
+        self._beat_tracks = [i for i, td in enumerate(self._tracks) if td.beats is not None and len(td.beats)]
+        labels = set()
+        for td in self._tracks:
+            for sid in td.stem_ids:
+                s = td.track.stems[sid]
+                labels.add(s.label)
+                labels.add(s.category)
+        self.labels: list[str] = sorted(labels)
+
+    def _load_track(self, t: Track, mmap: bool):
+        ids, audio, envs = [], [], []
+        for sid, st in sorted(t.stems.items()):
+            try:
+                x = _load_int16(st.path, self.sr, mmap)
+            except AudioError as e:
+                self.errors.append(f"{t.track_id}/{sid}: {e}")
+                continue
+            ids.append(sid)
+            audio.append(x)
+            envs.append(_envelope_db(x))
+        if len(ids) < 2:
+            self.errors.append(f"{t.track_id}: fewer than 2 readable stems")
+            return None
+        nf = max(len(e) for e in envs)
+        act = np.zeros((len(ids), nf), dtype=np.int32)
+        for i, e in enumerate(envs):
+            act[i, : len(e)] = e > self.active_db
+        cum = np.concatenate([np.zeros((len(ids), 1), np.int32), np.cumsum(act, axis=1, dtype=np.int32)], axis=1)
+        beats = np.asarray(t.beats, dtype=np.float64) if t.beats else None
+        return _TrackData(t, ids, audio, cum, max(len(a) for a in audio), beats)
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    @property
+    def track_ids(self) -> list[str]:
+        return [td.track.track_id for td in self._tracks]
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _offset(self, td: _TrackData, rng) -> int:
+        span = td.length - self.S
+        return int(rng.integers(0, span + 1)) if span > 0 else 0
+
+    def active(self, ti: int, offset: int) -> np.ndarray:
+        """Indices of the stems of track ``ti`` that are active in the crop starting at ``offset``."""
+        td = self._tracks[ti]
+        nf = td.cum.shape[1] - 1
+        f0 = min(offset // HOP, nf)
+        f1 = min(-(-(offset + self.S) // HOP), nf)
+        n = max(1, -(-self.S // HOP))  # frames of a full crop: short tracks count their padding as silence
+        frac = (td.cum[:, f1] - td.cum[:, f0]) / n
+        return np.flatnonzero(frac >= self.min_active)
+
+    def crop(self, ti: int, stem: int, offset: int) -> np.ndarray:
+        """float32 (S,) of one stem, zero-padded past its end."""
+        a = self._tracks[ti].audio[stem]
+        out = np.zeros(self.S, dtype=np.float32)
+        seg = a[offset: offset + self.S]
+        out[: len(seg)] = seg
+        out *= 1.0 / 32768.0
+        return out
+
+    def _draw_label(self, rng, fine: str, category: str) -> str:
+        if self.label_mode == "fine":
+            return fine
+        if self.label_mode == "category":
+            return category
+        return fine if rng.random() < 0.5 else category
+
+    # ---- API -----------------------------------------------------------------------------------
+
+    def sample(self, rng: np.random.Generator, max_tries: int = 200) -> dict:
+        from training.config import class_index
+
+        for _ in range(max_tries):
+            ti = int(rng.integers(len(self._tracks)))
+            td = self._tracks[ti]
+            for _ in range(4):  # a few offsets in this track before moving on
+                off = self._offset(td, rng)
+                act = self.active(ti, off)
+                if len(act) >= 2:
+                    break
+            else:
+                continue
+            target = int(act[rng.integers(len(act))])
+            others = act[act != target]
+            while True:  # uniform over non-empty subsets of the other active stems
+                keep = rng.random(len(others)) < 0.5
+                if keep.any():
+                    break
+            context = others[keep]
+            mix = np.zeros(self.S, dtype=np.float32)
+            for c in context:
+                mix += self.crop(ti, int(c), off)
+            sid = td.stem_ids[target]
+            st = td.track.stems[sid]
+            return {"mix": mix, "target": self.crop(ti, target, off),
+                    "label": self._draw_label(rng, st.label, st.category), "fine": st.label,
+                    "category": st.category, "class_idx": class_index(st.category), "track_id": td.track.track_id,
+                    "stem_id": sid, "context_ids": [td.stem_ids[int(c)] for c in context],
+                    "offset": off / self.sr}
+        raise DatasetError(f"{self.root}: no crop with 2 active stems found in {max_tries} tries "
+                           f"(threshold {self.active_db} dBFS on {self.min_active:.0%} of the crop)")
+
+    def sample_beats(self, rng: np.random.Generator) -> dict:
+        if not self._beat_tracks:
+            raise DatasetError(f"{self.root}: no track of split {self.split!r} has beats")
+        ti = self._beat_tracks[int(rng.integers(len(self._beat_tracks)))]
+        td = self._tracks[ti]
+        off = self._offset(td, rng)
+        mix = np.zeros(self.S, dtype=np.float32)
+        for i in range(len(td.stem_ids)):
+            mix += self.crop(ti, i, off)
+        t0 = off / self.sr
+        b = td.beats[(td.beats >= t0) & (td.beats < t0 + self.seconds)] - t0
+        return {"mix": mix, "beats": b.astype(np.float64), "track_id": td.track.track_id, "offset": t0}
+
+    def sample_batch(self, rng: np.random.Generator, n: int) -> dict:
+        """``n`` samples stacked: arrays (n, S), lists for the strings."""
+        items = [self.sample(rng) for _ in range(n)]
+        out = {k: np.stack([it[k] for it in items]) for k in ("mix", "target")}
+        for k in ("label", "fine", "category", "track_id", "stem_id", "offset", "class_idx"):
+            out[k] = [it[k] for it in items]
+        out["class_idx"] = np.asarray(out["class_idx"], dtype=np.int64)
+        return out
