@@ -1,0 +1,653 @@
+"""The stem library: an index of 8-s segments of stems, searched by predicted embeddings.
+
+Each *segment* is a window of one stem (``window_s`` = 8 s, a new one every ``hop_s`` = 4 s)
+embedded by the model's **target encoder** and pooled exactly like the retrieval evaluation:
+tokens ``(P, d)`` -> mean over patches -> layer norm (no affine, eps 1e-5) -> L2, giving a
+``(d,)`` float32 unit vector. The index holds
+
+* ``embeddings`` ``(S, d)`` float32, L2-normalised, one row per segment;
+* per segment: the stem it belongs to and its offset in the stem (s);
+* per stem: ``stem_id`` (unique: path relative to the audio folder without extension),
+  ``track_id``, ``label`` (free text, e.g. "electric bass"), ``category`` (e.g. "bass") and path;
+* the fingerprint of the model that built it, ``hop_s``, ``window_s``.
+
+Search (:meth:`StemLibrary.search`) is exact: one matmul of the queries against the embeddings
+(cosine similarity; on unit vectors it ranks exactly like the Euclidean distance of the
+reference code) and ``argpartition``. Segments are stored sorted by category so that a
+category-restricted query multiplies a contiguous slice (a view, no copy). **Results hold at
+most one match per stem** (its best segment, whose offset is reported), so the ``k`` results
+name ``k`` different stems; ``unique="segment"`` returns raw segments instead. When the optional
+``faiss`` package is installed and the library holds more than :data:`FAISS_MIN_SEGMENTS`
+segments, unrestricted queries use a faiss exact inner-product index.
+
+Files: ``save(path)`` writes one ``.npz`` (arrays + the metadata as a JSON string; loaded with
+``allow_pickle=False``) and a ``.json`` copy of the metadata beside it for people to read.
+``load(path, expect_fingerprint=...)`` refuses an index built by another model.
+
+CLI: ``python -m engine.library build AUDIO_DIR OUT [--model DIR] [--device cpu] [--hop S]``
+and ``python -m engine.library info OUT``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from .frontend import FrontEndConfig, LogMel
+
+FORMAT = "stemjepa-library"
+VERSION = 1
+FAISS_MIN_SEGMENTS = 100_000
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "model"
+
+
+class LibraryError(ValueError):
+    """An index that cannot be used (unreadable, wrong format, built by another model)."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search hit. ``offset``: start of the matching 8-s segment in the stem (s);
+    ``score``: cosine similarity in [-1, 1] (higher is better)."""
+
+    stem_id: str
+    track_id: str
+    label: str
+    category: str
+    offset: float
+    score: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pool_tokens(tokens: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """``(B, P, d)`` tokens -> ``(B, d)`` float32: mean over patches, layer norm, L2.
+
+    Uses ``engine.backends.pool`` when that module is importable (one definition for the
+    whole engine); this numpy fallback computes the same thing.
+    """
+    try:
+        from .backends import pool  # type: ignore
+    except ImportError:
+        pool = None
+    if pool is not None:
+        return np.asarray(pool(tokens), dtype=np.float32)
+    m = np.asarray(tokens, dtype=np.float64).mean(axis=1)
+    m = (m - m.mean(axis=-1, keepdims=True)) / np.sqrt(m.var(axis=-1, keepdims=True) + eps)
+    return (m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+_CATEGORY_WORDS = (
+    ("drums", ("drum", "percussion", "kick", "snare", "hat", "cymbal", "perc", "shaker", "tambourine",
+               "conga", "bongo", "clap", "cajon")),
+    ("bass", ("bass",)),
+    ("vocals", ("vocal", "voice", "vox", "sing", "choir", "lead vocal", "backing vocal")),
+)
+
+
+def label_from_filename(name: str) -> str:
+    """``"Electric_Bass-02.wav"`` -> ``"electric bass"``."""
+    stem = Path(name).stem.lower()
+    stem = re.sub(r"[_\-.]+", " ", stem)
+    stem = re.sub(r"\s*\d+$", "", stem).strip()
+    return " ".join(stem.split()) or Path(name).stem.lower()
+
+
+def category_from_label(label: str) -> str:
+    """Coarse category (bass, drums, vocals, other) from a free-text label by keywords."""
+    low = label.lower()
+    for cat, words in _CATEGORY_WORDS:
+        if any(w in low for w in words):
+            return cat
+    return "other"
+
+
+class StemLibrary:
+    """Index of stem segments. Build with :func:`build`, :meth:`from_arrays` or :meth:`load`.
+
+    Attributes: ``embeddings (S, d)`` float32 unit rows (sorted by category), ``seg_stem (S,)``
+    int32 index into ``stems``, ``seg_offset (S,)`` float32 seconds, ``stems`` list of dicts
+    (``stem_id, track_id, label, category, path``), ``fingerprint`` (str or None), ``hop_s``,
+    ``window_s``, ``info`` (free dict: build report etc.).
+    """
+
+    def __init__(self, embeddings: np.ndarray, seg_stem: np.ndarray, seg_offset: np.ndarray, stems: list[dict],
+                 *, fingerprint: str | None = None, hop_s: float = 4.0, window_s: float = 8.0,
+                 info: dict | None = None, normalise: bool = True):
+        e = np.asarray(embeddings, dtype=np.float32)
+        if e.ndim != 2:
+            raise LibraryError(f"embeddings must be (S, d), got shape {e.shape}")
+        seg_stem = np.asarray(seg_stem, dtype=np.int32).reshape(-1)
+        seg_offset = np.asarray(seg_offset, dtype=np.float32).reshape(-1)
+        if not (len(seg_stem) == len(seg_offset) == len(e)):
+            raise LibraryError("embeddings, seg_stem and seg_offset must have the same length")
+        if len(seg_stem) and (seg_stem.min() < 0 or seg_stem.max() >= len(stems)):
+            raise LibraryError("seg_stem refers to a stem that is not listed")
+        if not np.all(np.isfinite(e)):
+            raise LibraryError("embeddings contain non-finite values")
+        if normalise:
+            e = _l2(e)
+        self.stems = [dict(s) for s in stems]
+        cats = np.array([self.stems[i]["category"] for i in seg_stem], dtype=object)
+        order = np.lexsort((seg_offset, seg_stem, cats.astype(str))) if len(e) else np.zeros(0, dtype=np.int64)
+        self.embeddings = np.ascontiguousarray(e[order])
+        self.seg_stem = seg_stem[order]
+        self.seg_offset = seg_offset[order]
+        self.fingerprint = fingerprint
+        self.hop_s = float(hop_s)
+        self.window_s = float(window_s)
+        self.info = dict(info or {})
+        # contiguous [start, end) per category
+        self._cat_range: dict[str, tuple[int, int]] = {}
+        sorted_cats = cats[order].astype(str) if len(e) else np.zeros(0, dtype=str)
+        for c in dict.fromkeys(sorted_cats.tolist()):
+            idx = np.flatnonzero(sorted_cats == c)
+            self._cat_range[c] = (int(idx[0]), int(idx[-1]) + 1)
+        self._labels = {}
+        for s in self.stems:
+            self._labels.setdefault(s["label"].lower(), s["category"])
+        self._faiss = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, embeddings: np.ndarray, stem_ids: Sequence[str], *, track_ids: Sequence[str] | None = None,
+                    labels: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                    offsets: Sequence[float] | None = None, fingerprint: str | None = None,
+                    hop_s: float = 4.0, window_s: float = 8.0) -> "StemLibrary":
+        """Library from per-segment arrays (benches, tests): ``embeddings (S, d)`` (normalised
+        here), ``stem_ids (S,)``; optional per-segment ``track_ids``, ``labels``, ``categories``
+        (default: the stem id, label = stem id, category from the label) and ``offsets`` (s)."""
+        n = len(stem_ids)
+        stems: list[dict] = []
+        index: dict[str, int] = {}
+        seg_stem = np.empty(n, dtype=np.int32)
+        for i, sid in enumerate(stem_ids):
+            sid = str(sid)
+            if sid not in index:
+                label = str(labels[i]) if labels is not None else sid
+                index[sid] = len(stems)
+                stems.append({"stem_id": sid, "track_id": str(track_ids[i]) if track_ids is not None else sid,
+                              "label": label,
+                              "category": str(categories[i]) if categories is not None else category_from_label(label),
+                              "path": ""})
+            seg_stem[i] = index[sid]
+        off = np.zeros(n, dtype=np.float32) if offsets is None else np.asarray(offsets, dtype=np.float32)
+        return cls(embeddings, seg_stem, off, stems, fingerprint=fingerprint, hop_s=hop_s, window_s=window_s)
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def n_stems(self) -> int:
+        return len(self.stems)
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted(self._cat_range)
+
+    def category_of(self, name: str) -> str | None:
+        """Category for an instrument name: the category of a stem with exactly that label, or
+        the name itself when it is a category of this library; else None (no restriction)."""
+        n = " ".join(str(name).strip().lower().split())
+        if n in self._labels:
+            return self._labels[n]
+        if n in self._cat_range:
+            return n
+        return None
+
+    def summary(self) -> dict:
+        return {"segments": len(self), "stems": self.n_stems, "tracks": len({s["track_id"] for s in self.stems}),
+                "dim": self.dim if len(self) else None, "categories": {c: b - a for c, (a, b) in self._cat_range.items()},
+                "fingerprint": self.fingerprint, "hop_s": self.hop_s, "window_s": self.window_s}
+
+    # ------------------------------------------------------------------ search
+    def _faiss_index(self):
+        if self._faiss is None:
+            try:
+                import faiss  # type: ignore
+            except ImportError:
+                self._faiss = False
+                return False
+            idx = faiss.IndexFlatIP(self.dim)
+            idx.add(self.embeddings)
+            self._faiss = idx
+        return self._faiss
+
+    def _select(self, scores: np.ndarray, base: int, k: int, unique: str | None) -> list[Match]:
+        """Top-k matches from one query's scores over segments ``[base, base + len(scores))``."""
+        n = len(scores)
+        if n == 0 or k <= 0:
+            return []
+        m = min(n, k if unique != "stem" else max(4 * k, k + 16))
+        while True:
+            if m < n:
+                cand = np.argpartition(-scores, m - 1)[:m]
+            else:
+                cand = np.arange(n)
+            cand = cand[np.lexsort((cand, -scores[cand]))]  # by score, ties by position
+            out, seen = [], set()
+            for j in cand:
+                si = int(self.seg_stem[base + j])
+                if unique == "stem":
+                    if si in seen:
+                        continue
+                    seen.add(si)
+                out.append((j, si))
+                if len(out) == k:
+                    break
+            if len(out) == k or m >= n:
+                break
+            m = min(n, 4 * m)
+        res = []
+        for j, si in out:
+            s = self.stems[si]
+            res.append(Match(s["stem_id"], s["track_id"], s["label"], s["category"],
+                             float(self.seg_offset[base + j]), float(scores[j])))
+        return res
+
+    def search(self, queries: np.ndarray, k: int = 5, categories: Sequence[str | None] | None = None,
+               unique: str | None = "stem") -> list[list[Match]]:
+        """Top-``k`` matches for each query.
+
+        ``queries``: ``(N, d)`` (or ``(d,)``) float, normalised here. ``categories``: None, or a
+        list of N entries, each a category name restricting that query (a category the library
+        does not hold gives no matches) or None. ``unique``: ``"stem"`` (default) keeps only each
+        stem's best segment; None returns raw segments. Returns N lists of :class:`Match`, best
+        first (score descending).
+        """
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or (len(self) and q.shape[1] != self.dim):
+            raise LibraryError(f"queries must be (N, {self.dim if len(self) else 'd'}), got {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise LibraryError("queries contain non-finite values")
+        if unique not in ("stem", None):
+            raise ValueError("unique must be 'stem' or None")
+        k = int(k)
+        nq = len(q)
+        if categories is None:
+            categories = [None] * nq
+        if len(categories) != nq:
+            raise ValueError(f"{nq} queries but {len(categories)} categories")
+        q = _l2(q)
+        results: list[list[Match]] = [[] for _ in range(nq)]
+        if nq == 0 or len(self) == 0 or k <= 0:
+            return results
+        groups: dict[str | None, list[int]] = {}
+        for i, c in enumerate(categories):
+            groups.setdefault(None if c is None else str(c), []).append(i)
+        for cat, idx in groups.items():
+            if cat is None:
+                a, b = 0, len(self)
+            elif cat in self._cat_range:
+                a, b = self._cat_range[cat]
+            else:
+                continue
+            if cat is None and len(self) > FAISS_MIN_SEGMENTS and self._faiss_index():
+                m = min(len(self), max(4 * k, k + 16) if unique == "stem" else k)
+                sc, ix = self._faiss.search(q[idx], m)
+                rest = []
+                for r, i in enumerate(idx):
+                    results[i] = self._select_from(ix[r], sc[r], k, unique)
+                    if len(results[i]) < k:  # too few distinct stems among the candidates
+                        rest.append(i)
+                idx = rest
+                if not idx:
+                    continue
+            scores = q[idx] @ self.embeddings[a:b].T  # (n, b - a) cosine similarities
+            for r, i in enumerate(idx):
+                results[i] = self._select(scores[r], a, k, unique)
+        return results
+
+    def _select_from(self, ix: np.ndarray, sc: np.ndarray, k: int, unique: str | None) -> list[Match]:
+        out, seen = [], set()
+        for j, s in zip(ix.tolist(), sc.tolist()):
+            if j < 0:
+                break
+            si = int(self.seg_stem[j])
+            if unique == "stem":
+                if si in seen:
+                    continue
+                seen.add(si)
+            st = self.stems[si]
+            out.append(Match(st["stem_id"], st["track_id"], st["label"], st["category"], float(self.seg_offset[j]), float(s)))
+            if len(out) == k:
+                break
+        return out
+
+    # ------------------------------------------------------------------ files
+    def _meta(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "hop_s": self.hop_s,
+                "window_s": self.window_s, "stems": self.stems, "info": self.info,
+                "segments": len(self), "dim": self.dim if len(self) else None}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (``.npz``; a directory gets ``library.npz`` inside) atomically, plus a
+        readable ``.json`` copy of the metadata. Returns the ``.npz`` path."""
+        p = _npz_path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        meta = self._meta()
+        blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        tmp = p.with_name(p.name + ".tmp.npz")
+        np.savez(tmp, embeddings=self.embeddings, seg_stem=self.seg_stem, seg_offset=self.seg_offset, meta=blob)
+        os.replace(tmp, p)
+        side = p.with_suffix(".json")
+        tmpj = side.with_name(side.name + ".tmp")
+        tmpj.write_text(json.dumps(meta, indent=1))
+        os.replace(tmpj, side)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "StemLibrary":
+        """Read an index written by :meth:`save`. ``expect_fingerprint``: the loading model's
+        fingerprint; an index built by another model is refused with :class:`LibraryError`."""
+        p = _npz_path(path)
+        if not p.is_file():
+            raise LibraryError(f"{p}: no such stem library index")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+                arrays = {k: z[k] for k in ("embeddings", "seg_stem", "seg_offset")}
+        except LibraryError:
+            raise
+        except Exception as e:
+            raise LibraryError(f"{p}: not a readable stem library index ({e})") from e
+        if meta.get("format") != FORMAT:
+            raise LibraryError(f"{p}: not a {FORMAT} file")
+        if meta.get("version") != VERSION:
+            raise LibraryError(f"{p}: index version {meta.get('version')}, this code reads {VERSION}")
+        fp = meta.get("fingerprint")
+        if expect_fingerprint is not None and fp != expect_fingerprint:
+            raise LibraryError(
+                f"{p}: this stem library was built by another model (index fingerprint {str(fp)[:12]}..., "
+                f"loaded model {str(expect_fingerprint)[:12]}...); rebuild it with "
+                f"'python -m engine.library build AUDIO_DIR OUT --model MODEL_DIR'")
+        e = arrays["embeddings"]
+        if e.size == 0:
+            e = e.reshape(0, int(meta.get("dim") or 0))
+        return cls(e, arrays["seg_stem"], arrays["seg_offset"], meta["stems"], fingerprint=fp,
+                   hop_s=meta.get("hop_s", 4.0), window_s=meta.get("window_s", 8.0), info=meta.get("info"),
+                   normalise=False)
+
+
+def _npz_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix == ".npz":
+        return p
+    return p / "library.npz"
+
+
+# ---------------------------------------------------------------------- building
+@dataclass
+class StemFile:
+    path: Path
+    stem_id: str
+    track_id: str
+    label: str
+    category: str
+
+
+def find_stems(audio_dir: str | Path) -> list[StemFile]:
+    """Every stem under ``audio_dir``, sorted by stem id.
+
+    Dataset layout (``ROOT/<track>/<stem>.wav`` + ``track.json``): a folder with ``track.json``
+    contributes the stems its ``"stems"`` table lists (label and category from there; other
+    audio files there, e.g. a mixture, are ignored). Any other audio file is a stem whose label
+    comes from its file name; its track is its folder (relative to ``audio_dir``), or the file
+    name itself for files directly in ``audio_dir``.
+    """
+    root = Path(audio_dir)
+    if not root.is_dir():
+        raise LibraryError(f"{root}: not a folder")
+    out: list[StemFile] = []
+    tables: dict[Path, dict | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        d = Path(dirpath)
+        table = None
+        if "track.json" in filenames:
+            try:
+                table = json.loads((d / "track.json").read_text()).get("stems", {})
+                if not isinstance(table, dict):
+                    table = None
+            except (OSError, ValueError, AttributeError):
+                table = None
+        tables[d] = table
+        for fn in sorted(filenames):
+            f = d / fn
+            if f.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            rel = f.relative_to(root).with_suffix("")
+            track = rel.parent.as_posix() if rel.parent != Path(".") else rel.name
+            if table is not None:
+                entry = table.get(f.stem)
+                if entry is None:
+                    continue
+                label = str(entry.get("label") or label_from_filename(fn))
+                category = str(entry.get("category") or category_from_label(label))
+            else:
+                label = label_from_filename(fn)
+                category = category_from_label(label)
+            out.append(StemFile(f, rel.as_posix(), track, label, category))
+    out.sort(key=lambda s: s.stem_id)
+    return out
+
+
+def _backend_fingerprint(backend) -> str | None:
+    m = getattr(backend, "manifest", None)
+    return getattr(m, "fingerprint", None) if m is not None else None
+
+
+def _backend_frontend(backend) -> FrontEndConfig:
+    m = getattr(backend, "manifest", None)
+    fe = getattr(m, "frontend", None) if m is not None else None
+    return FrontEndConfig.from_dict(fe) if isinstance(fe, dict) else FrontEndConfig()
+
+
+def segment_frames(n_frames: int, window: int, hop: int, patch: int = 16, min_frames: int = 96) -> list[tuple[int, int]]:
+    """``[(start, length)]`` of segments (log-mel frames): full windows every ``hop`` frames; a
+    stem shorter than one window gives one segment of its length rounded down to ``patch``
+    (none if that is under ``min_frames``)."""
+    if n_frames >= window:
+        return [(s, window) for s in range(0, n_frames - window + 1, hop)]
+    t = (n_frames // patch) * patch
+    return [(0, t)] if t >= min_frames else []
+
+
+def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop: int, batch: int = 8,
+               min_rms_db: float = -60.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """One stem's segments -> (embeddings (n, d), offsets (n,) s, silent segments skipped)."""
+    cfg = logmel.cfg
+    # pad n_fft - hop zeros so that S samples give exactly S // hop frames: an 8.00-s stem then
+    # holds one full 800-frame window (the last frame reaches 15 ms past the end)
+    padded = np.concatenate([samples, np.zeros(cfg.n_fft - cfg.hop, dtype=np.float32)])
+    feats = logmel(padded)  # (80, T)
+    segs = segment_frames(feats.shape[1], window, hop)
+    keep = []
+    silent = 0
+    for s, t in segs:
+        a = s * cfg.hop
+        x = samples[a:a + cfg.n_samples(t)]
+        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
+        if 20 * np.log10(max(rms, 1e-12)) < min_rms_db:
+            silent += 1
+            continue
+        keep.append((s, t))
+    embs, offs = [], []
+    for i in range(0, len(keep), batch):
+        group = keep[i:i + batch]
+        t = group[0][1]
+        x = np.stack([feats[:, s:s + t] for s, _ in group]).astype(np.float32)  # (B, 80, t)
+        tokens = backend.encode_target(x)
+        embs.append(pool_tokens(tokens))
+        offs += [s * cfg.hop / cfg.sample_rate for s, _ in group]
+    if not embs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32), silent
+    return np.concatenate(embs).astype(np.float32), np.asarray(offs, dtype=np.float32), silent
+
+
+def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, resume: bool = True, *,
+          window_s: float = 8.0, batch: int = 8, min_rms_db: float = -60.0, progress: bool = True,
+          checkpoint_every: int = 25, log=None) -> StemLibrary:
+    """Index every stem under ``audio_dir`` with ``backend.encode_target`` and save to ``out``.
+
+    Segments of ``window_s`` every ``hop_s`` seconds (both multiples of 10 ms); segments quieter
+    than ``min_rms_db`` dBFS RMS are skipped (a stem is only a candidate where it plays).
+    ``resume``: an existing index at ``out`` built by the same model with the same hop is
+    extended, skipping stems already done (indexed or found silent); stems that failed before
+    are retried. The partial index is saved every ``checkpoint_every`` stems, and at the end.
+    Unreadable files (:class:`engine.audio.AudioError`) are skipped and reported in
+    ``library.info["failed"]`` and through ``log``. Returns the library.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    fp = _backend_fingerprint(backend)
+    fe = _backend_frontend(backend)
+    lm = LogMel(fe)
+    frames_per_s = fe.sample_rate / fe.hop
+    window = int(round(window_s * frames_per_s))
+    hop = int(round(hop_s * frames_per_s))
+    if window <= 0 or window % 16 or hop <= 0:
+        raise ValueError("window_s must give a positive multiple of 16 frames and hop_s must be positive")
+    stems = find_stems(audio_dir)
+    out_p = _npz_path(out)
+
+    embs: list[np.ndarray] = []
+    seg_stem: list[np.ndarray] = []
+    seg_off: list[np.ndarray] = []
+    stem_meta: list[dict] = []
+    done: set[str] = set()
+    empty: list[str] = []
+    if resume and out_p.is_file():
+        old = StemLibrary.load(out_p)
+        if old.fingerprint != fp or abs(old.hop_s - hop_s) > 1e-9 or abs(old.window_s - window_s) > 1e-9:
+            raise LibraryError(f"{out_p}: existing index was built by another model or with another hop/window; "
+                               f"remove it or pass resume=False (--no-resume)")
+        stem_meta = old.stems
+        if len(old):
+            embs.append(old.embeddings)
+            seg_stem.append(old.seg_stem)
+            seg_off.append(old.seg_offset)
+        empty = list(old.info.get("empty", []))
+        done = {s["stem_id"] for s in stem_meta} | set(empty)
+        log(f"resuming {out_p}: {len(done)} stems already done")
+
+    failed: list[dict] = []
+    silent_total = 0
+    todo = [s for s in stems if s.stem_id not in done]
+    t0 = time.time()
+
+    def snapshot() -> StemLibrary:
+        d = embs[0].shape[1] if embs else 0
+        e = np.concatenate(embs) if embs else np.zeros((0, d), dtype=np.float32)
+        lib = StemLibrary(e, np.concatenate(seg_stem) if seg_stem else np.zeros(0, np.int32),
+                          np.concatenate(seg_off) if seg_off else np.zeros(0, np.float32), stem_meta,
+                          fingerprint=fp, hop_s=hop_s, window_s=window_s, normalise=False,
+                          info={"audio_dir": str(audio_dir), "failed": failed, "empty": empty,
+                                "min_rms_db": min_rms_db, "backend": getattr(backend, "name", None)})
+        lib.save(out_p)
+        return lib
+
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="stem", desc="indexing", file=sys.stderr)
+        except ImportError:
+            bar = None
+    n_new = 0
+    for st in todo:
+        try:
+            x = load_audio(st.path, fe.sample_rate)
+            e, off, silent = embed_stem(backend, x, lm, window=window, hop=hop, batch=batch, min_rms_db=min_rms_db)
+        except AudioError as err:
+            failed.append({"stem_id": st.stem_id, "path": str(st.path), "error": str(err)})
+            log(f"skipped {st.path}: {err}")
+            e, off, silent = None, None, 0
+        silent_total += silent
+        if e is not None:
+            if len(e):
+                idx = len(stem_meta)
+                stem_meta.append({"stem_id": st.stem_id, "track_id": st.track_id, "label": st.label,
+                                  "category": st.category, "path": str(st.path)})
+                embs.append(e)
+                seg_stem.append(np.full(len(e), idx, dtype=np.int32))
+                seg_off.append(off)
+            else:
+                empty.append(st.stem_id)
+        n_new += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(segments=sum(len(a) for a in embs), failed=len(failed))
+        if checkpoint_every and n_new % checkpoint_every == 0:
+            snapshot()
+    if bar is not None:
+        bar.close()
+    lib = snapshot()
+    log(f"indexed {len(todo) - len(failed)} stems in {time.time() - t0:.1f} s -> {len(lib)} segments "
+        f"({lib.n_stems} stems in the index, {silent_total} silent segments skipped, {len(failed)} bad files) -> {out_p}")
+    return lib
+
+
+# ---------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.library", description="Build or inspect a stem library index.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="index every stem of a folder")
+    b.add_argument("audio_dir")
+    b.add_argument("out", help="index path (.npz, or a folder that gets library.npz)")
+    b.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: engine/assets/model)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--kind", default=None, help="backend kind (default: fastest available)")
+    b.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    b.add_argument("--hop", type=float, default=4.0, help="seconds between segment starts (default 4)")
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--min-rms-db", type=float, default=-60.0)
+    b.add_argument("--no-resume", action="store_true")
+    b.add_argument("--no-progress", action="store_true")
+    i = sub.add_parser("info", help="print an index summary")
+    i.add_argument("index")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "info":
+            print(json.dumps(StemLibrary.load(args.index).summary(), indent=1))
+            return 0
+        from .backends import load_backend  # type: ignore
+
+        backend = load_backend(args.model, device=args.device, kind=args.kind, threads=args.threads)
+        build(args.audio_dir, backend, args.out, hop_s=args.hop, resume=not args.no_resume, batch=args.batch,
+              min_rms_db=args.min_rms_db, progress=not args.no_progress)
+        return 0
+    except (LibraryError, AudioError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a model-directory error from engine.backends / engine.manifest
+        if type(e).__name__ in ("ModelDirError", "BackendError"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
