@@ -1,0 +1,232 @@
+"""Load and validate a model directory (docs/model_dir.md). No torch import.
+
+``load_manifest(dir)`` returns a :class:`Manifest` or raises :class:`ModelDirError` with a message
+that names the directory and what is wrong: missing manifest, unparseable JSON, wrong format or
+version, a listed file missing or with a different sha256, or a config that does not match the
+graphs' I/O (recorded in the manifest and, when the ``onnx`` package is present, read from the
+ONNX files themselves).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "stemjepa-model"
+VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_GRAPHS = ("encoder", "target_encoder", "predictor", "beat_head")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be used; the message says why."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def graph_filename(name: str, precision: str) -> str:
+    return f"{name}.onnx" if precision == "fp32" else f"{name}.{precision}.onnx"
+
+
+def expected_io(config: dict, text_dim: int | None = None) -> dict[str, dict]:
+    """The I/O contract of every graph for a model config: ``{graph: {"inputs": {name: {"shape",
+    "dtype"}}, "outputs": {...}}}``. Symbolic dims are strings (B, T, P, N, A, L)."""
+    f, d = int(config["n_mels"]), int(config["d_model"])
+
+    def t(shape, dtype="float32"):
+        return {"shape": list(shape), "dtype": dtype}
+
+    io = {
+        "encoder": {"inputs": {"logmel": t(["B", f, "T"])}, "outputs": {"tokens": t(["B", "P", d])}},
+        "beat_head": {"inputs": {"tokens": t(["B", "P", d])}, "outputs": {"activation": t(["B", "A"])}},
+    }
+    io["target_encoder"] = json.loads(json.dumps(io["encoder"]))
+    cond = t(["N", int(config["text_dim"])]) if config["conditioning"] == "film" else t(["N"], "int64")
+    io["predictor"] = {"inputs": {"tokens": t([1, "P", d]), "cond": cond},
+                       "outputs": {"embedding": t(["N", d])}}
+    if text_dim:
+        io["text_encoder"] = {"inputs": {"input_ids": t(["N", "L"], "int64"), "attention_mask": t(["N", "L"], "int64")},
+                              "outputs": {"embedding": t(["N", int(text_dim)])}}
+    return io
+
+
+@dataclass
+class Manifest:
+    root: Path
+    data: dict = field(repr=False)
+
+    @property
+    def config(self) -> dict:
+        return self.data["config"]
+
+    @property
+    def frontend(self) -> dict:
+        return self.data["frontend"]
+
+    @property
+    def norm(self) -> dict:
+        return self.data["norm"]
+
+    @property
+    def text(self) -> dict:
+        return self.data.get("text", {})
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data["fingerprint"]
+
+    @property
+    def conditioning(self) -> str:
+        return self.config["conditioning"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.data.get("classes", ["bass", "drums", "vocals", "other"]))
+
+    @property
+    def graphs(self) -> dict:
+        return self.data["graphs"]
+
+    def precisions(self, graph: str = "encoder") -> list[str]:
+        return [p for p in PRECISIONS if p in self.graphs.get(graph, {})]
+
+    def has(self, graph: str, precision: str = "fp32") -> bool:
+        return precision in self.graphs.get(graph, {})
+
+    def graph_path(self, graph: str, precision: str = "fp32") -> Path:
+        try:
+            return self.root / self.graphs[graph][precision]["path"]
+        except KeyError:
+            raise ModelDirError(f"{self.root}: no {precision} {graph} graph (has: "
+                                f"{', '.join(self.precisions(graph)) or 'none'})") from None
+
+    def file(self, key: str) -> Path | None:
+        e = self.data.get("files", {}).get(key)
+        return None if e is None else self.root / e["path"]
+
+
+def _entries(data: dict):
+    """Every (label, entry-with-path-and-sha256) the manifest lists."""
+    for g, per in data.get("graphs", {}).items():
+        for prec, e in per.items():
+            yield f"{g} ({prec})", e
+    for k, e in data.get("files", {}).items():
+        yield k, e
+
+
+def _dims_match(recorded, actual) -> bool:
+    if len(recorded) != len(actual):
+        return False
+    for r, a in zip(recorded, actual):
+        if isinstance(r, int) and isinstance(a, int) and r != a:
+            return False
+        if isinstance(r, int) != isinstance(a, int):
+            # a symbolic dim where the contract fixes a size (or the reverse) is a mismatch,
+            # except the predictor's batch-1 tokens which exporters may leave symbolic
+            if isinstance(r, int) and r == 1:
+                continue
+            return False
+    return True
+
+
+def _onnx_io(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def dims(vi):
+        out = []
+        for dim in vi.type.tensor_type.shape.dim:
+            out.append(int(dim.dim_value) if dim.HasField("dim_value") else (dim.dim_param or "?"))
+        return out
+
+    return {"inputs": {i.name: dims(i) for i in m.graph.input},
+            "outputs": {o.name: dims(o) for o in m.graph.output}}
+
+
+def check_contract(data: dict, root: Path, read_graphs: bool = True) -> None:
+    """Config vs recorded I/O vs (optionally) the ONNX files' own I/O."""
+    cfg = data["config"]
+    text_dim = (data.get("text") or {}).get("dim") if "text_encoder" in data["graphs"] else None
+    exp = expected_io(cfg, text_dim)
+    if cfg["conditioning"] == "film" and text_dim and int(text_dim) != int(cfg["text_dim"]):
+        raise ModelDirError(f"{root}: config text_dim {cfg['text_dim']} but the text encoder gives {text_dim}")
+    for g, per in data["graphs"].items():
+        if g not in exp:
+            raise ModelDirError(f"{root}: unknown graph {g!r} in manifest")
+        for prec, e in per.items():
+            for side in ("inputs", "outputs"):
+                want = exp[g][side]
+                got = e.get(side, {})
+                if set(got) != set(want):
+                    raise ModelDirError(f"{root}: {g} ({prec}) {side} {sorted(got)} do not match the contract {sorted(want)}")
+                for name, spec in want.items():
+                    if not _dims_match(spec["shape"], got[name]["shape"]):
+                        raise ModelDirError(
+                            f"{root}: config/graph mismatch: {g} ({prec}) {side[:-1]} {name!r} is recorded as "
+                            f"{got[name]['shape']}, config {cfg.get('name')!r} (d_model={cfg['d_model']}, "
+                            f"n_mels={cfg['n_mels']}, text_dim={cfg['text_dim']}) needs {spec['shape']}")
+            if read_graphs:
+                try:
+                    actual = _onnx_io(root / e["path"])
+                except ImportError:
+                    return  # no onnx package: the backend checks session I/O instead
+                except Exception as ex:
+                    raise ModelDirError(f"{root}: {e['path']} is not a readable ONNX model ({ex})") from ex
+                for side in ("inputs", "outputs"):
+                    for name, spec in exp[g][side].items():
+                        if name not in actual[side]:
+                            raise ModelDirError(f"{root}: {e['path']} has no {side[:-1]} {name!r} "
+                                                f"(has {sorted(actual[side])})")
+                        if not _dims_match(spec["shape"], actual[side][name]):
+                            raise ModelDirError(
+                                f"{root}: config/graph mismatch: {e['path']} {side[:-1]} {name!r} has shape "
+                                f"{actual[side][name]}, the manifest's config needs {spec['shape']}")
+
+
+def load_manifest(model_dir: str | Path, verify: bool = True, read_graphs: bool = True) -> Manifest:
+    """Read ``MODEL_DIR/manifest.json`` and validate it (``verify``: file sha256s; ``read_graphs``:
+    compare the ONNX files' I/O with the config)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelDirError(f"{root}: model directory does not exist")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise ModelDirError(f"{root}: no {MANIFEST} (not a model directory written by `python -m export`)")
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{mpath}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelDirError(f"{mpath}: format {data.get('format') if isinstance(data, dict) else None!r}, "
+                            f"expected {FORMAT!r}")
+    if data.get("version") != VERSION:
+        raise ModelDirError(f"{mpath}: format version {data.get('version')!r}, this code reads version {VERSION}")
+    for key in ("config", "frontend", "norm", "fingerprint", "graphs"):
+        if key not in data:
+            raise ModelDirError(f"{mpath}: missing field {key!r}")
+    for key in ("n_mels", "patch", "d_model", "conditioning", "text_dim", "max_frames", "beat_probes"):
+        if key not in data["config"]:
+            raise ModelDirError(f"{mpath}: config lacks {key!r}")
+    for g in MODEL_GRAPHS:
+        if "fp32" not in data["graphs"].get(g, {}):
+            raise ModelDirError(f"{mpath}: no fp32 {g} graph listed")
+    for label, e in _entries(data):
+        p = root / e["path"]
+        if not p.is_file():
+            raise ModelDirError(f"{root}: {label}: file {e['path']} is missing")
+        if verify and sha256_file(p) != e["sha256"]:
+            raise ModelDirError(f"{root}: {label}: {e['path']} is corrupt (sha256 differs from the manifest)")
+    check_contract(data, root, read_graphs=read_graphs)
+    return Manifest(root=root, data=data)

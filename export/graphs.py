@@ -1,0 +1,88 @@
+"""The four inference graphs of a model directory, as torch modules wrapping a trained StemJEPA.
+
+These wrappers fix the I/O contract of docs/model_dir.md; the ONNX export and the torch backends
+run exactly these modules, so both paths compute the same function.
+
+* :class:`EncoderGraph`   raw log-mel ``(B, 80, T)`` -> tokens ``(B, P, d)`` (normalisation inside)
+* :class:`PredictorGraph` tokens ``(1, P, d)`` + cond ``(N, C)`` float | ``(N,)`` int64
+                          -> pooled, layer-normed, L2-normed embeddings ``(N, d)``
+* :class:`BeatGraph`      tokens ``(B, P, d)`` -> beat activation ``(B, cols * 8)`` in [0, 1]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Same as ``training.model.pool_embedding``: mean over patches, layer norm (no affine), L2."""
+    m = tokens.mean(dim=1)
+    m = m - m.mean(dim=-1, keepdim=True)  # layer norm without affine, eps 1e-5 (F.layer_norm's default),
+    m = m * torch.rsqrt(m.pow(2).mean(dim=-1, keepdim=True) + 1e-5)  # written out so it exports statically
+    return F.normalize(m, dim=-1)
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, encoder: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.encoder = encoder
+        self.mean = float(mean)
+        self.inv_std = 1.0 / float(std)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.encoder((logmel - self.mean) * self.inv_std)
+
+
+class PredictorGraph(nn.Module):
+    """Runs the predictor for N conditions on one context window and pools the result.
+
+    The context tokens are shared by all N instruments. For the FiLM predictor the first linear
+    layer does not depend on the condition, so it is computed once on ``(1, P, h)`` and broadcast
+    (same arithmetic as expanding the tokens first, N times less work in that layer).
+    """
+
+    def __init__(self, predictor: nn.Module, conditioning: str):
+        super().__init__()
+        self.p = predictor
+        self.conditioning = conditioning
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        if self.conditioning == "film":
+            h = tokens  # (1, P, d)
+            for i, (lin, film) in enumerate(zip(p.layers, p.film)):
+                gamma, beta = film(cond).unsqueeze(1).chunk(2, dim=-1)  # (N, 1, H)
+                h = F.relu((1.0 + gamma) * lin(h) + beta)  # layer 0: (1,P,H) broadcast to (N,P,H)
+            out = p.norm(p.out(h))
+        else:
+            n = cond.shape[0]
+            z = tokens.expand(n, -1, -1)
+            e = p.embed(cond.long()).unsqueeze(1).expand(-1, z.shape[1], -1)
+            h = torch.cat([z, e], dim=-1)
+            for lin in p.layers:
+                h = F.relu(lin(h))
+            out = p.norm(p.out(h))
+        return pool_tokens(out)
+
+
+class BeatGraph(nn.Module):
+    def __init__(self, beat_head: nn.Module):
+        super().__init__()
+        self.head = beat_head
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(tokens))
+
+
+def build_graphs(model, norm: dict) -> dict[str, nn.Module]:
+    """``{"encoder", "target_encoder", "predictor", "beat_head"}`` -> eval-mode wrapper modules."""
+    g = {
+        "encoder": EncoderGraph(model.encoder, norm["mean"], norm["std"]),
+        "target_encoder": EncoderGraph(model.target_encoder, norm["mean"], norm["std"]),
+        "predictor": PredictorGraph(model.predictor, model.cfg.conditioning),
+        "beat_head": BeatGraph(model.beat_head),
+    }
+    for m in g.values():
+        m.eval()
+    return g
