@@ -56,7 +56,9 @@ class Renderer:
         ts = max(0.0, t0 - preroll)
         n_keep = int(round((t1 - t0) * sr))
         skip = int(round((t0 - ts) * sr))
-        n = skip + n_keep
+        # Every render writes a whole number of FluidSynth blocks: the synth keeps a partly consumed
+        # block between calls, which would otherwise shift the next render by up to 63 samples.
+        n = -(-(skip + n_keep) // BLOCK) * BLOCK
         ev = []  # (sample, order, kind, ch, a, b)
         for c in controls:
             if c.time >= t1:
@@ -98,4 +100,4 @@ class Renderer:
                 f["channel_pressure"](syn, ch, a)
         if pos < n:
             self._write(syn, n - pos, lp + 4 * pos, 0, 1, rp + 4 * pos, 0, 1)
-        return ((left[skip:] + right[skip:]) * 0.5).astype(np.float32)
+        return ((left[skip: skip + n_keep] + right[skip: skip + n_keep]) * 0.5).astype(np.float32)
