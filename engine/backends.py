@@ -1,0 +1,283 @@
+"""Inference backends over a model directory (docs/model_dir.md).
+
+``load_backend(model_dir, device="cpu", kind=None, threads=1)`` returns an object with
+``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``, ``beats``, ``condition``.
+
+Kinds:
+
+=================  ==========================================================================
+``onnx-fp32``      ONNX Runtime CPU, fp32 graphs                         (no torch import)
+``onnx-fp16``      ONNX Runtime CPU, fp16 graphs (fp32 I/O)              (no torch import)
+``onnx-int8``      ONNX Runtime CPU, dynamic-int8 MatMul graphs          (no torch import)
+``torch-fp32``     PyTorch eager fp32 from ``model.pt`` (needs torch + the training package)
+``torch-bf16``     PyTorch eager under CPU autocast bfloat16 (AMX / AVX512-BF16 CPUs)
+``onnx-cuda-fp32`` ONNX Runtime CUDA provider (onnxruntime-gpu)
+``onnx-cuda-fp16`` ONNX Runtime CUDA provider, fp16 graphs
+``trt-fp16``       ONNX Runtime TensorRT provider, FP16, engine cache in ``MODEL_DIR/trt``
+``torch-cuda-fp32`` / ``torch-cuda-bf16``  PyTorch on CUDA
+=================  ==========================================================================
+
+``kind=None`` takes the first available kind of a static preference order (measured with
+``python -m export.bench`` on the 2-core AVX-512/AMX machine, see docs/model_dir.md):
+
+* cpu:  onnx-int8, onnx-fp32, torch-bf16, torch-fp32
+* cuda: trt-fp16, onnx-cuda-fp16, onnx-cuda-fp32, torch-cuda-bf16, torch-cuda-fp32
+
+The torch kinds import ``export.torch_backend`` lazily (the model classes live in ``training``);
+the ONNX kinds import only numpy, onnxruntime and tokenizers.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .manifest import Manifest, ModelDirError, load_manifest
+
+CPU_ORDER = ("onnx-int8", "onnx-fp32", "torch-bf16", "torch-fp32")
+CUDA_ORDER = ("trt-fp16", "onnx-cuda-fp16", "onnx-cuda-fp32", "torch-cuda-bf16", "torch-cuda-fp32")
+ALL_KINDS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "torch-fp32", "torch-bf16") + CUDA_ORDER
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+def pool(tokens: np.ndarray) -> np.ndarray:
+    """``(B, P, d)`` -> ``(B, d)``: mean over patches, layer norm without affine (eps 1e-5), L2.
+    Same function as ``training.model.pool_embedding``."""
+    t = np.asarray(tokens, dtype=np.float32)
+    m = t.mean(axis=1, dtype=np.float64)
+    m = m - m.mean(axis=-1, keepdims=True)
+    m = m / np.sqrt((m * m).mean(axis=-1, keepdims=True) + 1e-5)
+    n = np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+    return (m / n).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# conditioning: names -> vectors (film) or class ids (class)
+
+
+class Conditioner:
+    """``condition(names)``: film models look names up in ``conditioning.npz`` (vectors of the
+    training labels) and encode any other name with the ONNX text encoder (cached); class models
+    map names to the 4 classes by keyword (unknown -> "other")."""
+
+    KEYWORDS = {
+        "bass": ("bass",),
+        "drums": ("drum", "kick", "snare", "hi-hat", "hihat", "cymbal", "percussion", "tom", "beat"),
+        "vocals": ("vocal", "voice", "singer", "sing", "choir", "rap", "vox"),
+    }
+
+    def __init__(self, manifest: Manifest, threads: int = 1):
+        self.m = manifest
+        self._text = None
+        self._threads = threads
+        if manifest.conditioning == "film":
+            from .text import CachedText
+
+            dim = int(manifest.config["text_dim"])
+
+            class _NoEncoder:
+                name, dim_ = "cache-only", dim
+
+                def encode(inner, texts):
+                    raise BackendError(
+                        f"{manifest.root}: no text encoder in this model directory; known names: "
+                        f"{', '.join(sorted(self.cache.table)) or 'none'}; unknown: {', '.join(texts)}")
+
+            inner = _NoEncoder()
+            inner.dim = dim
+            self.cache = CachedText(inner)
+            cpath = manifest.file("conditioning")
+            if cpath is not None:
+                z = np.load(cpath, allow_pickle=False)
+                self.cache.preload({str(n): v for n, v in zip(z["names"], z["vectors"])})
+
+    def _text_encoder(self):
+        if self._text is None:
+            from .text import OnnxText
+
+            if not self.m.has("text_encoder", "int8"):
+                return None
+            tok = self.m.file("tokenizer")
+            self._text = OnnxText(self.m.graph_path("text_encoder", "int8"), tok, name=self.m.text.get("encoder", "text"),
+                                  threads=self._threads, max_length=int(self.m.text.get("max_length", 32)))
+        return self._text
+
+    def __call__(self, names: Sequence[str]) -> np.ndarray:
+        names = list(names)
+        if self.m.conditioning == "class":
+            return np.array([self.class_of(n) for n in names], dtype=np.int64)
+        from .text import normalise_name
+
+        missing = [n for n in {normalise_name(x) for x in names} if n not in self.cache.table]
+        if missing:
+            enc = self._text_encoder()
+            if enc is not None:
+                self.cache.inner = enc
+        return self.cache.encode(names)
+
+    def class_of(self, name: str) -> int:
+        from .text import normalise_name
+
+        n = normalise_name(name)
+        classes = self.m.classes
+        if n in classes:
+            return classes.index(n)
+        for cls, words in self.KEYWORDS.items():
+            if any(w in n for w in words):
+                return classes.index(cls)
+        return classes.index("other")
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def _ort_providers(kind: str, model_dir: Path, cfg: dict):
+    if kind.startswith("onnx-cuda"):
+        return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    if kind == "trt-fp16":
+        cache = model_dir / "trt"
+        return [("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                               "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                                               "trt_timing_cache_path": str(cache)}),
+                ("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    def __init__(self, manifest: Manifest, kind: str = "onnx-fp32", threads: int = 1):
+        import onnxruntime as ort
+
+        self.manifest = manifest
+        self.name = kind
+        self.threads = threads
+        prec = {"onnx-fp32": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8", "onnx-cuda-fp32": "fp32",
+                "onnx-cuda-fp16": "fp16", "trt-fp16": "fp32"}[kind]
+        self.precision = prec
+        providers = _ort_providers(kind, manifest.root, manifest.config)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if threads <= 1:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.sessions = {}
+        for g in ("encoder", "target_encoder", "predictor", "beat_head"):
+            p = prec if manifest.has(g, prec) else "fp32"
+            self.sessions[g] = ort.InferenceSession(str(manifest.graph_path(g, p)), so, providers=providers)
+        self._check_io()
+        self.conditioner = Conditioner(manifest, threads=threads)
+        self.cond_is_int = manifest.conditioning == "class"
+
+    def _check_io(self):
+        cfg = self.manifest.config
+        d = int(cfg["d_model"])
+        for g, s in self.sessions.items():
+            for o in s.get_outputs():
+                last = o.shape[-1]
+                if g != "beat_head" and isinstance(last, int) and last != d:
+                    raise ModelDirError(f"{self.manifest.root}: {g} graph outputs width {last}, config d_model={d}")
+
+    def encode(self, logmel: np.ndarray) -> np.ndarray:
+        return self.sessions["encoder"].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)})[0]
+
+    def encode_target(self, logmel: np.ndarray) -> np.ndarray:
+        return self.sessions["target_encoder"].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)})[0]
+
+    def predict(self, tokens: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self.sessions["predictor"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32),
+                                                     "cond": cond})[0]
+
+    def beats(self, tokens: np.ndarray) -> np.ndarray:
+        return self.sessions["beat_head"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32)})[0]
+
+    def condition(self, names: Sequence[str]) -> np.ndarray:
+        return self.conditioner(names)
+
+    def __repr__(self):
+        return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# availability and selection
+
+
+def _ort_providers_available() -> list[str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _torch_cuda() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def available_kinds(manifest: Manifest, device: str = "cpu") -> list[str]:
+    """Kinds that can run ``manifest``'s directory on ``device`` here, in preference order."""
+    out = []
+    provs = _ort_providers_available()
+    if device == "cpu":
+        for k in CPU_ORDER + ("onnx-fp16",):
+            if k.startswith("onnx-"):
+                if "CPUExecutionProvider" in provs and manifest.has("encoder", k.split("-")[1]):
+                    out.append(k)
+            elif k.startswith("torch-") and _torch_backend_possible(manifest):
+                out.append(k)
+    else:
+        for k in CUDA_ORDER:
+            if k == "trt-fp16" and "TensorrtExecutionProvider" in provs:
+                out.append(k)
+            elif k.startswith("onnx-cuda") and "CUDAExecutionProvider" in provs and manifest.has("encoder", k.split("-")[-1]):
+                out.append(k)
+            elif k.startswith("torch-cuda") and _torch_backend_possible(manifest) and _torch_cuda():
+                out.append(k)
+    return out
+
+
+def _torch_backend_possible(manifest: Manifest) -> bool:
+    return (manifest.file("model_pt") is not None and importlib.util.find_spec("torch") is not None
+            and importlib.util.find_spec("training") is not None)
+
+
+def load_backend(model_dir, device: str = "cpu", kind: str | None = None, threads: int = 1, verify: bool = True):
+    """Open ``model_dir`` with the backend ``kind`` (None: the first available of the preference
+    order for ``device``). ``device``: "cpu" or "cuda"/"cuda:0"."""
+    manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir, verify=verify)
+    dev = "cpu" if device == "cpu" else "cuda"
+    if kind is None:
+        kinds = available_kinds(manifest, dev)
+        if not kinds:
+            raise BackendError(f"no backend can run {manifest.root} on {device} here "
+                               f"(ONNX Runtime providers: {_ort_providers_available()})")
+        kind = kinds[0]
+    if kind not in ALL_KINDS:
+        raise BackendError(f"unknown backend kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
+    if kind.startswith("torch"):
+        if not _torch_backend_possible(manifest):
+            raise BackendError(f"{kind} needs torch, the training package and model.pt in {manifest.root}")
+        from export.torch_backend import TorchBackend
+
+        return TorchBackend(manifest, kind=kind, threads=threads)
+    if kind.startswith("onnx-cuda") or kind == "trt-fp16":
+        need = "TensorrtExecutionProvider" if kind == "trt-fp16" else "CUDAExecutionProvider"
+        if need not in _ort_providers_available():
+            raise BackendError(f"{kind} needs ONNX Runtime's {need} (onnxruntime-gpu on a CUDA machine); "
+                               f"available: {_ort_providers_available()}")
+    prec = kind.split("-")[-1]
+    if prec in ("fp16", "int8") and not manifest.has("encoder", prec):
+        raise BackendError(f"{manifest.root} has no {prec} graphs (exported: {', '.join(manifest.precisions())})")
+    return OnnxBackend(manifest, kind=kind, threads=threads)

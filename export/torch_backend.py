@@ -1,0 +1,79 @@
+"""PyTorch backends (``torch-fp32``, ``torch-bf16``, ``torch-cuda-*``) over a model directory.
+
+Rebuilds the model from ``model.pt`` with ``training.checkpoint.load_model`` and runs the same
+wrapper modules the ONNX graphs were exported from (``export.graphs``). Loaded lazily by
+``engine.backends.load_backend`` for the torch kinds only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engine.backends import Conditioner
+from engine.manifest import Manifest, ModelDirError, load_manifest
+
+from .graphs import build_graphs
+
+
+class TorchModel:
+    def __init__(self, model_dir, device: str = "cpu"):
+        from training.checkpoint import load_model
+
+        self.manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
+        path = self.manifest.file("model_pt")
+        if path is None:
+            raise ModelDirError(f"{self.manifest.root}: no model.pt listed")
+        model, state = load_model(path)
+        if model.cfg.to_dict() != self.manifest.config:
+            raise ModelDirError(f"{self.manifest.root}: model.pt config differs from the manifest's")
+        self.model = model.to(device)
+        self.graphs = build_graphs(self.model, self.manifest.norm)
+        self.device = device
+
+
+class TorchBackend:
+    def __init__(self, manifest: Manifest, kind: str = "torch-fp32", threads: int = 1):
+        self.name = kind
+        self.manifest = manifest
+        self.threads = threads
+        self.device = "cuda" if "cuda" in kind else "cpu"
+        if self.device == "cpu" and threads:
+            torch.set_num_threads(max(1, int(threads)))
+        self.tm = TorchModel(manifest, device=self.device)
+        self.g = self.tm.graphs
+        self.bf16 = kind.endswith("bf16")
+        self.conditioner = Conditioner(manifest, threads=threads)
+        self.cond_is_int = manifest.conditioning == "class"
+
+    def _ctx(self):
+        if self.bf16:
+            return torch.autocast(self.device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _run(self, graph: str, *arrays) -> np.ndarray:
+        ts = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        with torch.inference_mode(), self._ctx():
+            out = self.g[graph](*ts)
+        return out.float().cpu().numpy()
+
+    def encode(self, logmel):
+        return self._run("encoder", np.asarray(logmel, dtype=np.float32))
+
+    def encode_target(self, logmel):
+        return self._run("target_encoder", np.asarray(logmel, dtype=np.float32))
+
+    def predict(self, tokens, cond):
+        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self._run("predictor", np.asarray(tokens, dtype=np.float32), cond)
+
+    def beats(self, tokens):
+        return self._run("beat_head", np.asarray(tokens, dtype=np.float32))
+
+    def condition(self, names: Sequence[str]) -> np.ndarray:
+        return self.conditioner(names)
+
+    def __repr__(self):
+        return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"
