@@ -1,0 +1,441 @@
+"""``python -m export.bench``: time one full live hop per backend.
+
+A hop (every 160 ms of audio; 2 560 samples at 16 kHz):
+
+1. front end: the streaming log-mel computes only the 16 new frames and shifts them into the
+   80x800 window; the *baseline* recomputes the whole 8-s window from audio instead;
+2. encoder on the 80x800 window;
+3. predictor, one batch for the N instruments -> N pooled L2-normed embeddings;
+4. top-k search in a library of S segments (``engine.library.StemLibrary.search``: exact,
+   numpy matmul + partial sort);
+5. beat head on the newest time column (5 tokens -> 8 activations at 50 Hz) and the causal beat
+   tracker (``engine.beats.CausalBeatTracker``).
+
+When ``engine.pipeline.Matcher`` exists the bench uses it for the hop (so bench and server time
+the same code); otherwise it runs :class:`BenchHop` below, built from the same components.
+
+Backends: ``torch-fp32-full`` (PyTorch eager fp32 + full-window front end = the baseline), then
+every backend available on the device with the streaming front end (torch-fp32, torch-bf16,
+onnx-fp32/fp16/int8 on CPU; onnx-cuda, trt on CUDA). Each runs ``--warmup`` hops, then ``--hops``
+timed hops; reported: p50/p95/p99 ms, hops/s, speed-up vs the baseline (baseline p50 / p50),
+per-stage p50, encoder GFLOP/s, and retrieval agreement with the fp32 reference (same top-1).
+
+JSON (``--json OUT``), schema ``stemjepa-bench/1``::
+
+    {"schema": "stemjepa-bench/1", "created": iso, "device": "cpu", "threads": 1,
+     "model": {"dir", "name", "fingerprint", "fallback": bool, "config": {...}},
+     "settings": {"instruments", "library_size", "hops", "warmup", "k", "hop_s"},
+     "hop_impl": "engine.pipeline.Matcher" | "export.bench.BenchHop",
+     "flops": {"encoder_gflop", "predictor_gflop", "beat_gflop", "total_gflop"},   # per hop
+     "baseline": "torch-fp32-full",
+     "backends": [{"name", "kind", "frontend": "full"|"streaming",
+                   "ms": {"p50", "p95", "p99", "mean", "max"}, "hops_per_s", "speedup",
+                   "stages_ms": {"frontend", "encoder", "predictor", "search", "beats"},  # p50
+                   "encoder_gflop_per_s", "total_gflop_per_s",
+                   "agreement": {"top1", "mean_cos", "min_cos", "queries"}}],
+     "skipped": {"kind": "reason"},
+     "best": {"name", "speedup"}, "target": {"speedup": 1.5, "met": bool}}
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
+SCHEMA = "stemjepa-bench/1"
+TARGET_SPEEDUP = 1.5
+STAGES = ("frontend", "encoder", "predictor", "search", "beats")
+INSTRUMENTS = ["bass", "drums", "piano", "warm synth pad", "electric guitar", "vocals", "violin", "trumpet"]
+
+
+# ------------------------------------------------------------------------------------------ flops
+
+
+def encoder_flops(cfg: dict, frames: int | None = None) -> float:
+    """Multiply-adds x 2 of one encoder pass on ``frames`` frames (default: the full window)."""
+    t = frames or cfg["max_frames"]
+    p = (cfg["n_mels"] // cfg["patch"]) * (t // cfg["patch"])
+    d, depth = cfg["d_model"], cfg["depth"]
+    h = int(d * cfg["mlp_ratio"])
+    patch = p * cfg["patch"] ** 2 * d
+    block = p * (3 * d * d + d * d + 2 * d * h) + 2 * p * p * d  # qkv, proj, mlp; QK^T and AV
+    return 2.0 * (patch + depth * block)
+
+
+def predictor_flops(cfg: dict, n: int) -> float:
+    p = (cfg["n_mels"] // cfg["patch"]) * (cfg["max_frames"] // cfg["patch"])
+    d, hdim, layers = cfg["d_model"], cfg["predictor_hidden"], cfg["predictor_layers"]
+    if cfg["conditioning"] == "film":
+        first = p * d * hdim  # computed once, shared by the N instruments
+        rest = n * p * ((layers - 2) * hdim * hdim + hdim * d)
+        film = n * layers * 0 + n * (layers - 1) * cfg["text_dim"] * 2 * hdim
+        return 2.0 * (first + rest + film)
+    return 2.0 * n * p * (2 * d * hdim + (layers - 2) * hdim * hdim + hdim * d)
+
+
+def beat_flops(cfg: dict) -> float:
+    return 2.0 * (cfg["n_mels"] // cfg["patch"]) * cfg["d_model"] * cfg["beat_probes"]
+
+
+# ------------------------------------------------------------------------------------------ audio
+
+
+def synth_audio(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
+    """A synthetic 'track': click/kick pattern at a random tempo, a bass line, chord tones, noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    bpm = rng.uniform(80, 160)
+    beat = 60.0 / bpm
+    x = 0.003 * rng.standard_normal(n)
+    for b in np.arange(0, seconds, beat):
+        i = int(b * sr)
+        ln = min(n - i, int(0.08 * sr))
+        env = np.exp(-np.arange(ln) / (0.015 * sr))
+        x[i:i + ln] += 0.5 * env * np.sin(2 * np.pi * 60 * np.arange(ln) / sr)
+    root = 55.0 * 2 ** (rng.integers(0, 12) / 12)
+    x += 0.15 * np.sin(2 * np.pi * root * t * (1 + 0.5 * (np.floor(t / (2 * beat)) % 2)))
+    for k in rng.choice([3, 4, 5, 7, 10], size=3, replace=False):
+        x += 0.05 * np.sin(2 * np.pi * root * 4 * 2 ** (k / 12) * t)
+    return (x / max(1e-6, np.abs(x).max()) * 0.8).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ hop
+
+
+class BenchHop:
+    """The live hop from engine components (see module doc). ``full_recompute``: recompute the
+    8-s window's log-mel from audio every hop (the baseline) instead of 16 new frames."""
+
+    def __init__(self, backend, library, instruments: list[str], k: int = 5, full_recompute: bool = False):
+        from engine.beats import CausalBeatTracker
+        from engine.frontend import FrontEndConfig, LogMel, StreamingLogMel
+
+        cfg = backend.manifest.config
+        self.fe = FrontEndConfig.from_dict(backend.manifest.frontend)
+        self.backend, self.library, self.k = backend, library, k
+        self.full = full_recompute
+        self.frames = cfg["max_frames"]
+        self.rows = cfg["n_mels"] // cfg["patch"]
+        self.lm = LogMel(self.fe)
+        self.stream = StreamingLogMel(self.fe)
+        self.window = np.zeros((1, cfg["n_mels"], self.frames), np.float32)
+        self.audio = np.zeros(self.fe.n_samples(self.frames), np.float32)  # last 8 s (+ n_fft - hop)
+        self.cond = backend.condition(instruments)
+        self.tracker = CausalBeatTracker(fps=cfg["beat_probes"] / (cfg["patch"] * self.fe.hop / self.fe.sample_rate))
+        self.times = {s: [] for s in STAGES}
+        self.total = []
+        self.last = None
+
+    def prime(self, audio: np.ndarray) -> None:
+        """Fill the window with the first 8 s (not timed)."""
+        a = audio[: len(self.audio)]
+        self.audio[:] = a
+        f = self.stream.push(a)
+        self.window[0, :, -f.shape[1]:] = f[:, -self.frames:]
+
+    def process(self, chunk: np.ndarray, record: bool = True):
+        t0 = time.perf_counter()
+        n = len(chunk)
+        self.audio[:-n] = self.audio[n:]
+        self.audio[-n:] = chunk
+        if self.full:
+            self.window[0] = self.lm.offline(self.audio)[:, -self.frames:]
+            self.stream.push(chunk)  # keep both paths in step (not part of the baseline's cost)
+            t1 = time.perf_counter()
+            t0 += 0.0
+        else:
+            f = self.stream.push(chunk)
+            t = f.shape[1]
+            if t:
+                self.window[0, :, :-t] = self.window[0, :, t:]
+                self.window[0, :, -t:] = f
+            t1 = time.perf_counter()
+        tokens = self.backend.encode(self.window)
+        t2 = time.perf_counter()
+        emb = self.backend.predict(tokens, self.cond)
+        t3 = time.perf_counter()
+        matches = self.library.search(emb, k=self.k)
+        t4 = time.perf_counter()
+        act = self.backend.beats(tokens[:, -self.rows:])
+        beat = self.tracker.process(act[0])
+        t5 = time.perf_counter()
+        if self.full:  # the streaming push above is bookkeeping only: do not charge it
+            pass
+        if record:
+            for s, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                self.times[s].append(dt * 1e3)
+            self.total.append((t5 - t0) * 1e3)
+        self.last = (emb, matches, beat)
+        return self.last
+
+
+def _pct(x: list[float]) -> dict:
+    a = np.asarray(x, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "max": float(a.max())}
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def resolve_model(path: str | None, log) -> tuple[Path, bool, tempfile.TemporaryDirectory | None]:
+    """The model directory to bench; falls back to a freshly initialised `tiny` export (loudly)."""
+    p = Path(path) if path else DEFAULT_MODEL
+    if (p / "manifest.json").is_file():
+        return p, False, None
+    if path:
+        raise SystemExit(f"bench: {p} is not a model directory (no manifest.json)")
+    bar = "!" * 78
+    log(f"{bar}\n!! bench: no shipped model at {p}\n!! falling back to a FRESHLY INITIALISED 'tiny' "
+        f"checkpoint (random weights) exported to a temporary directory.\n!! Timings are representative "
+        f"of the architecture; retrieval agreement is measured on random weights.\n{bar}")
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.config import get_config
+    from training.model import StemJEPA
+
+    from .core import export_model
+
+    td = tempfile.TemporaryDirectory(prefix="stemjepa-bench-")
+    torch.manual_seed(0)
+    ck = Path(td.name) / "tiny.pt"
+    save_checkpoint(ck, StemJEPA(get_config("tiny")), norm={"mean": -4.0, "std": 3.0},
+                    text={"encoder": "all-MiniLM-L6-v2", "dim": 384}, labels=INSTRUMENTS)
+    export_model(ck, Path(td.name) / "model", ("fp32", "fp16", "int8"), log=lambda m: None)
+    return Path(td.name) / "model", True, td
+
+
+def _library(manifest, size: int, seed: int = 0):
+    from engine.library import StemLibrary
+
+    d = int(manifest.config["d_model"])
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((size, d)).astype(np.float32)
+    per_stem = 20  # 20 segments (80 s at a 4-s hop) per stem
+    ids = [f"stem{i // per_stem:05d}" for i in range(size)]
+    cats = ["bass", "drums", "vocals", "other"]
+    return StemLibrary.from_arrays(e, ids, categories=[cats[(i // per_stem) % 4] for i in range(size)],
+                                   offsets=[4.0 * (i % per_stem) for i in range(size)], fingerprint=manifest.fingerprint)
+
+
+def _matcher_hop(backend, library, instruments, k):
+    """Use engine.pipeline.Matcher when it has landed and accepts these arguments."""
+    try:
+        from engine.pipeline import Matcher  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        m = Matcher(backend=backend, library=library, instruments=instruments, k=k)
+        if not hasattr(m, "process_hop"):
+            return None
+        return m
+    except Exception:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _kinds(manifest, device: str, skipped: dict) -> list[tuple[str, str, bool]]:
+    """(label, backend kind, full_recompute)."""
+    from engine.backends import available_kinds
+
+    dev = "cpu" if device == "cpu" else "cuda"
+    avail = available_kinds(manifest, dev)
+    out = [("torch-fp32-full", "torch-fp32", True)]
+    if "torch-fp32" not in available_kinds(manifest, "cpu"):
+        skipped["torch-fp32-full"] = "torch/training not importable or no model.pt"
+        out = []
+    order = (["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8"] if dev == "cpu"
+             else ["torch-cuda-fp32", "torch-cuda-bf16", "onnx-cuda-fp32", "onnx-cuda-fp16", "trt-fp16"])
+    for k in order:
+        if k in avail:
+            out.append((k, k, False))
+        else:
+            skipped[k] = "not available here (provider, precision not exported, or torch missing)"
+    return out
+
+
+def agreement_sets(backend_ref, n_windows: int, lib_windows: int, seed: int = 7):
+    """Query windows (log-mel) and a small library of reference target embeddings built from
+    synthetic tracks, for the top-1 agreement check."""
+    from engine.backends import pool
+    from engine.frontend import FrontEndConfig, LogMel
+
+    cfg = backend_ref.manifest.config
+    lm = LogMel(FrontEndConfig.from_dict(backend_ref.manifest.frontend))
+    frames = cfg["max_frames"]
+
+    def windows(count, s):
+        out = []
+        per = 4
+        for i in range((count + per - 1) // per):
+            feats = lm(synth_audio(16.0, s + i))
+            for j in range(per):
+                st = j * (feats.shape[1] - frames) // per
+                out.append(feats[:, st:st + frames])
+        return np.stack(out[:count]).astype(np.float32)
+
+    q = windows(n_windows, seed)
+    libw = windows(lib_windows, seed + 1000)
+    lib = np.concatenate([pool(backend_ref.encode_target(libw[i:i + 8])) for i in range(0, len(libw), 8)])
+    return q, lib
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.bench", description="Time one full live hop per backend.")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:0 (default cpu)")
+    ap.add_argument("--model", help=f"model directory (default {DEFAULT_MODEL}; a fresh tiny export if missing)")
+    ap.add_argument("--instruments", type=int, default=4, help="instruments per hop (default 4)")
+    ap.add_argument("--library-size", type=int, default=10000, help="segments in the library (default 10000)")
+    ap.add_argument("--hops", type=int, default=200, help="timed hops per backend (default 200)")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed hops per backend first (default 20)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads for torch / ONNX Runtime / BLAS (default 1: on a 2-core machine with the "
+                         "other core busy, 1 thread is the fast and stable choice)")
+    ap.add_argument("--k", type=int, default=5, help="top-k (default 5)")
+    ap.add_argument("--agree-windows", type=int, default=16, help="windows for the retrieval agreement (default 16)")
+    ap.add_argument("--backends", help="comma-separated subset of labels to run (default: all available)")
+    ap.add_argument("--json", help="write results as JSON here")
+    a = ap.parse_args(argv)
+
+    def log(msg=""):
+        print(msg, flush=True)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    from engine.backends import load_backend, pool
+    from engine.library import set_blas_threads
+    from engine.manifest import load_manifest
+
+    set_blas_threads(a.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    except ImportError:
+        pass
+    model_dir, fallback, _td = resolve_model(a.model, log)
+    manifest = load_manifest(model_dir)
+    cfg = manifest.config
+    names = (INSTRUMENTS * (a.instruments // len(INSTRUMENTS) + 1))[: a.instruments]
+    if manifest.conditioning == "film" and a.instruments > len(INSTRUMENTS):
+        names = [f"{n} {i}" if i >= len(INSTRUMENTS) else n for i, n in enumerate(names)]
+    library = _library(manifest, a.library_size)
+    fl = {"encoder_gflop": encoder_flops(cfg) / 1e9, "predictor_gflop": predictor_flops(cfg, a.instruments) / 1e9,
+          "beat_gflop": beat_flops(cfg) / 1e9}
+    fl["total_gflop"] = sum(fl.values())
+    skipped: dict[str, str] = {}
+    kinds = _kinds(manifest, a.device, skipped)
+    if a.backends:
+        want = set(a.backends.split(","))
+        kinds = [k for k in kinds if k[0] in want]
+    hop_s = cfg["patch"] * manifest.frontend.get("hop", 160) / manifest.frontend.get("sample_rate", 16000)
+    chunk = int(round(hop_s * manifest.frontend.get("sample_rate", 16000)))
+    audio = synth_audio(8.2 + (a.hops + a.warmup + 1) * hop_s, seed=1)
+    log(f"bench: model {model_dir} ({cfg['name']}, d={cfg['d_model']}, depth={cfg['depth']}, {manifest.conditioning}), "
+        f"fingerprint {manifest.fingerprint[:12]}{'  [FALLBACK: random weights]' if fallback else ''}")
+    log(f"bench: device {a.device}, threads {a.threads}, {a.instruments} instruments, library {a.library_size} segments, "
+        f"{a.hops} hops (+{a.warmup} warm-up), hop {hop_s * 1e3:.0f} ms")
+    log(f"bench: arithmetic per hop: encoder {fl['encoder_gflop']:.3f} GFLOP (80x{cfg['max_frames']} window), predictor "
+        f"{fl['predictor_gflop']:.3f} GFLOP ({a.instruments} instruments), beat head {fl['beat_gflop'] * 1e3:.3f} MFLOP")
+
+    results, hop_impl = [], "export.bench.BenchHop"
+    backends, hops = {}, []
+    for label, kind, full in kinds:
+        try:
+            b = backends.get(kind) or load_backend(manifest, device=a.device, kind=kind, threads=a.threads)
+        except Exception as e:
+            skipped[label] = f"load failed: {e}"
+            continue
+        backends[kind] = b
+        hop = BenchHop(b, library, names, k=a.k, full_recompute=full)
+        hop.prime(audio)
+        hops.append((label, kind, full, hop))
+    # interleaved: hop i of every backend runs before hop i+1 of any, so load from other processes
+    # on this shared machine spreads evenly over the backends being compared
+    pos0 = len(hops[0][3].audio) if hops else 0
+    for i in range(a.warmup + a.hops):
+        pos = pos0 + i * chunk
+        for _, _, _, hop in hops:
+            hop.process(audio[pos:pos + chunk], record=i >= a.warmup)
+    for label, kind, full, hop in hops:
+        ms = _pct(hop.total)
+        stages = {s: float(np.percentile(hop.times[s], 50)) for s in STAGES}
+        r = {"name": label, "kind": kind, "frontend": "full" if full else "streaming", "ms": ms,
+             "hops_per_s": 1e3 / ms["mean"], "stages_ms": stages,
+             "encoder_gflop_per_s": fl["encoder_gflop"] / (stages["encoder"] / 1e3),
+             "total_gflop_per_s": fl["total_gflop"] / (ms["p50"] / 1e3)}
+        results.append(r)
+
+    # retrieval agreement with the fp32 reference
+    ref_kind = "torch-fp32" if "torch-fp32" in backends else ("onnx-fp32" if "onnx-fp32" in backends else None)
+    if ref_kind is None and results:
+        ref_kind = results[0]["kind"]
+    if ref_kind:
+        ref = backends[ref_kind]
+        qw, lib = agreement_sets(ref, a.agree_windows, max(32, a.agree_windows * 2))
+        cond_ref = ref.condition(names)
+        ref_emb = np.concatenate([ref.predict(ref.encode(qw[i:i + 1]), cond_ref) for i in range(len(qw))])
+        ref_top = np.argmax(ref_emb @ lib.T, axis=1)
+        for r in results:
+            b = backends[r["kind"]]
+            emb = np.concatenate([b.predict(b.encode(qw[i:i + 1]), b.condition(names)) for i in range(len(qw))])
+            top = np.argmax(emb @ lib.T, axis=1)
+            cos = np.sum(emb * ref_emb, axis=1)
+            r["agreement"] = {"reference": ref_kind, "top1": float(np.mean(top == ref_top)), "mean_cos": float(cos.mean()),
+                              "min_cos": float(cos.min()), "queries": int(len(top)), "library": int(len(lib))}
+
+    base = next((r for r in results if r["name"] == "torch-fp32-full"), results[0] if results else None)
+    for r in results:
+        r["speedup"] = base["ms"]["p50"] / r["ms"]["p50"] if base else None
+    best = max((r for r in results if r is not base), key=lambda r: r["speedup"], default=base)
+    log("")
+    log(f"{'backend':17s} {'front':9s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'hops/s':>7s} {'x base':>7s}  "
+        f"{'fe':>5s} {'enc':>6s} {'pred':>6s} {'search':>6s} {'beat':>5s}  {'enc GF/s':>8s}  {'top1':>5s} {'cos':>7s}")
+    for r in results:
+        s, m, ag = r["stages_ms"], r["ms"], r.get("agreement", {})
+        log(f"{r['name']:17s} {r['frontend']:9s} {m['p50']:8.2f} {m['p95']:8.2f} {m['p99']:8.2f} {r['hops_per_s']:7.1f} "
+            f"{r['speedup']:7.2f}  {s['frontend']:5.2f} {s['encoder']:6.2f} {s['predictor']:6.2f} {s['search']:6.2f} "
+            f"{s['beats']:5.2f}  {r['encoder_gflop_per_s']:8.1f}  {ag.get('top1', float('nan')):5.2f} "
+            f"{ag.get('mean_cos', float('nan')):7.4f}")
+    for k, why in skipped.items():
+        log(f"  skipped {k}: {why}")
+    met = bool(best and best["speedup"] >= TARGET_SPEEDUP)
+    if best:
+        log(f"\nbest: {best['name']} {best['speedup']:.2f}x the baseline (torch eager fp32, full recompute) "
+            f"-> target {TARGET_SPEEDUP}x {'MET' if met else 'NOT met'}; hop budget {hop_s * 1e3:.0f} ms")
+    if ref_kind:
+        log(f"agreement: same top-1 as {ref_kind} over {a.agree_windows} windows x {a.instruments} instruments "
+            f"in a library of {max(32, a.agree_windows * 2)} synthetic-track target embeddings")
+    out = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "device": a.device, "threads": a.threads,
+           "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                       "python": sys.version.split()[0]},
+           "model": {"dir": str(model_dir), "name": cfg["name"], "fingerprint": manifest.fingerprint,
+                     "fallback": fallback, "config": cfg},
+           "settings": {"instruments": a.instruments, "names": names, "library_size": a.library_size, "hops": a.hops,
+                        "warmup": a.warmup, "k": a.k, "hop_s": hop_s},
+           "hop_impl": hop_impl, "flops": fl, "baseline": base["name"] if base else None, "backends": results,
+           "skipped": skipped, "best": {"name": best["name"], "speedup": best["speedup"]} if best else None,
+           "target": {"speedup": TARGET_SPEEDUP, "met": met}}
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        log(f"bench: JSON written to {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
