@@ -294,14 +294,7 @@ def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
     """Beat times (s, activation-frame clock) the live tracker reports, fed frame by frame."""
     from engine.beats import CausalBeatTracker
 
-    tr = CausalBeatTracker(fps=fps)
-    beats: list[float] = []
-    for i in range(len(act)):
-        st = tr.process(act[i:i + 1])
-        lb = getattr(st, "last_beat", None)
-        if lb is not None and (not beats or lb > beats[-1] + 1e-6):
-            beats.append(float(lb))
-    return np.asarray(beats)
+    return CausalBeatTracker(fps=fps).run(act)
 
 
 def print_beats(r: dict) -> None:

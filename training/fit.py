@@ -262,6 +262,7 @@ def fit(cfg: TrainConfig) -> Path:
 
     rank, world = setup_distributed(cfg.device)
     torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
@@ -345,9 +346,9 @@ def fit(cfg: TrainConfig) -> Path:
         opt.step()
         if cfg.phase == "jepa":
             model.ema_update(ema_tau_at(step, start=cfg.ema_start, end=cfg.ema_end, total=cfg.steps))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if rank == 0:
-            rec = {"step": step, "loss": float(loss), "lr": lr, **{k: float(v) for k, v in metrics.items()}}
+            rec = {"step": step, "loss": losses[-1], "lr": lr, **{k: float(v) for k, v in metrics.items()}}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if writer is not None and step % cfg.log_every == 0:
