@@ -259,6 +259,8 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
                 skipped_dir.mkdir(exist_ok=True)
                 (skipped_dir / f"{r['track_id']}.json").write_text(json.dumps(r))
             bar.update(1)
+            if len(results) % 200 == 0:  # keep splits.json current so a partial set is usable
+                write_splits(out_dir, val_fraction, seed)
             bar.set_postfix(ok=sum(x["status"] == "ok" for x in results), skipped=len(skipped))
     finally:
         bar.close()
