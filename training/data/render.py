@@ -317,8 +317,8 @@ def write_splits(out_dir: Path, val_fraction: float, seed: int) -> dict:
 
 DEFAULT_SET = {
     # folder under the MIDI root -> songs rendered (seeded choice); 30-s busy excerpts
-    "touhou": 1305,  # all of it
-    "pop909": 600,
+    "touhou": 1000,
+    "pop909": 500,
     "nottingham": 400,
 }
 DEFAULT_EXCERPT = 30.0
