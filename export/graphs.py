@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
     """Same as ``training.model.pool_embedding``: mean over patches, layer norm (no affine), L2."""
-    m = tokens.mean(dim=1)
+    m = tokens.float().mean(dim=1)  # fp32 even under bf16 autocast: unit-norm outputs
     m = m - m.mean(dim=-1, keepdim=True)  # layer norm without affine, eps 1e-5 (F.layer_norm's default),
     m = m * torch.rsqrt(m.pow(2).mean(dim=-1, keepdim=True) + 1e-5)  # written out so it exports statically
     return F.normalize(m, dim=-1)

@@ -1,0 +1,50 @@
+"""python -m export.bench: runs on a micro model and writes the documented JSON schema."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from tests.test_export import micro_dir  # noqa: E402,F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_json_schema(micro_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "export.bench", "--model", str(micro_dir), "--hops", "6", "--warmup", "2",
+                        "--library-size", "300", "--instruments", "3", "--agree-windows", "4", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "GFLOP" in r.stdout and "p50" in r.stdout
+    j = json.loads(out.read_text())
+    assert j["schema"] == "stemjepa-bench/1"
+    for k in ("created", "device", "threads", "machine", "model", "settings", "hop_impl", "flops", "baseline",
+              "backends", "skipped", "best", "target"):
+        assert k in j, k
+    assert j["baseline"] == "torch-fp32-full" and j["model"]["fallback"] is False
+    assert j["settings"]["instruments"] == 3 and j["settings"]["library_size"] == 300
+    assert j["flops"]["encoder_gflop"] > 0 and j["flops"]["predictor_gflop"] > 0
+    names = [b["name"] for b in j["backends"]]
+    assert names[0] == "torch-fp32-full" and {"onnx-fp32", "onnx-int8", "torch-bf16"} <= set(names)
+    for b in j["backends"]:
+        assert set(b["ms"]) == {"p50", "p95", "p99", "mean", "max"}
+        assert b["ms"]["p50"] <= b["ms"]["p99"]
+        assert set(b["stages_ms"]) == {"frontend", "encoder", "predictor", "search", "beats"}
+        assert b["speedup"] > 0 and b["hops_per_s"] > 0 and b["encoder_gflop_per_s"] > 0
+        assert 0 <= b["agreement"]["top1"] <= 1 and b["agreement"]["queries"] == 12
+    assert j["backends"][0]["speedup"] == 1.0
+    assert isinstance(j["target"]["met"], bool)
+
+
+def test_encoder_flops_count():
+    from export.bench import encoder_flops
+
+    cfg = {"n_mels": 80, "patch": 16, "max_frames": 800, "d_model": 192, "depth": 6, "mlp_ratio": 4.0}
+    p, d = 250, 192
+    expect = 2 * (p * 256 * d + 6 * (p * 12 * d * d + 2 * p * p * d))
+    assert encoder_flops(cfg) == expect
