@@ -195,3 +195,25 @@ def test_touhou_titles_and_grouped_split():
     val = [g for g in groups if split_of(g, 0.08, 0) == "validation"]
     assert 0.05 < len(val) / len(groups) < 0.11
     assert all(split_of(g, 0.08, 0) == split_of(g, 0.08, 0) for g in groups[:50])
+
+
+def test_cli_render_with_limit_and_excerpt(tmp_path, capsys):
+    from training.data.__main__ import main
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for i in range(3):
+        make_song(midi / f"s{i}.mid", programs=((0, 33 + i), (1, 40 + i)), drums=False, bars=4, tempo_change=False)
+    out = tmp_path / "out"
+    assert main(["render", str(midi), str(out), "--soundfont", SF2, "--limit", "2", "--excerpt", "3"]) == 0
+    assert "rendered=2" in capsys.readouterr().out
+    tracks = load_dataset(out)
+    assert len(tracks) == 2
+    import soundfile as sf
+
+    for t in tracks:
+        assert all(abs(sf.info(str(s.path)).duration - 3.0) < 1e-3 for s in t.stems.values())
+        assert t.meta["excerpt"][1] - t.meta["excerpt"][0] == pytest.approx(3.0)
+    # raising the limit keeps the first choice and adds one song
+    assert main(["render", str(midi), str(out), "--soundfont", SF2, "--limit", "3", "--excerpt", "3"]) == 0
+    assert "already_done=2, rendered=1" in capsys.readouterr().out

@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     r.add_argument("--soundfont", default=DEFAULT_SF2)
     r.add_argument("--jobs", type=int, default=1)
     r.add_argument("--excerpt", type=float, default=None, help="seconds per song (a busy region)")
-    r.add_argument("--limit", type=int, default=None, help="at most N songs per MIDI folder (seeded choice)")
+    r.add_argument("--limit", type=_limits, default=None,
+                   help="at most N songs per MIDI folder (seeded choice); N1,N2,... gives one per folder")
     r.add_argument("--val-fraction", type=float, default=0.08)
     r.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("render-default", help="rebuild the default training set")
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     if a.cmd == "render":
         from .render import render_corpus
 
+        if isinstance(a.limit, list) and len(a.limit) != len(a.midi_dir):
+            ap.error(f"--limit gives {len(a.limit)} values for {len(a.midi_dir)} folders")
         rep = render_corpus(a.midi_dir, a.out_dir, a.soundfont, a.jobs, a.excerpt, a.limit, a.val_fraction, a.seed)
         _summary(rep)
     elif a.cmd == "render-default":
@@ -67,6 +70,11 @@ def main(argv=None) -> int:
 
         print(json.dumps(dataset_stats(a.root), indent=1))
     return 0
+
+
+def _limits(text: str):
+    vals = [int(v) for v in text.split(",")]
+    return vals[0] if len(vals) == 1 else vals
 
 
 def _summary(rep: dict) -> None:
