@@ -168,7 +168,12 @@ class Matcher:
             n = " ".join(n.split())
             if n not in clean:
                 clean.append(n)
-        cond = self.backend.condition(clean) if clean else None
+        try:
+            cond = self.backend.condition(clean) if clean else None
+        except (ValueError, TypeError, KeyError):
+            raise
+        except Exception as e:  # e.g. no text encoder for an unknown name: a bad argument here
+            raise ValueError(f"cannot condition on {clean}: {e}") from e
         self.instruments, self._cond = clean, cond
         self._update_categories()
 
