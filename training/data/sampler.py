@@ -73,13 +73,13 @@ def _load_int16(path: Path, sr: int, mmap: bool) -> np.ndarray:
 
 
 def _envelope_db(x: np.ndarray) -> np.ndarray:
-    """RMS per 100-ms frame in dBFS (last partial frame included)."""
+    """RMS per 100-ms frame in dBFS (last partial frame zero-padded)."""
     n = len(x)
     nf = -(-n // HOP)
     buf = np.zeros(nf * HOP, dtype=np.float32)
     buf[:n] = x
-    buf *= 1.0 / 32768.0
-    e = np.mean(buf.reshape(nf, HOP) ** 2, axis=1)
+    b = buf.reshape(nf, HOP)
+    e = np.einsum("ij,ij->i", b, b) * (1.0 / (HOP * 32768.0 ** 2))
     return (10.0 * np.log10(e + 1e-12)).astype(np.float32)
 
 
