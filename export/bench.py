@@ -11,8 +11,9 @@ A hop (every 160 ms of audio; 2 560 samples at 16 kHz):
 5. beat head on the newest time column (5 tokens -> 8 activations at 50 Hz) and the causal beat
    tracker (``engine.beats.CausalBeatTracker``).
 
-When ``engine.pipeline.Matcher`` exists the bench uses it for the hop (so bench and server time
-the same code); otherwise it runs :class:`BenchHop` below, built from the same components.
+The bench times ``engine.pipeline.Matcher.process_hop`` (:class:`MatcherHop`), so bench and
+server measure the same code; :class:`BenchHop` (the bench's own hop from the same components,
+used before the pipeline existed) stays available with ``--own-hop`` and as a fallback.
 
 Backends: ``torch-fp32-full`` (PyTorch eager fp32 + full-window front end = the baseline), then
 every backend available on the device with the streaming front end (torch-fp32, torch-bf16,
@@ -229,19 +230,68 @@ def _library(manifest, size: int, seed: int = 0):
                                    offsets=[4.0 * (i % per_stem) for i in range(size)], fingerprint=manifest.fingerprint)
 
 
-def _matcher_hop(backend, library, instruments, k):
-    """Use engine.pipeline.Matcher when it has landed and accepts these arguments."""
+class MatcherHop:
+    """The server's hop: ``engine.pipeline.Matcher.process_hop`` (ring -> streaming log-mel ->
+    encoder -> predictor -> search; beat head -> causal tracker), timed around the call; the audio
+    callback's ring write is not part of the hop. Stage times come from the hop's own timings.
+
+    ``full_recompute`` (the baseline): the hop additionally recomputes the 8-s window's log-mel
+    from the newest audio with ``LogMel.offline`` (timed), and that time replaces the Matcher's
+    streaming front-end stage in the hop total: baseline = same hop code with a full-window front end.
+    """
+
+    def __init__(self, backend, library, instruments: list[str], k: int = 5, full_recompute: bool = False,
+                 threads: int = 1):
+        from engine.frontend import FrontEndConfig, LogMel
+        from engine.pipeline import Matcher
+
+        self.m = Matcher(backend, library, instruments=instruments, k=k, drop_late=False, blas_threads=threads)
+        self.full = full_recompute
+        self.lm = LogMel(FrontEndConfig.from_dict(backend.manifest.frontend))
+        self.n_window = self.lm.cfg.n_samples(backend.manifest.config["max_frames"])
+        self.audio = np.zeros(self.n_window, np.float32)
+        self.times = {s: [] for s in STAGES}
+        self.total = []
+        self.last = None
+
+    def prime(self, audio: np.ndarray) -> None:
+        a = audio[: self.n_window]
+        self.audio[:] = a
+        self.m.run_array(a, chunk=2560)
+
+    def process(self, chunk: np.ndarray, record: bool = True):
+        n = len(chunk)
+        self.audio[:-n] = self.audio[n:]
+        self.audio[-n:] = chunk
+        self.m.ring.write(chunk)
+        t0 = time.perf_counter()
+        r = self.m.process_hop(drop_late=False)
+        total = (time.perf_counter() - t0) * 1e3
+        tm = r.timings
+        fe = tm.get("read", 0.0) + tm.get("frontend", 0.0)
+        if self.full:
+            t1 = time.perf_counter()
+            full = self.lm.offline(self.audio)
+            fe_full = (time.perf_counter() - t1) * 1e3
+            total += fe_full - fe
+            fe = fe_full
+            self.full_window = full
+        if record:
+            for s, v in zip(STAGES, (fe, tm.get("encode", 0.0), tm.get("predict", 0.0), tm.get("search", 0.0),
+                                     tm.get("beat_head", 0.0) + tm.get("tracker", 0.0))):
+                self.times[s].append(v)
+            self.total.append(total)
+        self.last = r
+        return r
+
+
+def _pipeline_available() -> bool:
     try:
-        from engine.pipeline import Matcher  # noqa: F401
-    except ImportError:
-        return None
-    try:
-        m = Matcher(backend=backend, library=library, instruments=instruments, k=k)
-        if not hasattr(m, "process_hop"):
-            return None
-        return m
+        from engine.pipeline import Matcher
+
+        return hasattr(Matcher, "process_hop")
     except Exception:
-        return None
+        return False
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -307,6 +357,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=5, help="top-k (default 5)")
     ap.add_argument("--agree-windows", type=int, default=16, help="windows for the retrieval agreement (default 16)")
     ap.add_argument("--backends", help="comma-separated subset of labels to run (default: all available)")
+    ap.add_argument("--own-hop", action="store_true",
+                    help="time export.bench.BenchHop instead of engine.pipeline.Matcher (for comparison)")
     ap.add_argument("--json", help="write results as JSON here")
     a = ap.parse_args(argv)
 
@@ -351,7 +403,10 @@ def main(argv=None) -> int:
     log(f"bench: arithmetic per hop: encoder {fl['encoder_gflop']:.3f} GFLOP (80x{cfg['max_frames']} window), predictor "
         f"{fl['predictor_gflop']:.3f} GFLOP ({a.instruments} instruments), beat head {fl['beat_gflop'] * 1e3:.3f} MFLOP")
 
-    results, hop_impl = [], "export.bench.BenchHop"
+    use_matcher = _pipeline_available() and not a.own_hop
+    hop_impl = "engine.pipeline.Matcher" if use_matcher else "export.bench.BenchHop"
+    log(f"bench: hop code: {hop_impl}")
+    results = []
     backends, hops = {}, []
     for label, kind, full in kinds:
         try:
@@ -360,12 +415,17 @@ def main(argv=None) -> int:
             skipped[label] = f"load failed: {e}"
             continue
         backends[kind] = b
-        hop = BenchHop(b, library, names, k=a.k, full_recompute=full)
+        if use_matcher:
+            hop = MatcherHop(b, library, names, k=a.k, full_recompute=full, threads=a.threads)
+        else:
+            hop = BenchHop(b, library, names, k=a.k, full_recompute=full)
         hop.prime(audio)
         hops.append((label, kind, full, hop))
     # interleaved: hop i of every backend runs before hop i+1 of any, so load from other processes
     # on this shared machine spreads evenly over the backends being compared
     pos0 = len(hops[0][3].audio) if hops else 0
+    if use_matcher:  # the Matcher's hop grid: its first full hop ends n_fft - hop samples later
+        pos0 = hops[0][3].n_window if hops else 0
     for i in range(a.warmup + a.hops):
         pos = pos0 + i * chunk
         for _, _, _, hop in hops:
