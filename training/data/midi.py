@@ -239,13 +239,12 @@ def read_song(path: str | Path, assign: str | None = None, key: str | None = Non
     for (ch, pitch), q in open_notes.items():
         for t0, vel, prog in q:
             notes.append(_note(t0, max(last, t0 + 0.5), ch, pitch, vel, prog))
-    notes = [n for n in notes if n.end > n.start or True]
     if not notes:
         raise MidiError(f"{path}: no notes")
     notes.sort(key=lambda n: (n.start, n.channel, n.pitch))
     end = max(n.end for n in notes)
     # beats from the tempo map and time signatures
-    end_tick = float(np.interp(end, tmap.seconds(np.asarray([0, 1e12])), [0, 1e12])) if False else _tick_at(tmap, end)
+    end_tick = _tick_at(tmap, end)
     bt, dt = beat_grid(sigs, tpb, end_tick)
     beats = tmap.seconds(bt) if len(bt) else np.zeros(0)
     downbeats = tmap.seconds(dt) if len(dt) else np.zeros(0)

@@ -256,8 +256,9 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
             results.append(r)
             if r["status"] != "ok":
                 skipped.append(r)
-                skipped_dir.mkdir(exist_ok=True)
-                (skipped_dir / f"{r['track_id']}.json").write_text(json.dumps(r))
+                if not r["reason"].startswith("error:"):  # deterministic reasons: don't retry on resume
+                    skipped_dir.mkdir(exist_ok=True)
+                    (skipped_dir / f"{r['track_id']}.json").write_text(json.dumps(r))
             bar.update(1)
             if len(results) % 200 == 0:  # keep splits.json current so a partial set is usable
                 write_splits(out_dir, val_fraction, seed)
