@@ -216,6 +216,10 @@ class StemLibrary:
         return len(self.stems)
 
     @property
+    def n_tracks(self) -> int:
+        return len({s["track_id"] for s in self.stems})
+
+    @property
     def categories(self) -> list[str]:
         return sorted(self._cat_range)
 
@@ -230,7 +234,7 @@ class StemLibrary:
         return None
 
     def summary(self) -> dict:
-        return {"segments": len(self), "stems": self.n_stems, "tracks": len({s["track_id"] for s in self.stems}),
+        return {"segments": len(self), "stems": self.n_stems, "tracks": self.n_tracks,
                 "dim": self.dim if len(self) else None, "categories": {c: b - a for c, (a, b) in self._cat_range.items()},
                 "fingerprint": self.fingerprint, "hop_s": self.hop_s, "window_s": self.window_s}
 

@@ -130,7 +130,7 @@ def test_build_resume_bad_files_and_self_retrieval(tmp_path, backend):
         (ds / t / "track.json").write_text(json.dumps(meta))
     logs = []
     lib = build(ds, backend, tmp_path / "idx", hop_s=4.0, progress=False, log=logs.append)
-    assert lib.n_stems == 9  # 3 tracks x 3 stems; silence has no active segment, broken failed
+    assert lib.n_stems == 9 and lib.n_tracks == 3  # silence has no active segment, broken failed
     assert len(lib) == 9 * 2  # 12 s -> segments at 0 and 4 s
     assert sorted(set(lib.seg_offset.tolist())) == [0.0, 4.0]
     assert [f["stem_id"] for f in lib.info["failed"]] == ["track1/broken"]
