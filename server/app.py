@@ -212,9 +212,12 @@ class Server:
             ctl.close(0)
             raise ConfigError(f"cannot bind ({e}); is another server running on {self.pub_addr} / {self.ctl_addr}?")
         self.pub, self.ctl = pub, ctl
+        # wildcard ports ("tcp://127.0.0.1:*") resolve to the real endpoint
+        self.pub_addr = pub.getsockopt_string(zmq.LAST_ENDPOINT) or self.pub_addr
+        self.ctl_addr = ctl.getsockopt_string(zmq.LAST_ENDPOINT) or self.ctl_addr
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, start_source: bool = True) -> None:
         self._bind()
         self._threads = [threading.Thread(target=self._worker_main, name="worker", daemon=True),
                          threading.Thread(target=self._control_main, name="control", daemon=True)]
@@ -222,7 +225,8 @@ class Server:
             t.start()
         if self.midi is not None:
             self.midi.start()
-        self.source.start()
+        if start_source:
+            self.source.start()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -326,8 +330,8 @@ class Server:
         c = _counters(res)
         self.last_counters = c
         self.last_stream_time = st
-        hop = int(_get(res, "hop_index", None) if _get(res, "hop_index", None) is not None
-                  else max(0, int(c.get("hops", 1)) - 1))
+        # hop index counting dropped hops: consecutive messages differ by 1 + drops in between
+        hop = max(0, int(c.get("hops", 1)) + int(c.get("drops", 0)) - 1)
         timings = {str(k): float(v) for k, v in (_get(res, "timings", None) or {}).items() if _num(v) is not None}
         for k_, v in timings.items():
             self.timings.setdefault(k_, collections.deque(maxlen=config.LATENCY_WINDOW)).append(v)
