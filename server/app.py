@@ -331,7 +331,10 @@ class Server:
         self.last_counters = c
         self.last_stream_time = st
         # hop index counting dropped hops: consecutive messages differ by 1 + drops in between
-        hop = max(0, int(c.get("hops", 1)) + int(c.get("drops", 0)) - 1)
+        hop = _get(res, "hop_index", None)
+        if hop is None:
+            hop = max(0, int(c.get("hops", 1)) + int(c.get("drops", 0)) - 1)
+        hop = int(hop)
         timings = {str(k): float(v) for k, v in (_get(res, "timings", None) or {}).items() if _num(v) is not None}
         for k_, v in timings.items():
             self.timings.setdefault(k_, collections.deque(maxlen=config.LATENCY_WINDOW)).append(v)
@@ -361,7 +364,9 @@ class Server:
                             "offset": max(0.0, _num(_get(it, "offset", 0.0)) or 0.0),
                             "score": _num(_get(it, "score", 0.0)) or 0.0})
             out[str(inst)] = lst
-        m.update({"hop": hop, "k": self.k, "instruments": list(matches.keys()) or list(self.instruments),
+        ready = bool(_get(res, "ready", True))
+        m.update({"hop": hop, "ready": ready, "k": self.k,
+                  "instruments": list(matches.keys()) or list(self.instruments),
                   "matches": out, "timings_ms": timings})
         return m
 
@@ -377,8 +382,8 @@ class Server:
         phase = _num(_get(b, "phase"))
         if phase is not None:
             phase = phase % 1.0
-        nb = [float(x) for x in np.asarray(_get(b, "next_beats", []) or [], dtype=np.float64).reshape(-1)
-              if np.isfinite(x)]
+        nb = _get(b, "next_beats", None)
+        nb = [] if nb is None else [float(x) for x in np.asarray(nb, dtype=np.float64).reshape(-1) if np.isfinite(x)]
         act = _get(res, "activation", None)
         if act is None:
             act = _get(b, "activation", None)
@@ -391,9 +396,11 @@ class Server:
             "hop": hop, "tempo": tempo, "phase": phase, "period_s": (60.0 / tempo) if tempo else None,
             "last_beat": _num(_get(b, "last_beat")), "next_beats": nb,
             "next_beats_wall": [base + (x - st) / speed for x in nb],
-            "beats_in_hop": [float(x) for x in (_get(b, "beats", None) or [])],
+            "beats_in_hop": [float(x) for x in np.asarray(_get(b, "beats", None) if _get(b, "beats", None)
+                                                             is not None else [], dtype=np.float64).reshape(-1)],
             "confidence": None if conf is None else min(1.0, max(0.0, conf)),
             "activation": [round(float(a), 5) for a in act], "activation_rate": 50.0,
+            "activation_time": _num(_get(res, "activation_time", None)),
         })
         return m
 

@@ -8,10 +8,11 @@ hop's RMS and the "beats" are a fixed 120 BPM grid.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from engine.beats import BeatState
 from engine.ring import RingBuffer
 
 SR = 16000
@@ -28,25 +29,17 @@ class FakeMatch:
 
 
 @dataclass
-class FakeBeat:
-    tempo: float | None
-    phase: float | None
-    last_beat: float | None
-    next_beats: list
-    activation: np.ndarray
-    beats: list = field(default_factory=list)
-    confidence: float | None = None
-
-
-@dataclass
-class FakeHop:
+class FakeHop:  # same fields as engine.pipeline.HopResult
     stream_time: float
     end_sample: int
+    hop_index: int
+    ready: bool
     matches: dict
-    beat: FakeBeat
+    beat: BeatState
+    activation: np.ndarray
+    activation_time: float
     timings: dict
     counters: dict
-    hop_index: int
 
 
 class FakeLibrary:
@@ -98,7 +91,7 @@ class FakeMatcher:
     def set_restrict_category(self, on):
         self.restrict_category = bool(on)
 
-    def reset(self):
+    def reset(self):  # also used as resync() after a pause
         self.next_end = self.ring.written + self.hop
         self.hops = 0
         self.drops = 0
@@ -135,9 +128,11 @@ class FakeMatcher:
         act_t = st - (np.arange(n_act)[::-1] + 0.5) / 50.0
         act = np.exp(-0.5 * ((act_t - np.round(act_t / period) * period) / 0.02) ** 2)
         beats = [float(b) for b in np.arange(np.ceil((st - self.hop / SR) / period) * period, st, period)]
-        beat = FakeBeat(self.tempo, float((st - last) / period) % 1.0, float(last),
-                        [float(last + period * j) for j in (1, 2, 3, 4)], act.astype(np.float32), beats, 0.9)
+        beat = BeatState(time=st, tempo=self.tempo, phase=float((st - last) / period) % 1.0, last_beat=float(last),
+                         next_beats=np.array([last + period * j for j in (1, 2, 3, 4)]), confidence=0.9,
+                         beats=beats)
         self.hops += 1
         dt = (time.perf_counter() - t0) * 1000
-        return FakeHop(st, end, matches, beat, {"total": dt}, {"hops": self.hops, "drops": self.drops,
-                                                             "overruns": self.ring.overruns}, self.hops - 1)
+        return FakeHop(st, end, self.hops + self.drops - 1, True, matches, beat, act.astype(np.float32),
+                       float(act_t[0]), {"total": dt},
+                       {"hops": self.hops, "drops": self.drops, "overruns": self.ring.overruns})

@@ -259,7 +259,8 @@ MATCH_ITEM = Obj({
 
 MATCH = Obj({
     **_header("match"),
-    "hop": Int(0),
+    "hop": Int(0),  # hop index since the stream (re)started, dropped hops included
+    "ready": Bool(),  # False while the window is shorter than the matcher's minimum (no matches)
     "k": Int(1),
     "instruments": List(Str(nonempty=True)),
     "matches": Map(List(MATCH_ITEM)),
@@ -279,6 +280,7 @@ BEAT = Obj({
     "confidence": Num(0, 1, null=True),
     "activation": List(Num(0, 1)),  # beat activation frames of this hop, 50 Hz, oldest first
     "activation_rate": Num(0),  # Hz
+    "activation_time": Num(null=True),  # stream s of activation[0]
 })
 
 _COUNTERS = Obj({
