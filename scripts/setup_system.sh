@@ -10,3 +10,15 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
+
+# Node.js (for the Max/MSP example subscriber, examples/max) and its npm `zeromq` package.
+# Node is taken from Debian only when none is installed; failure here only disables that example's test.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm \
+    || echo "setup: could not install Node.js; the Node subscriber test will be skipped" >&2
+fi
+if command -v npm >/dev/null 2>&1 && [ ! -d "$(dirname "$0")/../examples/max/node_modules/zeromq" ]; then
+  (cd "$(dirname "$0")/../examples/max" && npm install --no-audit --no-fund --loglevel=error) \
+    || echo "setup: npm install in examples/max failed; the Node subscriber test will be skipped" >&2
+fi

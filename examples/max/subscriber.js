@@ -1,0 +1,135 @@
+// Node for Max subscriber for the stemjepa-live server (protocol v1, docs/protocol.md).
+//
+// In Max:   [node.script subscriber.js @autostart 1]  (run `npm install` in this folder once)
+//           outlet messages: "match <dict>", "beat <dict>", "status <dict>", "reply <dict>"
+//           inlet messages:  "connect tcp://127.0.0.1:5555", "send {json command}" (to the control socket),
+//                            "instruments drums fretless bass" style shortcuts: "k 3", "pause", "resume"
+// In a terminal: node examples/max/subscriber.js [PUB_ADDR] [--ctl CTL_ADDR] [--count N] [--timeout S] [--json]
+//           prints one line per message (console.log), exits after N messages / S seconds.
+"use strict";
+
+const zmq = require("zeromq");
+
+let maxApi = null;
+try {
+  maxApi = require("max-api"); // only exists inside Max's node.script
+} catch (e) {
+  maxApi = null;
+}
+
+const args = process.argv.slice(2);
+function opt(name, dflt) {
+  const i = args.indexOf(name);
+  return i >= 0 && i + 1 < args.length ? args[i + 1] : dflt;
+}
+const positional = args.filter((a, i) => !a.startsWith("--") && !(i > 0 && args[i - 1].startsWith("--") && args[i - 1] !== "--json"));
+let pubAddr = positional[0] || "tcp://127.0.0.1:5555";
+let ctlAddr = opt("--ctl", "tcp://127.0.0.1:5556");
+const maxCount = parseInt(opt("--count", "0"), 10);
+const timeoutS = parseFloat(opt("--timeout", "0"));
+const rawJson = args.includes("--json");
+
+function out(kind, obj) {
+  if (maxApi) {
+    maxApi.outlet(kind, obj); // Max receives a dict
+  } else if (rawJson) {
+    console.log(kind + " " + JSON.stringify(obj));
+  } else if (kind === "match") {
+    const parts = (obj.instruments || []).map((inst) => {
+      const top = (obj.matches[inst] || [])[0];
+      return top ? `${inst}: ${top.track_id}/${top.stem_id} (${top.score.toFixed(2)})` : `${inst}: -`;
+    });
+    console.log(`match seq=${obj.seq} t=${obj.stream_time.toFixed(2)} latency=${obj.latency_ms.toFixed(1)}ms ${parts.join("; ")}`);
+  } else if (kind === "beat") {
+    const tempo = obj.tempo == null ? "?" : obj.tempo.toFixed(1);
+    console.log(`beat seq=${obj.seq} tempo=${tempo} phase=${obj.phase == null ? "?" : obj.phase.toFixed(2)} latency=${obj.latency_ms.toFixed(1)}ms`);
+  } else if (kind === "status") {
+    const l = obj.latency || {};
+    console.log(`status seq=${obj.seq} state=${obj.state} hops=${obj.counters.hops} drops=${obj.counters.drops} p50=${l.p50} p99=${l.p99}`);
+  } else {
+    console.log(kind + " " + JSON.stringify(obj));
+  }
+}
+
+function log(msg) {
+  if (maxApi) maxApi.post(msg);
+  else console.error(msg);
+}
+
+let sub = null;
+let running = true;
+let received = 0;
+
+async function subscribe(addr) {
+  if (sub) sub.close();
+  sub = new zmq.Subscriber({ linger: 0 });
+  sub.connect(addr);
+  sub.subscribe("match", "beat", "status");
+  log(`subscribed to ${addr}`);
+  const mine = sub;
+  try {
+    for await (const [topic, body] of mine) {
+      let obj;
+      try {
+        obj = JSON.parse(body.toString("utf8"));
+      } catch (e) {
+        log(`undecodable message on ${topic}`);
+        continue;
+      }
+      out(topic.toString(), obj);
+      received += 1;
+      if (maxCount && received >= maxCount) {
+        shutdown(0);
+        return;
+      }
+    }
+  } catch (e) {
+    if (running && mine === sub) log(`subscriber error: ${e.message}`);
+  }
+}
+
+// control requests: one REQ socket, one request in flight at a time
+let req = null;
+let queue = Promise.resolve();
+function control(obj) {
+  queue = queue.then(async () => {
+    if (!req) {
+      req = new zmq.Request({ linger: 0, receiveTimeout: 5000, sendTimeout: 1000 });
+      req.connect(ctlAddr);
+    }
+    try {
+      await req.send(JSON.stringify(obj));
+      const [reply] = await req.receive();
+      out("reply", JSON.parse(reply.toString("utf8")));
+    } catch (e) {
+      log(`control request failed: ${e.message}`);
+      req.close();
+      req = null; // a REQ socket that timed out cannot be reused
+    }
+  });
+  return queue;
+}
+
+function shutdown(code) {
+  running = false;
+  if (sub) sub.close();
+  if (req) req.close();
+  setTimeout(() => process.exit(code), 10);
+}
+
+if (maxApi) {
+  maxApi.addHandler("connect", (addr) => subscribe(String(addr)));
+  maxApi.addHandler("control", (addr) => { ctlAddr = String(addr); if (req) { req.close(); req = null; } });
+  maxApi.addHandler("send", (...words) => control(JSON.parse(words.join(" "))));
+  maxApi.addHandler("instruments", (...names) => control({ cmd: "set_instruments", instruments: names.join(" ").split(",").map((s) => s.trim()).filter((s) => s) }));
+  maxApi.addHandler("k", (k) => control({ cmd: "set_k", k: Number(k) }));
+  maxApi.addHandler("hop", (ms) => control({ cmd: "set_hop", ms: Number(ms) }));
+  maxApi.addHandler("library", (...p) => control({ cmd: "set_library", path: p.join(" ") }));
+  for (const c of ["pause", "resume", "status", "ping", "reset"]) maxApi.addHandler(c, () => control({ cmd: c }));
+} else {
+  process.on("SIGINT", () => shutdown(0));
+  process.on("SIGTERM", () => shutdown(0));
+  if (timeoutS > 0) setTimeout(() => { log(`timeout after ${timeoutS}s, ${received} messages`); shutdown(received ? 0 : 1); }, timeoutS * 1000);
+  if (args.includes("--ping")) control({ cmd: "ping" });
+}
+subscribe(pubAddr);
