@@ -9,8 +9,8 @@ Kinds:
 ``onnx-fp32``      ONNX Runtime CPU, fp32 graphs                         (no torch import)
 ``onnx-fp16``      ONNX Runtime CPU, fp16 graphs (fp32 I/O)              (no torch import)
 ``onnx-int8``      ONNX Runtime CPU, dynamic-int8 MatMul graphs          (no torch import)
-``torch-fp32``     PyTorch eager fp32 from ``model.pt`` (needs torch + the training package)
-``torch-bf16``     PyTorch eager under CPU autocast bfloat16 (AMX / AVX512-BF16 CPUs)
+``torch-fp32``     PyTorch, the directory's TorchScript fp32 files (needs torch only)
+``torch-bf16``     PyTorch, TorchScript bf16 files (bf16 weights + autocast casts; AMX / AVX512-BF16)
 ``onnx-cuda-fp32`` ONNX Runtime CUDA provider (onnxruntime-gpu)
 ``onnx-cuda-fp16`` ONNX Runtime CUDA provider, fp16 graphs
 ``trt-fp16``       ONNX Runtime TensorRT provider, FP16, engine cache in ``MODEL_DIR/trt``
@@ -23,8 +23,9 @@ Kinds:
 * cpu:  onnx-int8, onnx-fp32, torch-bf16, torch-fp32
 * cuda: trt-fp16, onnx-cuda-fp16, onnx-cuda-fp32, torch-cuda-bf16, torch-cuda-fp32
 
-The torch kinds import ``export.torch_backend`` lazily (the model classes live in ``training``);
-the ONNX kinds import only numpy, onnxruntime and tokenizers.
+The torch kinds import ``engine.torch_backend`` (and torch) lazily; they load self-contained
+TorchScript files and import neither ``training`` nor ``export``. The ONNX kinds import only
+numpy, onnxruntime and tokenizers.
 """
 from __future__ import annotations
 
@@ -235,7 +236,7 @@ def available_kinds(manifest: Manifest, device: str = "cpu") -> list[str]:
             if k.startswith("onnx-"):
                 if "CPUExecutionProvider" in provs and manifest.has("encoder", k.split("-")[1]):
                     out.append(k)
-            elif k.startswith("torch-") and _torch_backend_possible(manifest):
+            elif k.startswith("torch-") and _torch_backend_possible(manifest, k):
                 out.append(k)
     else:
         for k in CUDA_ORDER:
@@ -243,14 +244,17 @@ def available_kinds(manifest: Manifest, device: str = "cpu") -> list[str]:
                 out.append(k)
             elif k.startswith("onnx-cuda") and "CUDAExecutionProvider" in provs and manifest.has("encoder", k.split("-")[-1]):
                 out.append(k)
-            elif k.startswith("torch-cuda") and _torch_backend_possible(manifest) and _torch_cuda():
+            elif k.startswith("torch-cuda") and _torch_backend_possible(manifest, k) and _torch_cuda():
                 out.append(k)
     return out
 
 
-def _torch_backend_possible(manifest: Manifest) -> bool:
-    return (manifest.file("model_pt") is not None and importlib.util.find_spec("torch") is not None
-            and importlib.util.find_spec("training") is not None)
+def _torch_precision(kind: str) -> str:
+    return "bf16" if kind.endswith("bf16") else "fp32"
+
+
+def _torch_backend_possible(manifest: Manifest, kind: str = "torch-fp32") -> bool:
+    return manifest.has_torch(_torch_precision(kind)) and importlib.util.find_spec("torch") is not None
 
 
 def load_backend(model_dir, device: str = "cpu", kind: str | None = None, threads: int = 1, verify: bool = True):
@@ -267,9 +271,10 @@ def load_backend(model_dir, device: str = "cpu", kind: str | None = None, thread
     if kind not in ALL_KINDS:
         raise BackendError(f"unknown backend kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
     if kind.startswith("torch"):
-        if not _torch_backend_possible(manifest):
-            raise BackendError(f"{kind} needs torch, the training package and model.pt in {manifest.root}")
-        from export.torch_backend import TorchBackend
+        if not _torch_backend_possible(manifest, kind):
+            raise BackendError(f"{kind} needs torch and the {_torch_precision(kind)} TorchScript files in "
+                               f"{manifest.root} (written by this version of `python -m export`)")
+        from .torch_backend import TorchBackend
 
         return TorchBackend(manifest, kind=kind, threads=threads)
     if kind.startswith("onnx-cuda") or kind == "trt-fp16":

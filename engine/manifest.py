@@ -111,6 +111,23 @@ class Manifest:
             raise ModelDirError(f"{self.root}: no {precision} {graph} graph (has: "
                                 f"{', '.join(self.precisions(graph)) or 'none'})") from None
 
+    @property
+    def torch_graphs(self) -> dict:
+        """``{graph: {precision: entry}}`` of the self-contained TorchScript files (may be empty:
+        directories exported before they existed)."""
+        return (self.data.get("torch") or {}).get("graphs", {})
+
+    def has_torch(self, precision: str = "fp32") -> bool:
+        """All four graphs exist as TorchScript files of ``precision``."""
+        return all(precision in self.torch_graphs.get(g, {}) for g in MODEL_GRAPHS)
+
+    def torch_path(self, graph: str, precision: str = "fp32") -> Path:
+        try:
+            return self.root / self.torch_graphs[graph][precision]["path"]
+        except KeyError:
+            raise ModelDirError(f"{self.root}: no {precision} TorchScript {graph} (re-export with this version of "
+                                f"`python -m export` to get the torch backends' files)") from None
+
     def file(self, key: str) -> Path | None:
         e = self.data.get("files", {}).get(key)
         return None if e is None else self.root / e["path"]
@@ -123,6 +140,9 @@ def _entries(data: dict):
             yield f"{g} ({prec})", e
     for k, e in data.get("files", {}).items():
         yield k, e
+    for g, per in (data.get("torch") or {}).get("graphs", {}).items():
+        for prec, e in per.items():
+            yield f"{g} (torchscript {prec})", e
 
 
 def _dims_match(recorded, actual) -> bool:
@@ -195,6 +215,22 @@ def check_contract(data: dict, root: Path, read_graphs: bool = True) -> None:
                                 f"{actual[side][name]}, the manifest's config needs {spec['shape']}")
 
 
+def check_torch_contract(data: dict, root: Path) -> None:
+    """The TorchScript entries' recorded I/O vs the config (the files are not opened: no torch)."""
+    exp = expected_io(data["config"])
+    for g, per in (data.get("torch") or {}).get("graphs", {}).items():
+        if g not in MODEL_GRAPHS:
+            raise ModelDirError(f"{root}: unknown TorchScript graph {g!r} in manifest")
+        for prec, e in per.items():
+            for side in ("inputs", "outputs"):
+                for name, spec in exp[g][side].items():
+                    got = e.get(side, {}).get(name)
+                    if got is None or not _dims_match(spec["shape"], got["shape"]):
+                        raise ModelDirError(
+                            f"{root}: config/graph mismatch: TorchScript {e['path']} {side[:-1]} {name!r} is recorded "
+                            f"as {None if got is None else got['shape']}, the config needs {spec['shape']}")
+
+
 def load_manifest(model_dir: str | Path, verify: bool = True, read_graphs: bool = True) -> Manifest:
     """Read ``MODEL_DIR/manifest.json`` and validate it (``verify``: file sha256s; ``read_graphs``:
     compare the ONNX files' I/O with the config)."""
@@ -229,4 +265,5 @@ def load_manifest(model_dir: str | Path, verify: bool = True, read_graphs: bool 
         if verify and sha256_file(p) != e["sha256"]:
             raise ModelDirError(f"{root}: {label}: {e['path']} is corrupt (sha256 differs from the manifest)")
     check_contract(data, root, read_graphs=read_graphs)
+    check_torch_contract(data, root)
     return Manifest(root=root, data=data)

@@ -15,7 +15,7 @@ The bench times ``engine.pipeline.Matcher.process_hop`` (:class:`MatcherHop`), s
 server measure the same code; :class:`BenchHop` (the bench's own hop from the same components,
 used before the pipeline existed) stays available with ``--own-hop`` and as a fallback.
 
-Backends: ``torch-fp32-full`` (PyTorch eager fp32 + full-window front end = the baseline), then
+Backends: ``torch-fp32-full`` (PyTorch fp32 -- the TorchScript files, eager arithmetic -- + full-window front end = the baseline), then
 every backend available on the device with the streaming front end (torch-fp32, torch-bf16,
 onnx-fp32/fp16/int8 on CPU; onnx-cuda, trt on CUDA). Each runs ``--warmup`` hops, then ``--hops``
 timed hops; reported: p50/p95/p99 ms, hops/s, speed-up vs the baseline (baseline p50 / p50),
@@ -305,7 +305,7 @@ def _kinds(manifest, device: str, skipped: dict) -> list[tuple[str, str, bool]]:
     avail = available_kinds(manifest, dev)
     out = [("torch-fp32-full", "torch-fp32", True)]
     if "torch-fp32" not in available_kinds(manifest, "cpu"):
-        skipped["torch-fp32-full"] = "torch/training not importable or no model.pt"
+        skipped["torch-fp32-full"] = "torch not importable or no TorchScript files in the model directory"
         out = []
     order = (["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8"] if dev == "cpu"
              else ["torch-cuda-fp32", "torch-cuda-bf16", "onnx-cuda-fp32", "onnx-cuda-fp16", "trt-fp16"])
@@ -474,7 +474,7 @@ def main(argv=None) -> int:
         log(f"  skipped {k}: {why}")
     met = bool(best and best["speedup"] >= TARGET_SPEEDUP)
     if best:
-        log(f"\nbest: {best['name']} {best['speedup']:.2f}x the baseline (torch eager fp32, full recompute) "
+        log(f"\nbest: {best['name']} {best['speedup']:.2f}x the baseline (torch fp32, full recompute) "
             f"-> target {TARGET_SPEEDUP}x {'MET' if met else 'NOT met'}; hop budget {hop_s * 1e3:.0f} ms")
     if ref_kind:
         log(f"agreement: same top-1 as {ref_kind} over {a.agree_windows} windows x {a.instruments} instruments "

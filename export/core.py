@@ -231,6 +231,43 @@ def _run_ort(path: Path, inputs: dict) -> np.ndarray:
     return s.run(None, feeds)[0]
 
 
+def _worst(parities: list[dict]) -> dict:
+    out = dict(parities[0])
+    out["max_abs"] = max(p["max_abs"] for p in parities)
+    out["min_cos"] = min(p["min_cos"] for p in parities)
+    out["ok"] = all(p["ok"] for p in parities)
+    return out
+
+
+def _export_torchscript(name: str, mod, inputs: dict, ref: np.ndarray, tmp: Path, cfg_dict: dict, log) -> dict:
+    """TorchScript fp32 + bf16 files of one graph, each loaded back from disk and checked against
+    PyTorch eager fp32 on the dummy input and on other shapes (docs/model_dir.md)."""
+    import torch
+
+    from . import torchscript as ts
+    from .torchscript import TS_PRECISIONS
+
+    io = expected_io(cfg_dict)[name]
+    others = ts.extra_shapes(name, inputs)
+    with torch.no_grad():
+        other_refs = [mod(*x).numpy() for x in others]
+    entries = {}
+    for prec in TS_PRECISIONS:
+        path = tmp / ts.ts_filename(name, prec)
+        ts.save(ts.trace(mod, tuple(inputs.values()), prec), path)
+        loaded = ts.load(path)
+        pars = [_parity(ref, ts.run(loaded, tuple(inputs.values())), prec, name)]
+        pars += [_parity(r, ts.run(loaded, x), prec, name) for r, x in zip(other_refs, others)]
+        par = _worst(pars)
+        par["shapes"] = [[list(t.shape) for t in inputs.values()]] + [[list(t.shape) for t in x] for x in others]
+        if not par["ok"]:
+            raise ExportError(f"parity check failed: {name} (torchscript {prec}) vs PyTorch eager: max_abs "
+                              f"{par['max_abs']:.3g}, min cosine {par['min_cos']:.6f}; tolerance {par['tol']}")
+        entries[prec] = {"path": path.name, "sha256": sha256_file(path), **json.loads(json.dumps(io)), "parity": par}
+        log(f"export: {name:15s} {prec:5s} torchscript ok  max_abs {par['max_abs']:.2e}  min_cos {par['min_cos']:.6f}")
+    return entries
+
+
 def strip_checkpoint(state: dict) -> dict:
     """Keep what rebuilding the model for inference needs (no optimizer, rng, train args)."""
     keep = ("format", "version", "config", "frontend", "norm", "text", "labels")
@@ -258,6 +295,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
     from training.checkpoint import CheckpointError, load_model
 
     from .graphs import build_graphs
+    from .torchscript import EXPORTER as TS_EXPORTER, TS_PRECISIONS
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     t_start = time.time()
@@ -287,6 +325,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
         graphs = build_graphs(model, norm)
         dummies = _dummy_inputs(cfg, norm)
         graph_entries: dict[str, dict] = {}
+        torch_entries: dict[str, dict] = {}
         for name in MODEL_GRAPHS:
             mod, inputs = graphs[name], dummies[name]
             with torch.no_grad():
@@ -306,6 +345,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
                 rec = _normalise_symbols(_io_record(path), name, cfg.to_dict())
                 graph_entries[name][prec] = {"path": path.name, "sha256": sha256_file(path), **rec, "parity": par}
                 log(f"export: {name:15s} {prec:5s} ok  max_abs {par['max_abs']:.2e}  min_cos {par['min_cos']:.6f}")
+            torch_entries[name] = _export_torchscript(name, mod, inputs, ref, tmp, cfg.to_dict(), log)
 
         files: dict[str, dict] = {}
         if cfg.conditioning == "film" and text:
@@ -367,6 +407,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
             "graphs": graph_entries,
             "files": files,
             "onnx": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=False)", "torch": torch.__version__},
+            "torch": {"format": "torchscript", "exporter": TS_EXPORTER, "torch": torch.__version__,
+                      "precisions": list(TS_PRECISIONS), "graphs": torch_entries},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_jsonable))
         try:  # the directory must pass its own validation before it is published

@@ -1,8 +1,10 @@
 """PyTorch backends (``torch-fp32``, ``torch-bf16``, ``torch-cuda-*``) over a model directory.
 
-Rebuilds the model from ``model.pt`` with ``training.checkpoint.load_model`` and runs the same
-wrapper modules the ONNX graphs were exported from (``export.graphs``). Loaded lazily by
-``engine.backends.load_backend`` for the torch kinds only.
+Export-time / tooling only (``export.trt``, comparisons against eager): rebuilds the model from
+``model.pt`` with ``training.checkpoint.load_model`` and runs the same wrapper modules the ONNX
+graphs were exported from (``export.graphs``), in eager mode. The engine's torch kinds do NOT use
+this module: ``engine.torch_backend`` loads the model directory's self-contained TorchScript files
+and imports neither ``training`` nor ``export`` (DESIGN.md, "The parts").
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ class TorchModel:
 
 
 class TorchBackend:
+    """Eager twin of ``engine.torch_backend.TorchBackend`` (same interface), for comparisons."""
+
     def __init__(self, manifest: Manifest, kind: str = "torch-fp32", threads: int = 1):
         self.name = kind
         self.manifest = manifest

@@ -1,0 +1,81 @@
+"""PyTorch backends (``torch-fp32``, ``torch-bf16``, ``torch-cuda-fp32``, ``torch-cuda-bf16``).
+
+Runs the self-contained TorchScript files a model directory lists under ``manifest["torch"]``
+(docs/model_dir.md) with ``torch.jit.load`` alone: neither the ``training`` package (model
+classes) nor ``export`` is imported. Imported lazily by ``engine.backends.load_backend`` for the
+torch kinds only, so the ONNX path never imports torch.
+
+The bf16 files hold bfloat16 Linear weights and the autocast casts recorded at export; callers
+pass float32 and get float32, as with every other backend. Graphs run with TorchScript's
+optimising executor off (``torch.jit.optimized_execution(False)``): same speed here, and no
+profiling runs (100+ ms) on the first calls of each new input shape.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .backends import BackendError, Conditioner
+from .manifest import MODEL_GRAPHS, Manifest, ModelDirError
+
+
+class TorchBackend:
+    def __init__(self, manifest: Manifest, kind: str = "torch-fp32", threads: int = 1):
+        self.name = kind
+        self.manifest = manifest
+        self.threads = threads
+        self.device = "cuda" if "cuda" in kind else "cpu"
+        self.precision = "bf16" if kind.endswith("bf16") else "fp32"
+        if self.device == "cpu" and threads:
+            torch.set_num_threads(max(1, int(threads)))
+        if not manifest.has_torch(self.precision):
+            raise BackendError(f"{kind}: {manifest.root} lists no {self.precision} TorchScript graphs "
+                               f"(re-export with this version of `python -m export`)")
+        self.modules = {}
+        for g in MODEL_GRAPHS:
+            path = manifest.torch_path(g, self.precision)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                    self.modules[g] = torch.jit.load(str(path), map_location=self.device).eval()
+            except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
+                raise ModelDirError(f"{manifest.root}: {path.name} is not a loadable TorchScript file ({e})") from e
+        cfg = manifest.config
+        self._n_mels, self._patch, self._max_frames = int(cfg["n_mels"]), int(cfg["patch"]), int(cfg["max_frames"])
+        self.conditioner = Conditioner(manifest, threads=threads)
+        self.cond_is_int = manifest.conditioning == "class"
+
+    def _run(self, graph: str, *arrays) -> np.ndarray:
+        ts = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        with torch.jit.optimized_execution(False), torch.inference_mode():
+            out = self.modules[graph](*ts)
+        return out.float().cpu().numpy()
+
+    def _logmel(self, logmel) -> np.ndarray:
+        x = np.asarray(logmel, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1] != self._n_mels or x.shape[2] % self._patch or not 0 < x.shape[2] <= self._max_frames:
+            raise ValueError(f"encoder input must be (B, {self._n_mels}, T) with T a multiple of {self._patch} "
+                             f"up to {self._max_frames}; got {x.shape}")
+        return x
+
+    def encode(self, logmel):
+        return self._run("encoder", self._logmel(logmel))
+
+    def encode_target(self, logmel):
+        return self._run("target_encoder", self._logmel(logmel))
+
+    def predict(self, tokens, cond):
+        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self._run("predictor", np.asarray(tokens, dtype=np.float32), cond)
+
+    def beats(self, tokens):
+        return self._run("beat_head", np.asarray(tokens, dtype=np.float32))
+
+    def condition(self, names: Sequence[str]) -> np.ndarray:
+        return self.conditioner(names)
+
+    def __repr__(self):
+        return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"
