@@ -285,6 +285,17 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
         "train": len(splits["train"]), "validation": len(splits["validation"]),
         "skipped_tracks": [{k: r.get(k) for k in ("track_id", "source", "reason")} for r in skipped],
     }
+    prev = out_dir / "render_report.json"
+    history = []
+    if prev.exists():  # keep the figures of earlier runs into this folder (resumes)
+        try:
+            old = json.loads(prev.read_text())
+            history = old.get("history", []) + [{k: old.get(k) for k in (
+                "found", "already_done", "rendered", "skipped", "elapsed_s", "songs_per_s", "speed_x_realtime",
+                "jobs", "excerpt")}]
+        except ValueError:
+            pass
+    report["history"] = history[-20:]
     (out_dir / "render_report.json").write_text(json.dumps(report, indent=1))
     return report
 
