@@ -217,3 +217,27 @@ def test_cli_render_with_limit_and_excerpt(tmp_path, capsys):
     # raising the limit keeps the first choice and adds one song
     assert main(["render", str(midi), str(out), "--soundfont", SF2, "--limit", "3", "--excerpt", "3"]) == 0
     assert "already_done=2, rendered=1" in capsys.readouterr().out
+
+
+def test_in_process_render_matches_fluidsynth_cli(tmp_path, renderer):
+    """The in-process event scheduler plays the file as FluidSynth's own MIDI player does (the CLI
+    command of DESIGN.md), up to the player's one-block (64-sample) start latency."""
+    import shutil
+    import subprocess
+
+    import soundfile as sf
+
+    if shutil.which("fluidsynth") is None:
+        pytest.skip("no fluidsynth command")
+    p = make_song(tmp_path / "a.mid", programs=((0, 35), (1, 0)), bars=3)
+    wav = tmp_path / "cli.wav"
+    subprocess.run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.3", "-F", str(wav), "-r", "16000",
+                    SF2, str(p)], check=True, capture_output=True, timeout=60)
+    y, sr = sf.read(str(wav), dtype="float32")
+    y = y.mean(axis=1) if y.ndim == 2 else y
+    assert sr == 16000
+    song = read_song(p)
+    x = renderer.render(song.notes, song.controls, 0.0, len(y) / sr)
+    lag = 64
+    n = min(len(x), len(y)) - lag
+    assert rel_err(x[:n], y[lag: lag + n]) < 0.005
