@@ -7,15 +7,18 @@ import torch.nn.functional as F
 
 def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Normalised MSE per patch, ``2 - 2 cos(pred, target)``, averaged. ``(B, P, d)`` each."""
-    return (2.0 - 2.0 * F.cosine_similarity(pred, target.detach(), dim=-1)).mean()
+    pred, target = pred.float(), target.detach().float()  # fp32 even under bf16 autocast
+    return (2.0 - 2.0 * F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
     ``exp(log_temp)`` (clamped to [0.01, 1])."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    temp = log_temp.exp().clamp(0.01, 1.0)
-    logits = a @ b.t() / temp
+    # fp32 even under bf16 autocast: early in training the cosines differ in the third decimal
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        temp = log_temp.float().exp().clamp(0.01, 1.0)
+        logits = a @ b.t() / temp
     labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
@@ -37,4 +40,4 @@ def widen_beat_targets(beats_s, n_frames: int, fps: float, widen: int = 1, neigh
 def beat_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: float = 5.0) -> torch.Tensor:
     """Binary cross-entropy on beat logits ``(B, T)`` against widened targets ``(B, T)``."""
     w = torch.tensor(pos_weight, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=w)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w)
