@@ -40,10 +40,35 @@ class Renderer:
             self._f[name] = fn
         self._reset = lib.fluid_synth_system_reset
         self._reset.argtypes = [vp]
+        self._voices = lib.fluid_synth_get_active_voice_count
+        self._voices.argtypes = [vp]
+        self._voices.restype = ci
+        self._scratch = np.zeros(BLOCK, dtype=np.float32)
+        self._all_off = lib.fluid_synth_all_sounds_off
+        self._all_off.argtypes = [vp, ci]
+        self._all_off.restype = ci
         self._synth = self._fs.synth
 
     def close(self):
         self._fs.delete()
+
+    def flush(self, max_seconds: float = 10.0) -> None:
+        """Silence every voice, then reset. Without this, voices of the previous render keep
+        sounding into the next one: ``system_reset`` only *releases* them (tails of several seconds
+        with long-release sounds). ``all_sounds_off`` stops them within one block; the blocks played
+        while they stop are discarded and keep the block alignment."""
+        syn = self._synth
+        self._all_off(syn, -1)
+        buf = self._scratch
+        p = buf.ctypes.data
+        done = 0
+        while self._voices(syn) > 0 and done < max_seconds * self.sr:
+            self._write(syn, BLOCK, p, 0, 1, p, 0, 1)
+            done += BLOCK
+        self._reset(syn)
+        while self._voices(syn) > 0 and done < max_seconds * self.sr:
+            self._write(syn, BLOCK, p, 0, 1, p, 0, 1)
+            done += BLOCK
 
     def render(self, notes: list[Note], controls: list[Control], t0: float, t1: float,
                preroll: float = 0.0) -> np.ndarray:
@@ -77,7 +102,7 @@ class Renderer:
         left = np.zeros(n, dtype=np.float32)
         right = np.zeros(n, dtype=np.float32)
         syn = self._synth
-        self._reset(syn)
+        self.flush()
         f = self._f
         pos = 0
         lp, rp = left.ctypes.data, right.ctypes.data
