@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped default model from the MIDI corpora: render -> train (phase 1, phase 2 FiLM,
-# 4-class baseline, beat head) -> evaluate (docs/report) -> export (engine/assets/model) -> demo
+# Rebuilds the shipped default model from the MIDI corpora: render -> train (JEPA + FiLM text,
+# beat head, then the 4-class and contrastive-only baselines) -> evaluate (docs/report) -> export (engine/assets/model) -> demo
 # library index. Every step resumes where it stopped; re-run the script after an interruption.
 #   DATA=/work/data/render RUNS=runs bash scripts/rebuild_default_model.sh
 set -euo pipefail
@@ -10,10 +10,10 @@ RUNS=${RUNS:-runs}
 MIDI=${MIDI:-../shared/data/midi}
 T=${THREADS:-2}
 python -m training.data render-default "$DATA" --midi-root "$MIDI" --jobs "$T"
-python -m training fit --config training/configs/contrastive.toml data="$DATA" out="$RUNS/contrastive" threads="$T"
-python -m training fit --config training/configs/jepa.toml data="$DATA" init="$RUNS/contrastive/final.pt" out="$RUNS/jepa" threads="$T"
-python -m training fit --config training/configs/class.toml data="$DATA" init="$RUNS/contrastive/final.pt" out="$RUNS/class" threads="$T"
+python -m training fit --config training/configs/jepa.toml data="$DATA" out="$RUNS/jepa" threads="$T"
 python -m training fit --config training/configs/beats.toml data="$DATA" init="$RUNS/jepa/final.pt" out="$RUNS/beats" threads="$T"
+python -m training fit --config training/configs/class.toml data="$DATA" out="$RUNS/class" threads="$T"
+python -m training fit --config training/configs/contrastive.toml data="$DATA" out="$RUNS/contrastive" threads="$T"
 python -m training report --data "$DATA" --default "$RUNS/beats/final.pt" --contrastive "$RUNS/contrastive/final.pt" \
     --class "$RUNS/class/final.pt" --out docs/report --threads "$T"
 python -m export "$RUNS/beats/final.pt" engine/assets/model --precision fp32 int8
