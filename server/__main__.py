@@ -30,6 +30,11 @@ def parse_args(argv=None):
                     help='comma-separated instrument names (default "%(default)s")')
     ap.add_argument("--k", type=int, default=config.DEFAULT_K, help="matches per instrument (default %(default)s)")
     ap.add_argument("--hop", type=float, default=config.DEFAULT_HOP_MS, help="hop in ms (default %(default)s)")
+    ap.add_argument("--min-bpm", type=float, default=config.BPM_RANGE[0],
+                    help="slowest tempo the beat tracker considers (default %(default)g)")
+    ap.add_argument("--max-bpm", type=float, default=config.BPM_RANGE[1],
+                    help="fastest tempo the beat tracker considers (default %(default)g); a narrower range "
+                         "avoids half/double-tempo errors when the style is known")
     ap.add_argument("--restrict-category", action="store_true", help="only return stems of the queried category")
     ap.add_argument("--pub", default=config.DEFAULT_PUB, help="PUB address (default %(default)s)")
     ap.add_argument("--ctl", default=config.DEFAULT_CTL, help="control ROUTER address (default %(default)s)")
@@ -43,8 +48,6 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     ap.add_argument("--curve-keys", default=None,
                     help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback")
-    ap.add_argument("--fake", action="store_true",
-                    help="no model: synthetic matches and a 120 BPM grid (protocol testing, patch building)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     if a.speed < 0:
@@ -55,42 +58,80 @@ def parse_args(argv=None):
         ap.error(f"--hop must be within {config.HOP_MS_RANGE} ms")
     if not 1 <= a.k <= config.MAX_K:
         ap.error(f"--k must be 1..{config.MAX_K}")
+    if not 20 <= a.min_bpm < a.max_bpm <= 400:
+        ap.error("need 20 <= --min-bpm < --max-bpm <= 400")
     a.instrument_list = [s.strip() for s in a.instruments.split(",") if s.strip()]
     if not a.instrument_list:
         ap.error("--instruments is empty")
     return a
 
 
-def build_engine(a):
-    """(matcher, backend name, library loader)."""
-    if a.fake:
-        from .fake import FakeLibrary, FakeMatcher
+def _rel(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
-        m = FakeMatcher(instruments=a.instrument_list, k=a.k, hop_ms=a.hop, restrict_category=a.restrict_category)
-        return m, "fake", (lambda p: FakeLibrary(path=p))
+
+def check_assets(model: Path, library: Path) -> None:
+    """Raise ConfigError naming every missing input (model directory, library index) and the
+    command that builds it."""
     from .app import ConfigError
 
-    model = Path(a.model)
+    problems = []
+    default_model = model.resolve() == config.DEFAULT_MODEL_DIR.resolve()
     if not (model / "manifest.json").is_file():
-        raise ConfigError(f"no model directory at {model} (manifest.json missing). The shipped model is written by "
-                          f"`python -m export`; pass --model DIR, or --fake to run without a model.")
-    lib_path = Path(a.library)
-    if not lib_path.is_file():
-        raise ConfigError(f"no stem library at {lib_path}. Build one with `python -m engine.library`; "
-                          f"pass --library PATH.")
-    from engine.backends import load_backend
-    from engine.library import StemLibrary
+        what = "the default model directory" if default_model else "the model directory"
+        problems.append(
+            f"{what} {_rel(model)} is missing (no manifest.json).\n"
+            f"  Build it from a checkpoint: python -m export CHECKPOINT {_rel(model)} --precision fp32 int8\n"
+            f"  (scripts/rebuild_default_model.sh trains one and writes {_rel(config.DEFAULT_MODEL_DIR)})\n"
+            f"  or pass --model DIR.")
+    if not library.is_file():
+        default_lib = library.resolve() == config.DEFAULT_LIBRARY.resolve()
+        what = "the default stem library index" if default_lib else "the stem library index"
+        src = config.DEFAULT_LIBRARY.parent / "library" if default_lib else Path("STEMS_DIR")
+        problems.append(
+            f"{what} {_rel(library)} is missing.\n"
+            f"  Build it with the model: python -m engine.library build {_rel(src)} {_rel(library)} "
+            f"--model {_rel(model)}\n"
+            + ("" if default_lib else "  (STEMS_DIR holds TRACK/STEM.wav + TRACK/track.json)\n")
+            + "  or pass --library PATH.")
+    if problems:
+        raise ConfigError("cannot start:\n" + "\n".join(problems))
+
+
+def build_engine(a):
+    """(matcher, backend name, library loader)."""
+    from .app import ConfigError
+
+    model, lib_path = Path(a.model), Path(a.library)
+    check_assets(model, lib_path)
+    from engine.backends import BackendError, load_backend
+    from engine.library import LibraryError, StemLibrary
+    from engine.manifest import ModelDirError
     from engine.pipeline import Matcher
 
-    backend = load_backend(str(model), device=a.device, threads=a.threads)
+    try:
+        backend = load_backend(str(model), device=a.device, threads=a.threads)
+    except (BackendError, ModelDirError) as e:
+        raise ConfigError(f"cannot load the model directory {_rel(model)}: {e}")
     fp = backend.manifest.fingerprint
 
     def loader(p):
         return StemLibrary.load(p, expect_fingerprint=fp)
 
-    lib = loader(str(lib_path))
-    m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
-                window_s=config.DEFAULT_WINDOW_S, restrict_category=a.restrict_category)
+    try:
+        lib = loader(str(lib_path))
+    except LibraryError as e:
+        raise ConfigError(f"cannot use the stem library {_rel(lib_path)}: {e}\n  Rebuild it with this model: "
+                          f"python -m engine.library build STEMS_DIR {_rel(lib_path)} --model {_rel(model)}")
+    try:
+        m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
+                    window_s=config.DEFAULT_WINDOW_S, restrict_category=a.restrict_category,
+                    tracker_kw={"min_bpm": a.min_bpm, "max_bpm": a.max_bpm})
+    except ValueError as e:  # e.g. an instrument name the model cannot condition on (no text encoder)
+        raise ConfigError(f"cannot start the matcher: {e}")
     return m, backend.name, loader
 
 
@@ -155,7 +196,7 @@ def main(argv=None) -> int:
                 midi_error = str(e)
                 log.warning("MIDI unavailable, continuing without MIDI: %s", e)
         srv = Server(matcher, source, backend_name=backend_name, device=a.device, pub_addr=a.pub, ctl_addr=a.ctl,
-                     library_path=a.library if not a.fake else "<fake>", library_loader=loader,
+                     library_path=a.library, library_loader=loader,
                      curve_keys=a.curve_keys, midi=midi, exit_at_end=exit_at_end, hop_ms=a.hop, k=a.k,
                      instruments=a.instrument_list, restrict_category=a.restrict_category)
         srv.midi_error = midi_error

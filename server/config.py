@@ -16,6 +16,7 @@ DEFAULT_INSTRUMENTS = ["drums", "fretless bass", "warm pad"]
 DEFAULT_K = 5
 DEFAULT_HOP_MS = 160
 DEFAULT_WINDOW_S = 8.0
+BPM_RANGE = (55.0, 215.0)  # beat tracker tempo range (engine.beats defaults); --min-bpm / --max-bpm
 
 DEFAULT_PUB = "tcp://127.0.0.1:5555"
 DEFAULT_CTL = "tcp://127.0.0.1:5556"

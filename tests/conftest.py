@@ -32,3 +32,14 @@ def tone_mix(sr=16000, seconds=3.0, freqs=(220.0, 330.0), seed=0):
     t = np.arange(int(sr * seconds)) / sr
     x = sum(np.sin(2 * np.pi * f * t) for f in freqs) * 0.2 + 0.01 * rng.standard_normal(t.size)
     return x.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def server_assets(tmp_path_factory):
+    """A real model directory (fresh micro checkpoint, exported) and real stem libraries, built
+    once per session under pytest's tmp dir; see tests/server_assets.py."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from server_assets import build_server_assets
+
+    return build_server_assets(tmp_path_factory.mktemp("server_assets"))

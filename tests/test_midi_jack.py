@@ -115,27 +115,112 @@ def test_clock_and_notes_follow_the_grid(jack):
     assert clock.clocks == len(c)
 
 
-def test_server_midi_end_to_end(jack, tmp_path):
-    from server.testing import write_click_track
+def test_clock_follows_the_causal_tracker(jack):
+    """The real ``CausalBeatTracker`` on a 120 BPM beat activation (peaks at 0.1 + 0.5 k s, noise
+    between them), fed 8 frames (one 160-ms hop) at a time in real time, drives the clock as the
+    server does (period and next predicted beat as wall time): the clock settles at 120 BPM and its
+    beat notes land on the activation's beats."""
+    from engine.beats import CausalBeatTracker
+    from server.midi import MidiClock
+
+    fps, period, first = 50.0, 0.5, 0.1
+    rng = np.random.default_rng(0)
+    t = np.arange(int(4.5 * fps)) / fps
+    dist = ((t - first + period / 2) % period) - period / 2
+    act = np.clip(0.03 + 0.9 * np.exp(-0.5 * (dist / 0.02) ** 2) + 0.05 * rng.random(t.size), 0, 1)
+    tracker = CausalBeatTracker(fps)
+    tracker.reset(0.0)
+    clock = MidiClock(port_name="tracker clock", channel=10, note=42)
+    rec = Recorder("tracker clock")
+    t0 = time.time() + 0.05  # wall time of stream time 0
+    clock.start()
+    tempos = []
+    for h in range(len(t) // 8):
+        time.sleep(max(0.0, t0 + (h + 1) * 0.16 - time.time()))  # the hop's audio has arrived
+        st = tracker.process(act[8 * h:8 * h + 8])
+        tempos.append(st.tempo)
+        if len(st.next_beats):
+            clock.update(60.0 / st.tempo, t0 + float(st.next_beats[0]))
+    clock.stop()
+    time.sleep(0.1)
+    rec.close()
+    assert abs(tempos[-1] - 120.0) < 0.5, tempos
+    assert rec.events and rec.events[0][1] == [0xFA] and rec.events[-1][1] == [0xFC]
+    c = rec.clocks()
+    settled = c[c > t0 + 2.5]
+    assert len(settled) > 24 and abs(np.median(np.diff(settled)) - period / 24) < 0.002, np.diff(settled)
+    notes = [tn for tn, _ in rec.note_ons() if tn > t0 + 2.5]
+    assert len(notes) >= 2
+    for tn in notes:  # on the activation's beats (tracker: 20-ms frames; JACK: up to a 5.3-ms period)
+        err = ((tn - t0 - first + period / 2) % period) - period / 2
+        assert -0.02 < err < 0.03, err
+    assert abs(len(c) - 24 * len(rec.note_ons())) <= 24
+
+
+def test_server_midi_end_to_end(jack, tmp_path, server_assets):
+    """``python -m server --midi`` with the real engine: the clock runs at the tempo the server
+    publishes on the beat topic and its beat notes land on the beats it predicts, one note per 24
+    clocks. The untrained model's tracker has no musical tempo to find, and over 55-215 BPM it
+    jumps between octaves (61 <-> 123 BPM here), which no clock can follow; ``--min-bpm 100
+    --max-bpm 150`` keeps it on one octave, so its grid is steady after about a second."""
+    import zmq
+
+    from server.testing import Subscriber, write_click_track
 
     wav = tmp_path / "click.wav"
-    write_click_track(wav, seconds=4.0)
+    write_click_track(wav, seconds=6.0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", "server", "--fake", "--midi", "--midi-port", "e2e clock",
-                          "--midi-note", "60", "--input", str(wav), "--pub", "tcp://127.0.0.1:25655",
-                          "--ctl", "tcp://127.0.0.1:25656"], cwd=ROOT, env=env,
+    pub = "tcp://127.0.0.1:25655"
+    p = subprocess.Popen([sys.executable, "-m", "server", *server_assets.cli_args(), "--instruments", "drums",
+                          "--min-bpm", "100", "--max-bpm", "150", "--midi", "--midi-port", "e2e clock",
+                          "--midi-note", "60", "--input", str(wav), "--pub", pub, "--ctl", "tcp://127.0.0.1:25656"],
+                         cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = zmq.Context()
+    sub = Subscriber(ctx, pub, topics=("beat",))
     try:
         rec = Recorder("e2e clock", timeout=15)
+        t_end = time.monotonic() + 20
+        while p.poll() is None and time.monotonic() < t_end:
+            sub.poll(0.1)
         out, _ = p.communicate(timeout=20)
         rec.close()
     finally:
+        sub.close()
+        ctx.destroy(linger=0)
         if p.poll() is None:
             p.kill()
             p.wait()
     assert p.returncode == 0, out
+    assert not sub.errors, sub.errors[:3]
+    beats = [(t_recv, m) for tp, m, t_recv in sub.msgs]
+    assert beats and all(m["period_s"] for _, m in beats)
     c = rec.clocks()
     assert len(c) > 24, (len(c), out)
-    assert abs(np.median(np.diff(c)) - 0.5 / 24) < 0.003  # fake tracker: 120 BPM
+    # each clock interval against the beat period the server had published when it was scheduled,
+    # where the tracker's grid has been steady (tempo within 2 % over the last 4 beat messages)
+    recv = np.array([t for t, _ in beats])
+    periods = np.array([m["period_s"] for _, m in beats])
+    steady = np.array([i >= 3 and np.ptp(periods[i - 3:i + 1]) < 0.02 * periods[i] for i in range(len(periods))])
+    idx = np.searchsorted(recv, c[:-1]) - 1
+    ok = (idx >= 0) & steady[np.maximum(idx, 0)]
+    # JACK delivers MIDI at period boundaries (5.3 ms), so compare the mean interval over the steady
+    # ticks (quantisation cancels) with the mean published beat period / 24
+    got = np.diff(c)[ok].mean()
+    want = (periods[idx[ok]] / 24).mean()
+    print(f"\nMIDI e2e: {len(c)} clocks, {ok.sum()} on a steady grid; published tempi "
+          f"{np.round(60 / periods, 1).tolist()}; mean interval {got * 1e3:.2f} ms, expected {want * 1e3:.2f} ms")
+    assert ok.sum() > 48 and abs(got / want - 1) < 0.04, (got, want)
     notes = rec.note_ons()
-    assert len(notes) >= 2 and all(m[1] == 60 for _, m in notes)
+    errs = []
+    for tn, _ in notes:
+        i = np.searchsorted(recv, tn) - 1
+        if i >= 0 and steady[i]:
+            grid = np.array(beats[i][1]["next_beats_wall"])
+            grid = np.concatenate([grid - periods[i], grid])
+            errs.append(float(np.min(np.abs(grid - tn))))
+    # beat notes (every 24th tick) land on the beats the server predicted (next_beats_wall)
+    assert len(errs) >= 3 and max(errs) < 0.02, errs
+    assert len(notes) >= 2 and all(m == [0x99, 60, 100] for _, m in notes)
+    assert rec.events[0][1] == [0xFA] and rec.events[-1][1] == [0xFC]
+    assert abs(len(c) - 24 * len(notes)) <= 24  # a note every 24 clocks, none skipped or doubled

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JACK_NO_START_SERVER", "1")
 
 
-def test_midi_unavailable_is_reported_and_server_continues(tmp_path):
+def test_midi_unavailable_is_reported_and_server_continues(tmp_path, server_assets):
     """Without a MIDI system (no JACK server, no ALSA sequencer) --midi says so and runs on."""
     from server.midi import MidiUnavailable, open_virtual_output
 
@@ -27,8 +27,9 @@ def test_midi_unavailable_is_reported_and_server_continues(tmp_path):
     wav = tmp_path / "click.wav"
     write_click_track(wav, seconds=1.0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "server", "--fake", "--midi", "--input", str(wav), "--speed", "0",
+    r = subprocess.run([sys.executable, "-m", "server", *server_assets.cli_args(), "--instruments", "drums",
+                        "--midi", "--input", str(wav), "--speed", "0",
                         "--pub", "tcp://127.0.0.1:25657", "--ctl", "tcp://127.0.0.1:25658"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert "MIDI unavailable" in r.stderr
+    assert "MIDI unavailable" in r.stderr and "end of input" in r.stderr

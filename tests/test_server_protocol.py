@@ -1,4 +1,9 @@
-"""Server protocol v1 over inproc:// with the fake matcher: schema, seq, drops, control, fuzz."""
+"""Server protocol v1 over inproc:// and tcp loopback with the real engine: schema, seq, drops,
+control, fuzz, CURVE.
+
+Every server here runs ``engine.pipeline.Matcher`` on a real model directory (a freshly
+initialised micro checkpoint exported with ``export``) and a real stem library, both built once
+per session (``server_assets`` in conftest.py, tests/server_assets.py)."""
 import itertools
 import json
 import time
@@ -10,10 +15,10 @@ import zmq
 from server import config, protocol as P
 from server.app import ConfigError, Server, is_local_address
 from server.capture import FileSource
-from server.fake import FakeLibrary, FakeMatcher
 from server.testing import Subscriber, request, seq_gaps, write_click_track
 
 _ids = itertools.count()
+INSTRUMENTS = ["drums", "fretless bass"]
 
 
 @pytest.fixture
@@ -23,16 +28,34 @@ def ctx():
     c.destroy(linger=0)
 
 
-def make_server(tmp_path, ctx, *, speed=0.0, seconds=4.0, work_s=0.0, loop=False, sr=16000, **kw):
-    wav = tmp_path / f"click{sr}.wav"
+@pytest.fixture(scope="module")
+def engine(server_assets):
+    """(backend, library loader) shared by the module's servers: one ONNX Runtime backend."""
+    from engine.library import StemLibrary
+
+    backend = server_assets.backend()
+    fp = backend.manifest.fingerprint
+    return backend, (lambda p: StemLibrary.load(p, expect_fingerprint=fp))
+
+
+def make_matcher(engine, server_assets, **kw):
+    from engine.pipeline import Matcher
+
+    backend, loader = engine
+    return Matcher(backend, loader(str(server_assets.library)), instruments=INSTRUMENTS, k=3, hop_ms=160,
+                   window_s=config.DEFAULT_WINDOW_S, **kw)
+
+
+def make_server(tmp_path, ctx, engine, server_assets, *, speed=0.0, seconds=4.0, loop=False, sr=16000, **kw):
+    wav = tmp_path / f"click{sr}_{seconds:g}.wav"
     if not wav.exists():
         write_click_track(wav, seconds, sr=sr)
     n = next(_ids)
     src = FileSource(wav, speed=speed, loop=loop)
-    m = FakeMatcher(instruments=["drums", "fretless bass"], k=3, work_s=work_s)
-    opts = dict(backend_name="fake", pub_addr=f"inproc://pub{n}", ctl_addr=f"inproc://ctl{n}", context=ctx,
-                library_loader=lambda p: FakeLibrary(path=p), status_period=0.25, instruments=["drums", "fretless bass"],
-                k=3, library_path="<fake>")
+    m = make_matcher(engine, server_assets)
+    opts = dict(backend_name=engine[0].name, pub_addr=f"inproc://pub{n}", ctl_addr=f"inproc://ctl{n}", context=ctx,
+                library_loader=engine[1], status_period=0.25, instruments=INSTRUMENTS, k=3,
+                library_path=str(server_assets.library))
     opts.update(kw)
     return Server(m, src, **opts)
 
@@ -41,8 +64,15 @@ def finished(topic, msg):
     return topic == "status" and msg["state"] == "finished"
 
 
-def test_every_message_valid_and_seq_contiguous(tmp_path, ctx):
-    srv = make_server(tmp_path, ctx, speed=0.0, seconds=4.0)
+def hop_grid(n_samples, hop=2560, lead=240):
+    """Hops the matcher cuts from ``n_samples`` (engine.pipeline: hop n ends at n*hop + lead)."""
+    return (n_samples - lead) // hop
+
+
+def test_every_message_valid_and_seq_contiguous(tmp_path, ctx, engine, server_assets):
+    import soundfile as sf
+
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=0.0, seconds=4.0)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
     time.sleep(0.1)
@@ -54,24 +84,55 @@ def test_every_message_valid_and_seq_contiguous(tmp_path, ctx):
     assert not sub.errors, sub.errors[:5]
     matches, beats, status = sub.of("match"), sub.of("beat"), sub.of("status")
     assert status and status[-1]["state"] == "finished"
-    # speed 0: every hop processed, none dropped; 4 s / 160 ms = 25 hops
-    assert len(matches) == len(beats) == 25
+    # speed 0: every hop processed, none dropped; 4 s -> (64000 - 240) // 2560 = 24 hops
+    n = hop_grid(64000)
+    assert n == 24 and len(matches) == n
     for topic_msgs in (matches, beats):
         assert [m["seq"] for m in topic_msgs] == list(range(len(topic_msgs)))
     assert seq_gaps(status) == 0  # the first status may precede the subscription
-    assert [m["hop"] for m in matches] == list(range(25))
-    assert status[-1]["counters"]["drops"] == 0
-    assert status[-1]["counters"]["published"]["match"] == 25
+    assert [m["hop"] for m in matches] == list(range(n))
+    assert status[-1]["counters"]["drops"] == 0 and status[-1]["counters"]["hop_errors"] == 0
+    assert status[-1]["counters"]["published"]["match"] == n
+    assert status[-1]["backend"] == "onnx-fp32" and status[-1]["library"]["stems"] == len(srv.matcher.library)
+    # the window needs 1 s (112 frames = 7 hops of 16 frames) before the encoder runs
+    ready = [m for m in matches if m["ready"]]
+    assert [m["hop"] for m in matches if not m["ready"]] == list(range(6))
+    assert len(ready) == n - 6
+    # one beat message per ready hop, same hop numbers, beat sent before its match
+    assert [b["hop"] for b in beats] == [m["hop"] for m in ready]
     for m in matches:
-        assert m["instruments"] == ["drums", "fretless bass"]
-        assert all(len(m["matches"][i]) == 3 for i in m["instruments"])
-        assert m["stream_time"] == pytest.approx((m["hop"] + 1) * 0.16, abs=1e-6)
+        assert m["instruments"] == INSTRUMENTS
+        assert all(len(m["matches"].get(i, [])) == (3 if m["ready"] else 0) for i in m["instruments"])
+        assert m["stream_time"] == pytest.approx((m["hop"] + 1) * 0.16 + 0.015, abs=1e-6)
         assert m["latency_ms"] >= 0
+        if m["ready"]:
+            assert set(m["timings_ms"]) >= {"encode", "predict", "search", "beat_head", "tracker", "total"}
+    # the first ready hop carries the whole 1.12-s window's activation (56 values at 50 Hz), then 8 per hop
+    assert [len(b["activation"]) for b in beats] == [56] + [8] * (len(beats) - 1)
+    assert beats[0]["activation_time"] == pytest.approx(0.0175)  # frame 0: centre of log-mel frames 0-1
+    for b in beats:
+        assert b["tempo"] and 0 <= b["phase"] < 1 and b["period_s"] == pytest.approx(60 / b["tempo"])
+    # the server publishes exactly what the engine computes on the same audio offline
+    x, sr = sf.read(str(tmp_path / "click16000_4.wav"), dtype="float32")
+    offline = [r for r in make_matcher(engine, server_assets).run_array(x) if r.ready]
+    assert len(offline) == len(ready)
+    for r, m, b in zip(offline, ready, beats):
+        assert m["hop"] == r.hop_index
+        for inst in INSTRUMENTS:
+            assert [(it["track_id"], it["stem_id"], it["offset"]) for it in m["matches"][inst]] == \
+                   [(x.track_id, x.stem_id, x.offset) for x in r.matches[inst]]
+            assert np.allclose([it["score"] for it in m["matches"][inst]], [x.score for x in r.matches[inst]],
+                               atol=1e-6)
+        assert np.allclose(b["activation"], r.activation, atol=1e-5)
+        assert b["tempo"] == pytest.approx(r.beat.tempo) and b["phase"] == pytest.approx(r.beat.phase)
+        assert b["beats_in_hop"] == pytest.approx(list(r.beat.beats))
 
 
-def test_late_hops_dropped_and_counted(tmp_path, ctx):
-    """A worker slower than the hop drops hops (latest wins); hop gaps == published drops."""
-    srv = make_server(tmp_path, ctx, speed=1.0, seconds=3.0, work_s=0.3)
+def test_late_hops_dropped_and_counted(tmp_path, ctx, engine, server_assets):
+    """A worker slower than the hop drops hops (latest wins); hop gaps == published drops. The
+    worker is slowed by a 300 ms stall after each hop (the test hook ``on_hop`` runs in it)."""
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=3.0)
+    srv.on_hop = lambda res: time.sleep(0.3)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
     time.sleep(0.1)
@@ -89,31 +150,35 @@ def test_late_hops_dropped_and_counted(tmp_path, ctx):
     drops = final["counters"]["drops"]
     assert drops > 0, "a 300 ms hop every 160 ms must drop"
     assert gaps + hops[0] == drops  # every missing hop is a counted drop
+    assert hops[-1] == hop_grid(48000) - 1  # the last hop of the file is never dropped
     assert seq_gaps(matches) == 0  # seq itself never gaps on a healthy connection
     # latency stays bounded: hops are dropped, never queued
     lat = [m["latency_ms"] for m in matches]
     assert max(lat) < 1000, lat
 
 
-def test_latency_small_with_16k_input(tmp_path, ctx):
-    srv = make_server(tmp_path, ctx, speed=1.0, seconds=2.0)
+def test_latency_small_with_16k_input(tmp_path, ctx, engine, server_assets):
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=2.0)
     srv.start(start_source=False)
-    sub = Subscriber(ctx, srv.pub_addr, topics=("beat",))
+    sub = Subscriber(ctx, srv.pub_addr, topics=("beat", "match"))
     time.sleep(0.05)
     srv.source.start()
     try:
-        sub.poll(5, until=lambda t, m: m["hop"] >= 10)
+        sub.poll(5, until=lambda t, m: t == "beat" and m["hop"] >= 10)
     finally:
         srv.close()
     lat = np.array([m["latency_ms"] for m in sub.of("beat")])
-    assert lat.size >= 8
-    # fake matcher does no work: latency = worker wake-up + publish (16 kHz: no resampler delay)
-    assert np.median(lat) < 20, lat
+    assert lat.size >= 4
+    # latency = worker wake-up + the hop's engine time + publish (16 kHz: no resampler delay)
+    ready = [m for m in sub.of("match") if m["ready"]]
+    overhead = np.array([m["latency_ms"] - m["timings_ms"]["total"] for m in ready])
+    assert np.median(overhead) < 20, overhead
+    assert np.median(lat) < 50, lat
 
 
-def test_resampled_input(tmp_path, ctx):
+def test_resampled_input(tmp_path, ctx, engine, server_assets):
     """44.1 kHz input goes through the streaming resampler; stream times stay on the 16 kHz grid."""
-    srv = make_server(tmp_path, ctx, speed=0.0, seconds=2.0, sr=44100)
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=0.0, seconds=2.0, sr=44100)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
     time.sleep(0.05)
@@ -123,13 +188,16 @@ def test_resampled_input(tmp_path, ctx):
     finally:
         srv.close()
     assert not sub.errors
-    assert len(sub.of("match")) == 12  # 2 s / 0.16 = 12.5 -> 12 complete hops
+    matches = sub.of("match")
+    assert len(matches) == hop_grid(32000) == 12  # 2 s: (32000 - 240) // 2560
+    assert [m["stream_time"] for m in matches] == pytest.approx([(i + 1) * 0.16 + 0.015 for i in range(12)])
+    assert sum(m["ready"] for m in matches) == 6 and len(sub.of("beat")) == 6
 
 
 # ---------------------------------------------------------------------------- control
 @pytest.fixture
-def live(tmp_path, ctx):
-    srv = make_server(tmp_path, ctx, speed=1.0, seconds=4.0, loop=True)
+def live(tmp_path, ctx, engine, server_assets):
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=4.0, loop=True)
     srv.start()
     yield srv
     srv.close()
@@ -141,7 +209,7 @@ def req(srv, ctx, obj=None, raw=None):
     return r
 
 
-def test_control_commands_answered_and_obeyed(live, ctx):
+def test_control_commands_answered_and_obeyed(live, ctx, server_assets):
     srv = live
     sub = Subscriber(ctx, srv.pub_addr)
     r = req(srv, ctx, {"cmd": "ping", "id": 7})
@@ -157,10 +225,15 @@ def test_control_commands_answered_and_obeyed(live, ctx):
     r = req(srv, ctx, {"cmd": "set_k", "k": 2})
     assert r["ok"] and r["k"] == 2 and req(srv, ctx, {"cmd": "get_k"})["k"] == 2
     sub.msgs.clear()
-    sub.poll(3, until=lambda t, m: t == "match" and m["instruments"][0] == "warm pad" and len(sub.of("match")) > 1)
+    sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and m["instruments"][0] == "warm pad"
+             and len(sub.of("match")) > 1)
     m = sub.of("match")[-1]
-    assert m["instruments"] == ["warm pad", "kick drum", "upright bass"]
+    assert m["ready"] and m["instruments"] == ["warm pad", "kick drum", "upright bass"]
     assert all(len(v) == 2 for v in m["matches"].values())
+    # a name the model cannot condition on (no text encoder, not in its cache) is refused, not applied
+    r = req(srv, ctx, {"cmd": "set_instruments", "instruments": ["theremin"]})
+    assert not r["ok"] and r["error"]["code"] == "bad_args" and "theremin" in r["error"]["message"]
+    assert req(srv, ctx, {"cmd": "get_instruments"})["instruments"] == ["warm pad", "kick drum", "upright bass"]
 
     r = req(srv, ctx, {"cmd": "set_hop", "ms": 320})
     assert r["ok"] and r["ms"] == 320
@@ -168,16 +241,42 @@ def test_control_commands_answered_and_obeyed(live, ctx):
     sub.poll(3, until=lambda t, m: len(sub.of("match")) >= 3)
     st = [m["stream_time"] for m in sub.of("match")]
     assert np.allclose(np.diff(st), 0.32, atol=1e-6), st
-    req(srv, ctx, {"cmd": "set_hop", "ms": 160})
+    r = req(srv, ctx, {"cmd": "set_hop", "ms": 150})
+    assert r["ok"] and r["ms"] == 160  # the engine rounds to 20 ms
 
+    # restrict_category: each instrument is searched among stems of its category only
+    assert req(srv, ctx, {"cmd": "set_instruments", "instruments": ["drums", "electric bass"]})["ok"]
+    assert req(srv, ctx, {"cmd": "set_k", "k": 5})["ok"]
     r = req(srv, ctx, {"cmd": "restrict_category", "enabled": True})
     assert r["ok"] and srv.matcher.restrict_category is True
+    sub.msgs.clear()
+    sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and m["k"] == 5 and len(sub.of("match")) > 1)
+    m = sub.of("match")[-1]
+    assert m["ready"] and m["instruments"] == ["drums", "electric bass"]
+    assert [it["category"] for it in m["matches"]["drums"]] == ["drums"] * 3  # 3 drum stems in the library
+    assert [it["category"] for it in m["matches"]["electric bass"]] == ["bass"] * 3
+    assert req(srv, ctx, {"cmd": "restrict_category", "enabled": False})["ok"]
+    sub.msgs.clear()
+    sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and len(sub.of("match")) > 1)
+    assert all(len(v) == 5 for v in sub.of("match")[-1]["matches"].values())
 
+    # set_library: a real index swaps in; a missing, unreadable or foreign one is refused
     r = req(srv, ctx, {"cmd": "set_library", "path": "/nonexistent/lib.npz"})
     assert not r["ok"] and r["error"]["code"] == "not_found"
     r = req(srv, ctx, {"cmd": "set_library", "path": __file__})
-    assert r["ok"] and srv.library_path == __file__
-    assert req(srv, ctx, {"cmd": "status"})["status"]["library"]["path"] == __file__
+    assert not r["ok"] and r["error"]["code"] == "library_error"
+    r = req(srv, ctx, {"cmd": "set_library", "path": str(server_assets.other_model_library)})
+    assert not r["ok"] and r["error"]["code"] == "library_error" and "another model" in r["error"]["message"]
+    assert srv.library_path == str(server_assets.library)
+    small = str(server_assets.library_small)
+    r = req(srv, ctx, {"cmd": "set_library", "path": small})
+    assert r["ok"] and srv.library_path == small and r["library"] == {"path": small, "stems": 6, "tracks": 2}
+    assert req(srv, ctx, {"cmd": "status"})["status"]["library"]["path"] == small
+    sub.msgs.clear()
+    sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and len(sub.of("match")) > 1)
+    m = sub.of("match")[-1]
+    assert {it["track_id"] for v in m["matches"].values() for it in v} <= {"track0", "track1"}
+    assert all(len(v) == 5 for v in m["matches"].values())
 
     r = req(srv, ctx, {"cmd": "pause"})
     assert r["ok"] and r["state"] == "paused"
@@ -320,8 +419,8 @@ def test_oversized_wire_message_disconnects_not_crashes(live, ctx):
 
 
 # ---------------------------------------------------------------------------- sockets
-def test_vanishing_and_stalled_subscribers_do_not_block(tmp_path, ctx):
-    srv = make_server(tmp_path, ctx, speed=1.0, seconds=4.0, loop=True,
+def test_vanishing_and_stalled_subscribers_do_not_block(tmp_path, ctx, engine, server_assets):
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=4.0, loop=True,
                       pub_addr="tcp://127.0.0.1:*", ctl_addr="tcp://127.0.0.1:*")
     srv.start()
     try:
@@ -363,20 +462,20 @@ def test_loopback_detection():
         assert not is_local_address(a), a
 
 
-def test_non_loopback_without_keys_refused(tmp_path, ctx):
+def test_non_loopback_without_keys_refused(tmp_path, ctx, engine, server_assets):
     with pytest.raises(ConfigError, match="CURVE"):
-        make_server(tmp_path, ctx, pub_addr="tcp://0.0.0.0:*")
+        make_server(tmp_path, ctx, engine, server_assets, pub_addr="tcp://0.0.0.0:*")
     with pytest.raises(ConfigError, match="CURVE"):
-        make_server(tmp_path, ctx, ctl_addr="tcp://*:5599")
+        make_server(tmp_path, ctx, engine, server_assets, ctl_addr="tcp://*:5599")
     with pytest.raises(ConfigError, match="server.keys"):
-        make_server(tmp_path, ctx, pub_addr="tcp://0.0.0.0:*", curve_keys=tmp_path / "nokeys")
+        make_server(tmp_path, ctx, engine, server_assets, pub_addr="tcp://0.0.0.0:*", curve_keys=tmp_path / "nokeys")
 
 
-def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx):
+def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_assets):
     from server.keys import generate, load_client
 
     generate(tmp_path / "keys")
-    srv = make_server(tmp_path, ctx, speed=1.0, loop=True, pub_addr="tcp://127.0.0.1:*",
+    srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, loop=True, pub_addr="tcp://127.0.0.1:*",
                       ctl_addr="tcp://127.0.0.1:*", curve_keys=tmp_path / "keys")
     srv.start()
     try:
