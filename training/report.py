@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-chunks", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-times", help="JSON {run: seconds} to include")
+    ap.add_argument("--beat-tracks", type=int, default=40,
+                    help="validation tracks for the beat evaluation (the causal one runs the encoder every hop)")
+    ap.add_argument("--note", default="", help="a paragraph added under the title (e.g. how the data was made)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,9 +53,9 @@ def main(argv=None) -> int:
             ev.print_retrieval(r)
             ev.write_json(r, out / f"retrieval_{key}_{cond}.json")
             results[(key, cond)] = r
-    beats = ev.evaluate_beats(a.default, a.data, a.split, threads=a.threads, tracks=tracks)
+    beats = ev.evaluate_beats(a.default, a.data, a.split, threads=a.threads, tracks=tracks[: a.beat_tracks])
     beats["command"] = _cmd("python", "-m", "training", "eval", "beats", "--data", a.data, "--model", a.default,
-                            "--split", a.split, "--json", out / "beats_default.json")
+                            "--split", a.split, "--max-tracks", a.beat_tracks, "--json", out / "beats_default.json")
     ev.print_beats(beats)
     ev.write_json(beats, out / "beats_default.json")
     for cond in ("label", "category"):
@@ -68,6 +71,7 @@ def render_markdown(results: dict, beats: dict, train_times: dict, a) -> str:
     lines = [
         "# Evaluation report",
         "",
+        *([a.note, ""] if a.note else []),
         f"Validation split (by song) of `{a.data}`: {any_r['n_tracks']} tracks, {any_r['n_candidates']} candidate "
         "stems. Protocol: per track, embeddings averaged over up to "
         f"{a.max_chunks} 8-s chunks; query = predictor(encoder(mix without the stem), name); candidates = "
