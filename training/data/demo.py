@@ -175,6 +175,8 @@ def build_demo(out_dir="engine/assets/demo/library", midi_root="/work/shared/dat
         _write_roles(out_dir, tid, stems, lab, {roles[c]: c for c in r["stems"]}, meta)
         if first_mix is None:
             first_mix = sum(stems.values())
+            first_truth = {"track_id": tid, "beats": meta["beats"],
+                           "note": "the demo track is the mix of this library track's stems; beats from POP909 beat_midi.txt"}
         made.append({"track_id": tid, "stems": sorted(stems), "labels": lab, "groove": take["midi_filename"]})
     renderer.close()
     if demo_track and first_mix is not None:
@@ -182,6 +184,8 @@ def build_demo(out_dir="engine/assets/demo/library", midi_root="/work/shared/dat
 
         Path(demo_track).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(demo_track), np.clip(first_mix, -1, 1), SR, subtype="PCM_16")
+        # ground truth for replay tests: which library track the demo is, and its beats
+        Path(demo_track).with_suffix(".json").write_text(json.dumps(first_truth, indent=1))
     (out_dir / "splits.json").write_text(json.dumps({"all": [m["track_id"] for m in made]}, indent=1))
     return {"songs": made, "demo_track": demo_track}
 
