@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-text", action="store_true", help="do not export the text encoder")
     ap.add_argument("--text-from", help="copy text_encoder.onnx + tokenizer.json from this directory")
     ap.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    ap.add_argument("--no-checkpoint-copy", action="store_true",
+                    help="do not write model.pt (only the torch-tensorrt route of --trt needs it)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads during export (default 1)")
     a = ap.parse_args(argv)
 
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
 
     try:
         export_model(a.checkpoint, a.out_dir, a.precision, text=not a.no_text, text_from=a.text_from,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, checkpoint_copy=not a.no_checkpoint_copy)
     except ExportError as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

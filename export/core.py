@@ -282,13 +282,16 @@ def _text_source_ok(d: Path) -> bool:
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32",), *, text: bool = True,
-                 text_from: str | Path | None = None, overwrite: bool = False, log=print) -> dict:
+                 text_from: str | Path | None = None, overwrite: bool = False, checkpoint_copy: bool = True,
+                 log=print) -> dict:
     """Export ``checkpoint`` to ``out_dir``; returns the manifest dict. Raises :class:`ExportError`.
 
     ``precisions``: any of fp32, fp16, int8, bf16 (fp32 is always written). A precision the CPU
     provider cannot run (bf16 here) is skipped and recorded under ``manifest["skipped"]``.
     ``text_from``: a directory holding ``text_encoder.onnx`` + ``tokenizer.json`` already exported
     (e.g. another model directory) to copy instead of exporting MiniLM again.
+    ``checkpoint_copy``: also write ``model.pt`` (the stripped checkpoint; only the torch-tensorrt
+    route of ``--trt`` reads it). Off for the shipped model, to keep the repository small.
     """
     import torch
 
@@ -384,8 +387,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
                      vectors=vecs.astype(np.float32).reshape(len(names), cfg.text_dim))
             files["conditioning"] = {"path": "conditioning.npz", "sha256": sha256_file(tmp / "conditioning.npz"),
                                      "count": len(names)}
-        torch.save(strip_checkpoint(state), tmp / "model.pt")
-        files["model_pt"] = {"path": "model.pt", "sha256": sha256_file(tmp / "model.pt")}
+        if checkpoint_copy:
+            torch.save(strip_checkpoint(state), tmp / "model.pt")
+            files["model_pt"] = {"path": "model.pt", "sha256": sha256_file(tmp / "model.pt")}
 
         from training.config import CLASSES
 

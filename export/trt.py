@@ -114,6 +114,8 @@ def build_trt(model_dir: str | Path, log=print) -> dict:
 
         from .torch_backend import TorchModel
 
+        if "model_pt" not in json.loads((Path(model_dir) / MANIFEST).read_text()).get("files", {}):
+            raise ImportError("no model.pt in the model directory (exported with --no-checkpoint-copy)")
         tm = TorchModel(model_dir, device="cuda")
         enc = tm.graphs["encoder"].half().eval()
         inp = torch_tensorrt.Input(min_shape=(1, cfg["n_mels"], cfg["patch"]), opt_shape=(1, cfg["n_mels"], cfg["max_frames"]),
@@ -122,8 +124,8 @@ def build_trt(model_dir: str | Path, log=print) -> dict:
         ex = torch.randn(1, cfg["n_mels"], cfg["max_frames"], dtype=torch.float16, device="cuda")
         torch_tensorrt.save(trt_mod, str(Path(model_dir) / "trt" / "encoder.ts.ep"), inputs=[ex])
         built["torch_tensorrt_encoder"] = {"path": "trt/encoder.ts.ep", "fp16": True}
-    except ImportError:
-        log("export: torch-tensorrt not installed; only the ONNX Runtime TensorRT cache was built")
+    except ImportError as e:
+        log(f"export: torch-tensorrt route skipped ({e}); only the ONNX Runtime TensorRT cache was built")
     data = json.loads((Path(model_dir) / MANIFEST).read_text())
     data["trt"] = {"engines": built, "cache": "trt"}
     (Path(model_dir) / MANIFEST).write_text(json.dumps(data, indent=1))
