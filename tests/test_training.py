@@ -132,3 +132,16 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "ddp" / "final.pt").is_file()
     assert len(losses(tmp_path / "ddp")) == 3
+
+
+def test_grouped_batches_share_category(dataset):
+    from training.data.sampler import StemSampler
+    from training.fit import grouped_samples
+
+    s = StemSampler(dataset, split=None, seconds=2.0)
+    items = grouped_samples(s, np.random.default_rng(3), 12, 4)
+    assert len(items) == 12
+    for g in range(3):
+        cats = {it["category"] for it in items[4 * g: 4 * g + 4]}
+        assert len(cats) == 1, cats
+    assert len(grouped_samples(s, np.random.default_rng(3), 5, 0)) == 5

@@ -74,6 +74,8 @@ class TrainConfig:
     max_tracks: int = 0
     norm_samples: int = 64
     text_encoder: str = "minilm"
+    group_size: int = 0  # >0: batches made of groups of this many samples sharing a target category
+    # (hard negatives for the InfoNCE terms: same instrument family, other songs)
     stop_after: int = 0  # stop after this many steps in this invocation (resume later); 0 = run to the end
 
     @classmethod
@@ -185,7 +187,7 @@ def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: 
         beats = torch.stack([widen_beat_targets(np.asarray(it["beats"]) - BEAT_FRAME_OFFSET_S, n_act, beat_fps,
                                                 cfg.beat_widen) for it in items])
         return {"mix": mix, "beats": beats}
-    items = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+    items = grouped_samples(sampler, rng, cfg.batch_size, cfg.group_size)
     batch = {"mix": torch.from_numpy(np.stack([it["mix"] for it in items])),
              "target": torch.from_numpy(np.stack([it["target"] for it in items]))}
     if cfg.phase == "jepa":
@@ -194,6 +196,24 @@ def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: 
         else:
             batch["cond"] = torch.from_numpy(np.stack([text_table[it["label"]] for it in items]))
     return batch
+
+
+def grouped_samples(sampler, rng: np.random.Generator, n: int, group: int, max_tries: int = 400) -> list[dict]:
+    """``n`` samples; with ``group > 1`` in runs of ``group`` that share the target's category (drawn
+    by rejection, falling back to any category after ``max_tries`` draws)."""
+    if group <= 1:
+        return [sampler.sample(rng) for _ in range(n)]
+    items: list[dict] = []
+    while len(items) < n:
+        first = sampler.sample(rng)
+        items.append(first)
+        for _ in range(min(group, n - len(items) + 1) - 1):
+            for _ in range(max_tries):
+                it = sampler.sample(rng)
+                if it["category"] == first["category"]:
+                    break
+            items.append(it)
+    return items[:n]
 
 
 def estimate_norm(sampler, n: int, seed: int) -> dict:
