@@ -20,8 +20,11 @@ a stiffer tempo prior (100, as used at 100 fps) made jittered 128-BPM input deco
   beat region, placed on the strongest activation frame inside the region.
 * :class:`CausalBeatTracker` -- the normalised forward algorithm (filtering), frame by frame,
   so feeding an activation whole, in chunks or frame by frame gives bit-identical results.
-  A beat is reported when the most probable state's phase wraps (with a refractory period of
-  half a beat); tempo, phase, next beats and a confidence come from the filtered posterior.
+  A beat is detected when the most probable state's phase wraps (with a refractory period of
+  half a beat) and reported once the beat region has passed (``tau // lambda_obs`` frames, ~80 ms
+  at 94 BPM), placed on the strongest activation frame of that region -- as the offline decoder
+  does. Without that wait the filtered phase wraps on the rising edge of the activation and beats
+  came out ~50 ms early. Tempo, phase, next beats and a confidence come from the filtered posterior.
 
 Times are in seconds: activation frame ``i`` is at ``time_offset + i / fps``.
 """
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _TINY = 1e-12
+_HIST = 64  # activation frames the causal tracker keeps (1.28 s at 50 fps)
 
 
 class BeatStateSpace:
@@ -185,6 +189,8 @@ class CausalBeatTracker:
         self._prev_frac = None
         self._last_beat_frame: float | None = None
         self._map = 0
+        self._hist = np.zeros(_HIST, dtype=np.float64)  # recent activations, indexed frame % _HIST
+        self._pending: tuple[float, int] | None = None  # (detected beat frame, frame to report at)
 
     def _step(self, a: float) -> float | None:
         """Advance one frame; returns the detected beat's frame index or None."""
@@ -196,6 +202,7 @@ class CausalBeatTracker:
         else:
             new[:] = al
         a = min(max(a, 1e-6), 1.0 - 1e-6)
+        self._hist[self.frame % _HIST] = a
         pn = (1.0 - a) / (ss.lambda_obs - 1.0)
         new *= pn
         new[ss.beat_mask] *= a / pn
@@ -214,9 +221,18 @@ class CausalBeatTracker:
         if prev is not None and frac < prev and (frac - prev) % 1.0 < 0.5:  # wrapped forward
             tau = float(ss.state_interval[s])
             cand = t - float(ss.state_phase[s])
-            if self._last_beat_frame is None or cand - self._last_beat_frame >= self.refractory * tau:
-                beat = cand
-                self._last_beat_frame = cand
+            if self._pending is None and (self._last_beat_frame is None
+                                          or cand - self._last_beat_frame >= self.refractory * tau):
+                region = max(1, int(tau) // int(ss.lambda_obs))
+                self._pending = (cand, int(np.ceil(cand)) + region)
+        if self._pending is not None and t >= self._pending[1]:
+            # place the beat on the strongest activation of its region (as offline), now that it is past
+            cand, end = self._pending
+            lo = max(int(np.floor(cand)) - 1, t - _HIST + 1, 0)
+            frames = np.arange(lo, end + 1)
+            beat = float(frames[int(np.argmax(self._hist[frames % _HIST]))])
+            self._last_beat_frame = beat
+            self._pending = None
         self._prev_frac = frac
         self.frame += 1
         return beat

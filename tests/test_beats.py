@@ -131,3 +131,22 @@ def test_state_space_layout():
     assert np.all(ss.state_phase[ss.first] == 0)
     assert np.all(ss.state_phase[ss.last] == ss.intervals - 1)
     assert np.allclose(ss.trans.sum(axis=1), 1.0)
+
+
+def test_causal_beats_not_early_on_a_slow_rising_activation():
+    """An activation that rises over ~100 ms before each beat (as a trained beat head's does): the
+    causal tracker must place beats on the peaks, not on the rising edge."""
+    fps, bpm, dur = 50.0, 94.0, 30.0
+    n = int(dur * fps)
+    beats = np.arange(1.0, dur - 0.5, 60.0 / bpm)
+    act = np.full(n, 0.02)
+    for b in beats:
+        i = int(round(b * fps))
+        for k, v in zip(range(-5, 2), (0.15, 0.25, 0.35, 0.5, 0.65, 0.8, 0.3)):  # rise, peak at 0, fall
+            if 0 <= i + k < n:
+                act[i + k] = max(act[i + k], v if k != 0 else 0.9)
+    est = CausalBeatTracker(fps=fps).run(act)
+    est = est[est > 5.0]
+    err = np.array([e - beats[np.argmin(np.abs(beats - e))] for e in est])
+    assert len(est) > 0.9 * np.sum(beats > 5.0)
+    assert abs(np.median(err)) <= 0.021, np.round(err * 1000)
