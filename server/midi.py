@@ -110,6 +110,9 @@ class MidiClock:
         try:
             if self.clocks:
                 self.out.send_message([STOP])
+                # the JACK backend hands messages over in its process callback: closing the port at
+                # once could drop the Stop (seen on a loaded machine); give it a few periods
+                time.sleep(0.05)
             self.out.close_port()
             del self.out
         except Exception:
