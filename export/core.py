@@ -193,15 +193,19 @@ def _io_record(path: Path) -> dict:
     return {"inputs": {i.name: rec(i) for i in m.graph.input}, "outputs": {o.name: rec(o) for o in m.graph.output}}
 
 
-def _normalise_symbols(rec: dict, name: str, cfg_dict: dict) -> dict:
-    """Replace exporter-chosen symbolic dim names by the contract's letters (B, T, P, N, A)."""
-    exp = expected_io(cfg_dict)[name]
+def _apply_contract_symbols(rec: dict, exp: dict) -> dict:
+    """Replace exporter-chosen symbolic dim names in ``rec`` by those of the contract ``exp``."""
     for side in ("inputs", "outputs"):
         for k, spec in rec[side].items():
             want = exp[side].get(k, {}).get("shape")
             if want and len(want) == len(spec["shape"]):
                 spec["shape"] = [w if isinstance(s, str) else s for s, w in zip(spec["shape"], want)]
     return rec
+
+
+def _normalise_symbols(rec: dict, name: str, cfg_dict: dict) -> dict:
+    """Replace exporter-chosen symbolic dim names by the contract's letters (B, T, P, N, A)."""
+    return _apply_contract_symbols(rec, expected_io(cfg_dict)[name])
 
 
 def _parity(ref: np.ndarray, got: np.ndarray, precision: str, graph: str) -> dict:
@@ -441,12 +445,7 @@ def _jsonable(o):
 
 def _normalise_symbols_text(rec: dict, dim: int) -> dict:
     exp = expected_io({"n_mels": 80, "d_model": 1, "text_dim": dim, "conditioning": "film"}, dim)["text_encoder"]
-    for side in ("inputs", "outputs"):
-        for k, spec in rec[side].items():
-            want = exp[side].get(k, {}).get("shape")
-            if want and len(want) == len(spec["shape"]):
-                spec["shape"] = [w if isinstance(s, str) else s for s, w in zip(spec["shape"], want)]
-    return rec
+    return _apply_contract_symbols(rec, exp)
 
 
 def _conditioning_cache(labels: list[str], text_info: dict, dim: int, log) -> tuple[list[str], np.ndarray]:

@@ -171,8 +171,8 @@ def build_demo(out_dir="engine/assets/demo/library", midi_root="/work/shared/dat
                 "source": f"POP909 song {sid}; drums: Groove MIDI {take['midi_filename']}",
                 "license": "POP909: MIT; Groove MIDI Dataset: CC BY 4.0 (see ../ATTRIBUTION.md)",
                 "excerpt": [round(r["start"], 3), round(r["end"], 3)], "sample_rate": SR}
-        # write_track names files by category; write role-named stems with category kept in track.json
-        _write_roles(out_dir, tid, stems, lab, {roles[c]: c for c in r["stems"]}, meta)
+        # role-named stems (melody, bridge, ...) with their category kept in track.json
+        write_track(out_dir, tid, stems, meta, lab, ext=".flac", categories={roles[c]: c for c in r["stems"]})
         if first_mix is None:
             first_mix = sum(stems.values())
             first_truth = {"track_id": tid, "beats": meta["beats"],
@@ -188,24 +188,3 @@ def build_demo(out_dir="engine/assets/demo/library", midi_root="/work/shared/dat
         Path(demo_track).with_suffix(".json").write_text(json.dumps(first_truth, indent=1))
     (out_dir / "splits.json").write_text(json.dumps({"all": [m["track_id"] for m in made]}, indent=1))
     return {"songs": made, "demo_track": demo_track}
-
-
-def _write_roles(out_dir: Path, tid: str, stems: dict, labels: dict, cats: dict, meta: dict) -> None:
-    import os
-    import shutil
-
-    import soundfile as sf
-
-    tmp = out_dir / f".tmp-{tid}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    entry = {}
-    for role, x in stems.items():
-        sf.write(str(tmp / f"{role}.flac"), np.clip(x, -1, 1), SR, subtype="PCM_16")
-        entry[role] = {"label": labels[role], "category": cats[role]}
-    (tmp / "track.json").write_text(json.dumps({"stems": entry, **meta}, indent=1))
-    final = out_dir / tid
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)

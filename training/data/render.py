@@ -145,8 +145,12 @@ def render_song(song: Song, renderer, excerpt: float | None = None, seed: int = 
 
 
 def write_track(out_dir: Path, track_id: str, stems: dict[str, np.ndarray], meta: dict, labels: dict[str, str],
-                ext: str = ".wav") -> Path:
-    """Write one track atomically: a temporary folder renamed into place."""
+                ext: str = ".wav", categories: dict[str, str] | None = None) -> Path:
+    """Write one track atomically: a temporary folder renamed into place.
+
+    ``stems`` and ``labels`` are keyed by category (stem id = ``gm.stem_id(category)``), or, when
+    ``categories`` is given, by stem id with ``categories[stem_id]`` naming each one's category.
+    """
     import soundfile as sf
 
     final = out_dir / track_id
@@ -155,10 +159,10 @@ def write_track(out_dir: Path, track_id: str, stems: dict[str, np.ndarray], meta
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     entry = {}
-    for cat, x in stems.items():
-        sid = gm.stem_id(cat)
+    for key, x in stems.items():
+        sid, cat = (key, categories[key]) if categories is not None else (gm.stem_id(key), key)
         sf.write(str(tmp / f"{sid}{ext}"), np.clip(x, -1, 1), SR, subtype="PCM_16")
-        entry[sid] = {"label": labels[cat], "category": cat}
+        entry[sid] = {"label": labels[key], "category": cat}
     doc = {"stems": entry, **meta}
     (tmp / "track.json").write_text(json.dumps(doc, indent=1))
     if final.exists():  # an incomplete leftover (no track.json): replace it
