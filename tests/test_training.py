@@ -86,8 +86,10 @@ def test_beats_phase_from_init_loss_falls(dataset, tmp_path):
     assert state["phase"] == "beats" and state["labels"]  # labels carried for the conditioning cache
 
 
-def test_resume_is_exact(dataset, tmp_path):
-    common = ["phase=jepa", "steps=6", "lr=1e-3"]
+@pytest.mark.parametrize("extra", [[], ["contrastive_weight=1.0", "queue_size=12", "group_size=2", "group_by=mixed"]],
+                         ids=["plain", "queue+groups"])
+def test_resume_is_exact(dataset, tmp_path, extra):
+    common = ["phase=jepa", "steps=6", "lr=1e-3", *extra]
     run_fit(dataset, tmp_path / "a", *common)
     run_fit(dataset, tmp_path / "b", *common, "stop_after=3")
     assert len(losses(tmp_path / "b")) == 3
@@ -145,3 +147,75 @@ def test_grouped_batches_share_category(dataset):
         cats = {it["category"] for it in items[4 * g: 4 * g + 4]}
         assert len(cats) == 1, cats
     assert len(grouped_samples(s, np.random.default_rng(3), 5, 0)) == 5
+
+
+def test_song_grouped_batches_share_song_with_distinct_targets(dataset):
+    from training.data.sampler import StemSampler
+    from training.fit import grouped_samples
+
+    s = StemSampler(dataset, split=None, seconds=2.0)
+    items = grouped_samples(s, np.random.default_rng(5), 12, 3, by="song")
+    assert len(items) == 12
+    for g in range(4):
+        run = items[3 * g: 3 * g + 3]
+        assert len({it["track_id"] for it in run}) == 1, [it["track_id"] for it in run]
+        assert len({it["stem_id"] for it in run}) == 3  # the fixture songs have 3 stems
+    mixed = grouped_samples(s, np.random.default_rng(5), 12, 3, by="mixed")
+    assert len({it["track_id"] for it in mixed[:3]}) == 1  # first run by song, the next by category
+    assert len({it["category"] for it in mixed[3:6]}) == 1
+    with pytest.raises(SystemExit, match="group_by"):
+        from training.fit import TrainConfig
+
+        TrainConfig.load(None, ["group_by=genre"])
+
+
+def test_info_nce_queue_and_same_stem_mask():
+    import torch
+
+    from training.losses import info_nce
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    lt = torch.tensor(np.log(0.1))
+    keys = torch.arange(4)
+    base = info_nce(a, b, lt, keys=keys)
+    np.testing.assert_allclose(float(base), float(info_nce(a, b, lt)), rtol=1e-6)
+    # queued copies of every positive: each is masked for its own row and a negative for the others
+    same = info_nce(a, b, lt, keys=keys, queue=b.clone(), queue_keys=keys.clone())
+    an, bn = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    l = (an @ bn.t() / 0.1).double()
+    off = ~torch.eye(4, dtype=torch.bool)
+    denom = l.exp().sum(1) + (l.exp() * off).sum(1)
+    ab = -(l.diag() - denom.log()).mean()
+    ba = torch.nn.functional.cross_entropy(l.t(), torch.arange(4))
+    np.testing.assert_allclose(float(same), float(0.5 * (ab + ba)), rtol=1e-5)
+    # the same vectors under other keys are hard negatives: the loss rises
+    other = info_nce(a, b, lt, keys=keys, queue=b[:2].clone(), queue_keys=torch.tensor([10, 11]))
+    assert float(other) > float(base) + 0.1
+    # two rows of one stem in a batch are not each other's negatives
+    keys_dup = torch.tensor([0, 0, 1, 2])
+    b2 = b.clone()
+    b2[1] = b[0]
+    masked = info_nce(b2.clone(), b2, lt, keys=keys_dup)
+    unmasked = info_nce(b2.clone(), b2, lt, keys=torch.arange(4))
+    assert float(masked) < float(unmasked)
+
+
+def test_negative_queue_is_fifo_and_round_trips():
+    import torch
+
+    from training.fit import NegativeQueue, stem_key
+
+    q = NegativeQueue(5, 3)
+    assert q.negatives() == (None, None)
+    q.push(torch.ones(2, 3), torch.tensor([1, 2]))
+    q.push(2 * torch.ones(4, 3), torch.tensor([3, 4, 5, 6]))
+    v, k = q.negatives()
+    assert v.shape == (5, 3) and k.tolist() == [3, 4, 5, 6, 1]
+    r = NegativeQueue(5, 3)
+    r.load(q.state())
+    assert torch.equal(r.vectors, q.vectors) and torch.equal(r.keys, q.keys)
+    other = NegativeQueue(8, 3)
+    other.load(q.state())  # another size starts empty
+    assert other.negatives() == (None, None)
+    assert stem_key("t", "bass") == stem_key("t", "bass") != stem_key("t", "drums")

@@ -34,10 +34,11 @@ from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .config import get_config
 from .features import TorchLogMel
 from .losses import beat_loss, info_nce, jepa_loss, widen_beat_targets
-from .model import StemJEPA
+from .model import StemJEPA, retrieval_normalise
 from .schedules import ema_tau_at, lr_at
 
 PHASES = ("contrastive", "jepa", "beats")
+GROUP_BY = ("category", "song", "mixed")
 BEAT_FRAME_OFFSET_S = 0.0175  # centre of activation frame 0: (n_fft/2 + hop/2) / sr
 
 
@@ -74,8 +75,11 @@ class TrainConfig:
     max_tracks: int = 0
     norm_samples: int = 64
     text_encoder: str = "minilm"
-    group_size: int = 0  # >0: batches made of groups of this many samples sharing a target category
-    # (hard negatives for the InfoNCE terms: same instrument family, other songs)
+    group_size: int = 0  # >0: batches made of groups of this many samples (hard negatives for InfoNCE)
+    group_by: str = "category"  # what a group shares: "category" (same instrument family, other songs),
+    # "song" (other stems of one song: the distractors nearest a query in retrieval), or "mixed" (alternating)
+    queue_size: int = 0  # >0: FIFO of this many pooled target embeddings of earlier steps, extra negatives
+    # for the auxiliary InfoNCE (the target side is the EMA encoder, so queued entries stay comparable)
     stop_after: int = 0  # stop after this many steps in this invocation (resume later); 0 = run to the end
 
     @classmethod
@@ -99,6 +103,10 @@ class TrainConfig:
         cfg = cls(**values)
         if cfg.phase not in PHASES:
             raise SystemExit(f"phase must be one of {PHASES}, not {cfg.phase!r}")
+        if cfg.group_by not in GROUP_BY:
+            raise SystemExit(f"group_by must be one of {GROUP_BY}, not {cfg.group_by!r}")
+        if cfg.queue_size < 0:
+            raise SystemExit("queue_size must be >= 0")
         return cfg
 
 
@@ -138,6 +146,7 @@ class PhaseStep(nn.Module):
         self.frames = model.cfg.max_frames
         self.n_samples = self.logmel.cfg.n_samples(self.frames)
         self.col_offset = 0
+        self.queue = NegativeQueue(0, model.cfg.d_model)
 
     def set_frames(self, frames: int) -> None:
         if frames % self.model.cfg.patch or not 0 < frames <= self.model.cfg.max_frames:
@@ -171,12 +180,61 @@ class PhaseStep(nn.Module):
         loss = jepa_loss(pred, zt)
         metrics = {"jepa": loss.detach()}
         if self.cw > 0:
-            c = info_nce(pred.mean(1), zt.mean(1), m.log_temp)
+            # pooled exactly as retrieval pools (mean, layer norm, L2), negatives: batch + queue
+            p, t = retrieval_normalise(pred.float().mean(1)), retrieval_normalise(zt.float().mean(1))
+            keys = batch.get("key")
+            qv, qk = self.queue.negatives()
+            c = info_nce(p, t, m.log_temp, keys=keys, queue=qv, queue_keys=qk)
             loss = loss + self.cw * c
             metrics["infonce"] = c.detach()
+            if self.training and keys is not None:
+                self.queue.push(t.detach(), keys)
         # collapse monitor: spread of target embeddings across the batch
         metrics["target_std"] = torch.nn.functional.normalize(zt.mean(1), dim=-1).std(0).mean().detach()
         return loss, metrics
+
+
+class NegativeQueue:
+    """FIFO of pooled, normalised target embeddings ``(size, d)`` with the int64 key of their stem
+    (:func:`stem_key`), so a query never counts its own stem (another crop of it) as a negative.
+    Part of the checkpoint (``state``/``load``): a resumed run sees the same negatives."""
+
+    def __init__(self, size: int, dim: int):
+        self.size, self.dim = int(size), int(dim)
+        self.vectors = torch.zeros(0, dim)
+        self.keys = torch.zeros(0, dtype=torch.long)
+
+    def negatives(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.size <= 0 or len(self.keys) == 0:
+            return None, None
+        return self.vectors, self.keys
+
+    def push(self, vectors: torch.Tensor, keys: torch.Tensor) -> None:
+        if self.size <= 0:
+            return
+        v = torch.cat([vectors.detach().float().cpu(), self.vectors.to("cpu")])[: self.size]
+        k = torch.cat([keys.detach().cpu().long(), self.keys.cpu()])[: self.size]
+        self.vectors, self.keys = v, k
+
+    def to(self, device) -> "NegativeQueue":
+        self.vectors, self.keys = self.vectors.to(device), self.keys.to(device)
+        return self
+
+    def state(self) -> dict:
+        return {"size": self.size, "vectors": self.vectors.cpu().clone(), "keys": self.keys.cpu().clone()}
+
+    def load(self, st: dict | None) -> None:
+        if not st or int(st.get("size", 0)) != self.size or st["vectors"].shape[-1] != self.dim:
+            return  # another queue size or width: start empty
+        self.vectors, self.keys = st["vectors"].float(), st["keys"].long()
+
+
+def stem_key(track_id: str, stem_id: str) -> int:
+    """Stable signed 63-bit key of a (track, stem) pair."""
+    import hashlib
+
+    h = hashlib.blake2b(f"{track_id}\x00{stem_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFFFFFFFFFF
 
 
 def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: dict | None,
@@ -187,9 +245,10 @@ def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: 
         beats = torch.stack([widen_beat_targets(np.asarray(it["beats"]) - BEAT_FRAME_OFFSET_S, n_act, beat_fps,
                                                 cfg.beat_widen) for it in items])
         return {"mix": mix, "beats": beats}
-    items = grouped_samples(sampler, rng, cfg.batch_size, cfg.group_size)
+    items = grouped_samples(sampler, rng, cfg.batch_size, cfg.group_size, cfg.group_by)
     batch = {"mix": torch.from_numpy(np.stack([it["mix"] for it in items])),
-             "target": torch.from_numpy(np.stack([it["target"] for it in items]))}
+             "target": torch.from_numpy(np.stack([it["target"] for it in items])),
+             "key": torch.tensor([stem_key(it["track_id"], it["stem_id"]) for it in items], dtype=torch.long)}
     if cfg.phase == "jepa":
         if cfg.conditioning == "class":
             batch["cond"] = torch.tensor([it["class_idx"] for it in items], dtype=torch.long)
@@ -198,21 +257,38 @@ def make_batch(sampler, rng: np.random.Generator, cfg: TrainConfig, text_table: 
     return batch
 
 
-def grouped_samples(sampler, rng: np.random.Generator, n: int, group: int, max_tries: int = 400) -> list[dict]:
-    """``n`` samples; with ``group > 1`` in runs of ``group`` that share the target's category (drawn
-    by rejection, falling back to any category after ``max_tries`` draws)."""
+def grouped_samples(sampler, rng: np.random.Generator, n: int, group: int, by: str = "category",
+                    max_tries: int = 400) -> list[dict]:
+    """``n`` samples; with ``group > 1`` in runs of ``group`` that share something with the run's
+    first sample:
+
+    * ``by="category"``: the target's category (drawn by rejection, any category after ``max_tries``);
+    * ``by="song"``: the song, each with another target stem (as many as the song has active at a
+      drawn offset; the run is completed with other songs' samples);
+    * ``by="mixed"``: runs alternate between the two.
+    """
     if group <= 1:
         return [sampler.sample(rng) for _ in range(n)]
     items: list[dict] = []
+    run = 0
     while len(items) < n:
         first = sampler.sample(rng)
         items.append(first)
+        mode = by if by != "mixed" else ("song" if run % 2 == 0 else "category")
+        run += 1
+        used = {first["stem_id"]}
         for _ in range(min(group, n - len(items) + 1) - 1):
-            for _ in range(max_tries):
-                it = sampler.sample(rng)
-                if it["category"] == first["category"]:
-                    break
-            items.append(it)
+            it = None
+            if mode == "song":
+                it = sampler.sample_track(rng, first["track_index"], exclude=used)
+                if it is not None:
+                    used.add(it["stem_id"])
+            else:
+                for _ in range(max_tries):
+                    it = sampler.sample(rng)
+                    if it["category"] == first["category"]:
+                        break
+            items.append(it if it is not None else sampler.sample(rng))
     return items[:n]
 
 
@@ -304,7 +380,11 @@ def fit(cfg: TrainConfig) -> Path:
     model.to(device)
     step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight)
     step_mod.set_frames(cfg.frames)
+    step_mod.queue = NegativeQueue(cfg.queue_size if cfg.phase == "jepa" else 0, model.cfg.d_model)
+    if resume is not None:
+        step_mod.queue.load(resume.get("queue"))
     step_mod.to(device)
+    step_mod.queue.to(device)
     runner: nn.Module = step_mod
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(step_mod, device_ids=[device.index] if device.type == "cuda" else None)
@@ -335,6 +415,7 @@ def fit(cfg: TrainConfig) -> Path:
             return
         save_checkpoint(out / name, model, norm=norm, text=text_meta, phase=cfg.phase, step=step,
                         optimizer=opt.state_dict(), train_config=asdict(cfg), labels=labels,
+                        queue=step_mod.queue.state(),
                         conditioning={k: v.tolist() for k, v in (text_table or {}).items()} or
                         init_state.get("conditioning", {}))
 

@@ -11,16 +11,33 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: torch.Tensor | None = None,
+             queue: torch.Tensor | None = None, queue_keys: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
-    ``exp(log_temp)`` (clamped to [0.01, 1])."""
+    ``exp(log_temp)`` (clamped to [0.01, 1]).
+
+    ``queue (Q, d)``: extra negatives for the ``a -> b`` direction (earlier steps' ``b`` rows).
+    ``keys (B,)`` / ``queue_keys (Q,)``: int64 identity of what each row shows (a stem); a negative
+    with the same key as the row's positive is another view of the positive and is masked out.
+    """
     # fp32 even under bf16 autocast: early in training the cosines differ in the third decimal
     with torch.autocast(a.device.type, enabled=False):
         a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
         temp = log_temp.float().exp().clamp(0.01, 1.0)
-        logits = a @ b.t() / temp
-    labels = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+        logits = a @ b.t() / temp  # (B, B)
+        n = a.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=a.device)
+        if keys is not None:
+            same = (keys[:, None] == keys[None, :]) & ~eye
+            logits = logits.masked_fill(same, float("-inf"))
+        logits_ab = logits
+        if queue is not None and len(queue):
+            lq = a @ F.normalize(queue.float(), dim=-1).t() / temp  # (B, Q)
+            if keys is not None and queue_keys is not None:
+                lq = lq.masked_fill(keys[:, None] == queue_keys[None, :], float("-inf"))
+            logits_ab = torch.cat([logits, lq], dim=1)
+    labels = torch.arange(n, device=a.device)
+    return 0.5 * (F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits.t(), labels))
 
 
 def widen_beat_targets(beats_s, n_frames: int, fps: float, widen: int = 1, neighbour: float = 0.5) -> torch.Tensor:

@@ -186,10 +186,15 @@ class StemJEPA(nn.Module):
         self.target_encoder.load_state_dict(self.encoder.state_dict())
 
 
+def retrieval_normalise(m: torch.Tensor) -> torch.Tensor:
+    """``(..., d)`` pooled embeddings -> layer norm (no affine) -> L2: the space retrieval ranks in.
+    Training's InfoNCE uses it too, so training and evaluation compare the same vectors."""
+    return F.normalize(F.layer_norm(m, m.shape[-1:]), dim=-1)
+
+
 def pool_embedding(tokens: torch.Tensor) -> torch.Tensor:
     """Retrieval embedding: ``(B, P, d)`` -> mean over patches -> layer norm -> L2 ``(B, d)``."""
-    m = tokens.mean(dim=1)
-    return F.normalize(F.layer_norm(m, m.shape[-1:]), dim=-1)
+    return retrieval_normalise(tokens.mean(dim=1))
 
 
 def count_parameters(module: nn.Module) -> int:

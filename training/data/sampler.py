@@ -202,37 +202,50 @@ class StemSampler:
     # ---- API -----------------------------------------------------------------------------------
 
     def sample(self, rng: np.random.Generator, max_tries: int = 200) -> dict:
-        from training.config import class_index
-
+        """One (context mix, target stem, label) example from a random track and offset."""
         for _ in range(max_tries):
             ti = int(rng.integers(len(self._tracks)))
-            td = self._tracks[ti]
-            for _ in range(4):  # a few offsets in this track before moving on
-                off = self._offset(td, rng)
-                act = self.active(ti, off)
-                if len(act) >= 2:
-                    break
-            else:
-                continue
-            target = int(act[rng.integers(len(act))])
-            others = act[act != target]
-            while True:  # uniform over non-empty subsets of the other active stems
-                keep = rng.random(len(others)) < 0.5
-                if keep.any():
-                    break
-            context = others[keep]
-            mix = np.zeros(self.S, dtype=np.float32)
-            for c in context:
-                mix += self.crop(ti, int(c), off)
-            sid = td.stem_ids[target]
-            st = td.track.stems[sid]
-            return {"mix": mix, "target": self.crop(ti, target, off),
-                    "label": self._draw_label(rng, st.label, st.category), "fine": st.label,
-                    "category": st.category, "class_idx": class_index(st.category), "track_id": td.track.track_id,
-                    "stem_id": sid, "context_ids": [td.stem_ids[int(c)] for c in context],
-                    "offset": off / self.sr}
+            it = self.sample_track(rng, ti)
+            if it is not None:
+                return it
         raise DatasetError(f"{self.root}: no crop with 2 active stems found in {max_tries} tries "
                            f"(threshold {self.active_db} dBFS on {self.min_active:.0%} of the crop)")
+
+    def sample_track(self, rng: np.random.Generator, ti: int, exclude: set | frozenset = frozenset(),
+                     offsets: int = 4) -> dict | None:
+        """An example from track index ``ti`` whose target stem id is not in ``exclude`` (song-grouped
+        batches: several targets of one song). Tries ``offsets`` random offsets; None if none has
+        an allowed active target beside at least one other active stem."""
+        from training.config import class_index
+
+        td = self._tracks[ti]
+        for _ in range(offsets):
+            off = self._offset(td, rng)
+            act = self.active(ti, off)
+            if len(act) < 2:
+                continue
+            allowed = np.asarray([a for a in act if td.stem_ids[int(a)] not in exclude], dtype=np.int64)
+            if len(allowed):
+                break
+        else:
+            return None
+        target = int(allowed[rng.integers(len(allowed))])
+        others = act[act != target]
+        while True:  # uniform over non-empty subsets of the other active stems
+            keep = rng.random(len(others)) < 0.5
+            if keep.any():
+                break
+        context = others[keep]
+        mix = np.zeros(self.S, dtype=np.float32)
+        for c in context:
+            mix += self.crop(ti, int(c), off)
+        sid = td.stem_ids[target]
+        st = td.track.stems[sid]
+        return {"mix": mix, "target": self.crop(ti, target, off),
+                "label": self._draw_label(rng, st.label, st.category), "fine": st.label,
+                "category": st.category, "class_idx": class_index(st.category), "track_id": td.track.track_id,
+                "track_index": ti, "stem_id": sid, "context_ids": [td.stem_ids[int(c)] for c in context],
+                "offset": off / self.sr}
 
     def sample_beats(self, rng: np.random.Generator) -> dict:
         if not self._beat_tracks:
