@@ -117,6 +117,7 @@ class MidiClock:
             del self.out
         except Exception:
             pass
+        log.info("MIDI: sent %d clocks, %d beat notes", self.clocks, self.notes)
 
     def _send(self, msg) -> None:
         self.out.send_message(msg)

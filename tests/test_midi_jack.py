@@ -2,6 +2,7 @@
 ``server.midi.MidiClock`` and ``python -m server --midi`` read back through a JACK MIDI input."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,6 +81,33 @@ class Recorder:
     def note_ons(self):
         return [(t, m) for t, m in self.events if m[0] & 0xF0 == 0x90 and m[2] > 0]
 
+    def clocks_between_notes(self) -> list[int]:
+        """Clocks received between consecutive beat notes, in arrival order."""
+        gaps, n = [], None
+        for _, m in self.events:
+            if m[0] == 0xF8 and n is not None:
+                n += 1
+            elif m[0] & 0xF0 == 0x90 and m[2] > 0:
+                if n is not None:
+                    gaps.append(n)
+                n = 0
+        return gaps
+
+
+def check_note_every_24_clocks(rec: Recorder, sent_clocks: int, sent_notes: int) -> None:
+    """The sender puts a beat note after every 24th clock, never skipping or doubling one. What a
+    dummy JACK server delivers on a loaded 2-core machine can lose an event of a cycle now and then,
+    so: between consecutive received notes there are exactly 24 clocks, except at most one gap that
+    one lost event explains (23: a clock lost; 48: a note lost; 47: both), and against the sender's
+    own counts at most 2 clocks and 1 note are missing (none extra)."""
+    gaps = rec.clocks_between_notes()
+    assert len(gaps) >= 2, gaps
+    odd = [g for g in gaps if g != 24]
+    assert len(odd) <= 1 and all(g in (23, 47, 48) for g in odd), gaps
+    got_clocks, got_notes = len(rec.clocks()), len(rec.note_ons())
+    assert 0 <= sent_clocks - got_clocks <= 2, (sent_clocks, got_clocks)
+    assert 0 <= sent_notes - got_notes <= 1, (sent_notes, got_notes)
+
 
 def test_clock_and_notes_follow_the_grid(jack):
     from server.midi import MidiClock
@@ -110,9 +138,7 @@ def test_clock_and_notes_follow_the_grid(jack):
             assert -0.005 < err < 0.02, err
     late = c[c > anchor + 2.6]
     assert abs(np.median(np.diff(late)) - 0.4 / 24) < 0.002, "clock follows the new tempo"
-    # 24 clocks per note, never skipped or doubled
-    assert abs(len(c) - 24 * len(notes)) <= 24
-    assert clock.clocks == len(c)
+    check_note_every_24_clocks(rec, clock.clocks, clock.notes)
 
 
 def test_clock_follows_the_causal_tracker(jack):
@@ -154,7 +180,7 @@ def test_clock_follows_the_causal_tracker(jack):
     for tn in notes:  # on the activation's beats (tracker: 20-ms frames; JACK: up to a 5.3-ms period)
         err = ((tn - t0 - first + period / 2) % period) - period / 2
         assert -0.02 < err < 0.03, err
-    assert abs(len(c) - 24 * len(rec.note_ons())) <= 24
+    check_note_every_24_clocks(rec, clock.clocks, clock.notes)
 
 
 def test_server_midi_end_to_end(jack, tmp_path, server_assets):
@@ -223,4 +249,6 @@ def test_server_midi_end_to_end(jack, tmp_path, server_assets):
     assert len(errs) >= 3 and max(errs) < 0.02, errs
     assert len(notes) >= 2 and all(m == [0x99, 60, 100] for _, m in notes)
     assert rec.events[0][1] == [0xFA] and rec.events[-1][1] == [0xFC]
-    assert abs(len(c) - 24 * len(notes)) <= 24  # a note every 24 clocks, none skipped or doubled
+    sent = re.search(r"MIDI: sent (\d+) clocks, (\d+) beat notes", out)
+    assert sent, out[-2000:]
+    check_note_every_24_clocks(rec, int(sent.group(1)), int(sent.group(2)))
