@@ -55,3 +55,49 @@ def test_beat_label_widening():
     assert y[0] == 1 and y[1] == 0.5
     assert y[25] == 1 and y[24] == 0.5 and y[26] == 1  # 0.51 s -> frame 26 (beat wins over neighbour)
     assert y[27] == 0.5 and y[10] == 0
+
+
+def _result(cond="label", n_tracks=3, n_c=10, chunks=4, cats=None, ids=None):
+    r = {"conditioning": cond, "n_tracks": n_tracks, "n_candidates": n_c,
+         "per_category": {c: {"n": n} for c, n in (cats or {"bass": 4, "drums": 6}).items()},
+         "command": f"python -m training eval retrieval --max-chunks {chunks} --conditioning {cond}"}
+    if ids is not None:
+        r["track_ids"] = ids
+    return r
+
+
+def test_report_reuses_only_results_of_the_same_data(tmp_path):
+    from training.report import check_reusable
+
+    fresh = {**_result(), "max_chunks": 4, "track_ids": ["a", "b", "c"]}
+    check_reusable(_result(), fresh, "label", 4, "x.json")  # old file without track ids: counts match
+    check_reusable(_result(ids=["c", "b", "a"]), fresh, "label", 4, "x.json")
+    for bad, why in ((_result(cond="category"), "conditioning"), (_result(chunks=2), "max-chunks"),
+                     (_result(n_tracks=4), "n_tracks"), (_result(n_c=11), "n_candidates"),
+                     (_result(cats={"bass": 5, "drums": 5}), "per category"),
+                     (_result(ids=["a", "b", "d"]), "track ids")):
+        with pytest.raises(SystemExit, match=why):
+            check_reusable(bad, fresh, "label", 4, "x.json")
+
+
+def test_track_list_selects_exactly_those_tracks(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from training.evaluate import read_track_list, read_tracks
+
+    for t in ("t1", "t2", "t3"):
+        (tmp_path / t).mkdir()
+        for s in ("bass", "drums"):
+            sf.write(tmp_path / t / f"{s}.wav", 0.1 * np.random.default_rng(0).standard_normal(1600), 16000)
+        (tmp_path / t / "track.json").write_text(json.dumps(
+            {"stems": {s: {"label": s, "category": s} for s in ("bass", "drums")}}))
+    (tmp_path / "list.json").write_text(json.dumps({"tracks": ["t3", "t1"]}))
+    got = read_tracks(tmp_path, None, only=read_track_list(tmp_path / "list.json"))
+    assert [t.track_id for t in got] == ["t3", "t1"]
+    with pytest.raises(SystemExit, match="not in split"):
+        read_tracks(tmp_path, None, only=["t1", "nope"])
+    (tmp_path / "bad.json").write_text("{\"tracks\": []}")
+    with pytest.raises(SystemExit, match="non-empty list"):
+        read_track_list(tmp_path / "bad.json")

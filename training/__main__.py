@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--split", default="validation", help="split in DATA/splits.json ('all' for every track)")
         ap.add_argument("--conditioning", choices=["label", "category"], default="label")
         ap.add_argument("--max-tracks", type=int, default=None)
+        ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate (exactly those)")
         ap.add_argument("--max-chunks", type=int, default=4)
         ap.add_argument("--threads", type=int, default=2)
         ap.add_argument("--json", help="write the results here")
@@ -42,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         from . import evaluate as ev
 
         split = None if a.split == "all" else a.split
+        tracks = None
+        if a.track_list:
+            tracks = ev.read_tracks(a.data, split, None, None, only=ev.read_track_list(a.track_list))
         if a.what == "retrieval":
-            r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads)
+            r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads,
+                                      tracks=tracks)
             ev.print_retrieval(r)
             if a.plot:
                 ev.plot_recall({f"{r['phase']}/{r['model_conditioning']} ({a.conditioning})": r}, a.plot)
         else:
-            r = ev.evaluate_beats(a.model, a.data, split, a.max_tracks, a.threads)
+            r = ev.evaluate_beats(a.model, a.data, split, a.max_tracks, a.threads, tracks=tracks)
             ev.print_beats(r)
         ev.write_json(r, a.json)
         return 0

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.audio import AudioError, load_audio
 
 from .checkpoint import load_model
 from .config import class_index
 from .features import TorchLogMel
+from .model import retrieval_normalise
 
 KS = (1, 5, 10)
 
@@ -60,11 +60,31 @@ class EvalTrack:
     beats: np.ndarray | None
 
 
+def read_track_list(path: str | Path) -> list[str]:
+    """Track ids from a JSON file: a list, or an object with a ``"tracks"`` list."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: not a readable JSON track list ({e})") from e
+    ids = d.get("tracks") if isinstance(d, dict) else d
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise SystemExit(f"{path}: expected a non-empty list of track ids (or {{\"tracks\": [...]}})")
+    return ids
+
+
 def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = None,
-                max_seconds: float | None = None) -> list[EvalTrack]:
+                max_seconds: float | None = None, only: list[str] | None = None) -> list[EvalTrack]:
+    """Tracks of ``split``; ``only``: exactly these track ids of the split (in this order), every
+    one must exist there."""
     from .data.layout import load_dataset
 
     tracks = load_dataset(root, split=split)
+    if only is not None:
+        by_id = {t.track_id: t for t in tracks}
+        missing = [i for i in only if i not in by_id]
+        if missing:
+            raise SystemExit(f"{root}: {len(missing)} listed tracks are not in split {split!r}, e.g. {missing[:3]}")
+        tracks = [by_id[i] for i in only]
     out = []
     for t in tracks[: max_tracks or None]:
         stems = []
@@ -136,7 +156,7 @@ class Embedder:
 
 
 def _finish(e: torch.Tensor) -> np.ndarray:
-    return F.normalize(F.layer_norm(e, e.shape[-1:]), dim=-1).numpy()
+    return retrieval_normalise(e).numpy()
 
 
 def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
@@ -186,6 +206,8 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
     for cat in sorted(set(cats)):
         result["per_category"][cat] = retrieval_metrics(ranks[cats == cat], n_c)
     result["recall_curve"] = [float((ranks <= k).mean() * 100.0) for k in range(1, 51)]
+    result["max_chunks"] = int(max_chunks)
+    result["track_ids"] = sorted({m[0] for m in q_meta})
     return result
 
 

@@ -2,6 +2,13 @@
 write a markdown report with tables and plots (docs/report/).
 
     python -m training report --data DIR --default CKPT --contrastive CKPT --class CKPT [--out docs/report]
+        [--track-list JSON] [--reuse class contrastive] [--note-file MD]
+
+``--reuse KEY ...`` takes that model's retrieval results from the JSON files already in ``--out``
+instead of evaluating again (a baseline whose checkpoint is not at hand, or to save the time). They
+are used only if they were made on the same data: the same conditioning, ``--max-chunks``, number of
+tracks and candidates, the same stems per category as the default's fresh evaluation, and the same
+track ids where the file records them; otherwise the report stops with the reason.
 """
 from __future__ import annotations
 
@@ -36,24 +43,42 @@ def main(argv=None) -> int:
     ap.add_argument("--beat-tracks", type=int, default=40,
                     help="validation tracks for the beat evaluation (the causal one runs the encoder every hop)")
     ap.add_argument("--note", default="", help="a paragraph added under the title (e.g. how the data was made)")
+    ap.add_argument("--note-file", help="markdown file added under the title (after --note)")
+    ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate (exactly those)")
+    ap.add_argument("--reuse", nargs="*", default=[], choices=[k for k, _ in MODELS if k != "default"],
+                    help="models whose retrieval JSON files in --out are reused (checked against the data)")
     a = ap.parse_args(argv)
+    if a.note_file:
+        a.note = "\n\n".join(x for x in (a.note, Path(a.note_file).read_text().strip()) if x)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpts = {"default": a.default, "class": a.klass, "contrastive": a.contrastive}
-    tracks = ev.read_tracks(a.data, a.split)
+    only = ev.read_track_list(a.track_list) if a.track_list else None
+    tracks = ev.read_tracks(a.data, a.split, only=only)
+    subset = ("--track-list", a.track_list) if a.track_list else ()
     results: dict = {}
-    for key, _ in MODELS:
+    for key, _ in MODELS:  # the default first: reused results are checked against it
         for cond in ("label", "category"):
-            t0 = time.time()
-            r = ev.evaluate_retrieval(ckpts[key], a.data, a.split, cond, a.max_chunks, threads=a.threads, tracks=tracks)
-            r["seconds"] = time.time() - t0
-            r["command"] = _cmd("python", "-m", "training", "eval", "retrieval", "--data", a.data, "--model",
-                                ckpts[key], "--split", a.split, "--conditioning", cond,
-                                "--max-chunks", a.max_chunks, "--json", out / f"retrieval_{key}_{cond}.json")
+            path = out / f"retrieval_{key}_{cond}.json"
+            if key in a.reuse:
+                if not path.is_file():
+                    raise SystemExit(f"--reuse {key}: {path} does not exist")
+                r = json.loads(path.read_text())
+                check_reusable(r, results[("default", cond)], cond, a.max_chunks, path)
+                print(f"[report] reusing {path}")
+            else:
+                t0 = time.time()
+                r = ev.evaluate_retrieval(ckpts[key], a.data, a.split, cond, a.max_chunks, threads=a.threads,
+                                          tracks=tracks)
+                r["seconds"] = time.time() - t0
+                r["command"] = _cmd("python", "-m", "training", "eval", "retrieval", "--data", a.data, "--model",
+                                    ckpts[key], "--split", a.split, *subset, "--conditioning", cond,
+                                    "--max-chunks", a.max_chunks, "--json", path)
+                ev.write_json(r, path)
             ev.print_retrieval(r)
-            ev.write_json(r, out / f"retrieval_{key}_{cond}.json")
             results[(key, cond)] = r
-    beats = ev.evaluate_beats(a.default, a.data, a.split, threads=a.threads, tracks=tracks[: a.beat_tracks])
+    beat_tracks = ev.read_tracks(a.data, a.split, a.beat_tracks) if only else tracks[: a.beat_tracks]
+    beats = ev.evaluate_beats(a.default, a.data, a.split, threads=a.threads, tracks=beat_tracks)
     beats["command"] = _cmd("python", "-m", "training", "eval", "beats", "--data", a.data, "--model", a.default,
                             "--split", a.split, "--max-tracks", a.beat_tracks, "--json", out / "beats_default.json")
     ev.print_beats(beats)
@@ -66,13 +91,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def check_reusable(r: dict, fresh: dict, cond: str, max_chunks: int, path) -> None:
+    """Refuse (SystemExit) earlier results ``r`` that were not made on the data of ``fresh``."""
+    def per_cat_n(x):
+        return {c: m["n"] for c, m in x.get("per_category", {}).items()}
+
+    chunks = r.get("max_chunks")
+    words = str(r.get("command", "")).split()
+    if chunks is None and "--max-chunks" in words:
+        chunks = int(words[words.index("--max-chunks") + 1])
+    problems = []
+    if r.get("conditioning") != cond:
+        problems.append(f"conditioning {r.get('conditioning')!r}, not {cond!r}")
+    if chunks != max_chunks:
+        problems.append(f"--max-chunks {chunks}, not {max_chunks}")
+    for k in ("n_tracks", "n_candidates"):
+        if r.get(k) != fresh[k]:
+            problems.append(f"{k} {r.get(k)}, the default's evaluation has {fresh[k]}")
+    if per_cat_n(r) != per_cat_n(fresh):
+        problems.append("other stems per category than the default's evaluation")
+    if "track_ids" in r and sorted(r["track_ids"]) != sorted(fresh["track_ids"]):
+        problems.append("other track ids")
+    if problems:
+        raise SystemExit(f"--reuse: {path} was made on other data: " + "; ".join(problems))
+
+
 def render_markdown(results: dict, beats: dict, train_times: dict, a) -> str:
     any_r = next(iter(results.values()))
     lines = [
         "# Evaluation report",
         "",
         *([a.note, ""] if a.note else []),
-        f"Validation split (by song) of `{a.data}`: {any_r['n_tracks']} tracks, {any_r['n_candidates']} candidate "
+        f"Validation split (by song) of `{a.data}`"
+        + (f", the tracks listed in `{a.track_list}`" if a.track_list else "")
+        + f": {any_r['n_tracks']} tracks, {any_r['n_candidates']} candidate "
         "stems. Protocol: per track, embeddings averaged over up to "
         f"{a.max_chunks} 8-s chunks; query = predictor(encoder(mix without the stem), name); candidates = "
         "target-encoder embeddings of every stem of every track; layer norm + L2, Euclidean distance. "
