@@ -22,4 +22,4 @@ python -m training fit --config training/configs/contrastive.toml data="$DATA" o
 python -m training report --data "$DATA" --default "$RUNS/beats/final.pt" --contrastive "$RUNS/contrastive/final.pt" \
     --class "$RUNS/class_hard/final.pt" --out docs/report --threads "$T" --track-list docs/report/validation_125.json
 python -m export "$RUNS/beats/final.pt" engine/assets/model --precision fp32 int8 --overwrite --no-checkpoint-copy
-python -m engine.library build engine/assets/demo/library engine/assets/demo/library.npz --model engine/assets/model
+python -m engine.library build engine/assets/demo/library engine/assets/demo/library.npz --model engine/assets/model --no-resume
