@@ -15,6 +15,7 @@ on CUDA); each rank draws its own batch, DDP averages the gradients.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -212,8 +213,9 @@ class NegativeQueue:
     def push(self, vectors: torch.Tensor, keys: torch.Tensor) -> None:
         if self.size <= 0:
             return
-        v = torch.cat([vectors.detach().float().cpu(), self.vectors.to("cpu")])[: self.size]
-        k = torch.cat([keys.detach().cpu().long(), self.keys.cpu()])[: self.size]
+        dev = vectors.device  # stay on the training device: the next step multiplies by these
+        v = torch.cat([vectors.detach().float(), self.vectors.to(dev)])[: self.size]
+        k = torch.cat([keys.detach().long().to(dev), self.keys.to(dev)])[: self.size]
         self.vectors, self.keys = v, k
 
     def to(self, device) -> "NegativeQueue":
@@ -231,8 +233,6 @@ class NegativeQueue:
 
 def stem_key(track_id: str, stem_id: str) -> int:
     """Stable signed 63-bit key of a (track, stem) pair."""
-    import hashlib
-
     h = hashlib.blake2b(f"{track_id}\x00{stem_id}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & 0x7FFFFFFFFFFFFFFF
 
