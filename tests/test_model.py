@@ -84,3 +84,51 @@ def test_configs_valid():
         get_config("huge")
     with pytest.raises(ValueError):
         get_config("micro", d_model=66)
+
+
+def test_causal_encoder_tokens_do_not_depend_on_later_audio():
+    """Block-causal encoder: the tokens of the first k columns are the same whether or not later
+    audio follows; the bidirectional encoder's are not."""
+    import torch
+
+    from training.config import get_config
+    from training.model import StemJEPA, causal_bias
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 80, 800)
+    causal = StemJEPA(get_config("micro", causal=True)).eval()
+    bidir = StemJEPA(get_config("micro")).eval()
+    with torch.no_grad():
+        for k in (16, 160, 400):
+            z_full = causal.encoder(x)
+            z_pre = causal.encoder(x[:, :, :k])
+            torch.testing.assert_close(z_full[:, : k // 16 * 5], z_pre, atol=1e-5, rtol=1e-5)
+        assert (bidir.encoder(x)[:, :125] - bidir.encoder(x[:, :, :400])).abs().max() > 1e-2
+    b = causal_bias(cols=4, rows=2, heads=2, window=2)
+    assert b.shape == (2, 8, 8)
+    assert b[0, 2, 0] < 0 and torch.isfinite(b[0, 2, 0])  # one column back: biased, visible
+    assert torch.isinf(b[0, 4, 0])  # two columns back: outside a window of 2
+    assert torch.isinf(b[1, 0, 2])  # the future: masked
+
+
+def test_causal_model_trains_from_a_bidirectional_init(tmp_path):
+    """A causal run initialised from a bidirectional checkpoint (the A/B's causal arm)."""
+    import torch
+
+    from training.checkpoint import load_model, save_checkpoint
+    from training.config import get_config
+    from training.fit import build_model, TrainConfig
+    from training.model import StemJEPA
+
+    src = StemJEPA(get_config("micro"))
+    save_checkpoint(tmp_path / "b.pt", src, norm={"mean": 0.0, "std": 1.0}, text={"encoder": "none", "dim": 384},
+                    phase="jepa", step=1)
+    cfg = TrainConfig(model="micro", causal=True, init=str(tmp_path / "b.pt"), out=str(tmp_path / "run"))
+    model, _, _ = build_model(cfg, tmp_path / "run")
+    assert model.cfg.causal and not load_model(tmp_path / "b.pt")[0].cfg.causal
+    for a, b in zip(model.encoder.parameters(), src.encoder.parameters()):
+        torch.testing.assert_close(a, b)
+    # the time half of the absolute position embedding is gone, the frequency half kept
+    d = model.cfg.d_model
+    assert model.encoder.pos[..., d // 2:].abs().max() == 0
+    torch.testing.assert_close(model.encoder.pos[..., : d // 2], src.encoder.pos[..., : d // 2])

@@ -28,15 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "eval":
         ap = argparse.ArgumentParser(prog="python -m training eval")
-        ap.add_argument("what", choices=["retrieval", "beats"])
-        ap.add_argument("--data", required=True, help="dataset in the layout of DESIGN.md")
-        ap.add_argument("--model", required=True, help="checkpoint (.pt)")
+        ap.add_argument("what", choices=["retrieval", "beats", "suite"],
+                        help="suite: retrieval on the three validation sets under --data (in-domain, cross-corpus, "
+                        "cross-soundfont)")
+        ap.add_argument("--data", required=True, help="dataset in the layout of DESIGN.md (suite: the folder holding the sets)")
+        ap.add_argument("--model", required=True, help="checkpoint (.pt), or 'heuristic' for the tempo + key baseline")
         ap.add_argument("--split", default="validation", help="split in DATA/splits.json ('all' for every track)")
         ap.add_argument("--conditioning", choices=["label", "category"], default="label")
         ap.add_argument("--max-tracks", type=int, default=None)
         ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate (exactly those)")
         ap.add_argument("--max-chunks", type=int, default=4)
-        ap.add_argument("--threads", type=int, default=2)
+        ap.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: with the other core busy, 2 threads ran 12x slower)")
         ap.add_argument("--json", help="write the results here")
         ap.add_argument("--plot", help="recall-at-k plot (PNG), retrieval only")
         a = ap.parse_args(rest)
@@ -44,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
 
         split = None if a.split == "all" else a.split
         tracks = None
-        if a.track_list:
+        if a.track_list and a.what != "suite":
             tracks = ev.read_tracks(a.data, split, None, None, only=ev.read_track_list(a.track_list))
-        if a.what == "retrieval":
+        if a.what == "suite":
+            r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks)
+            ev.print_suite(r)
+        elif a.what == "retrieval":
             r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads,
                                       tracks=tracks)
             ev.print_retrieval(r)

@@ -41,6 +41,12 @@ class ModelConfig:
     text_dim: int = 384  # width of the text embedding (all-MiniLM-L6-v2: 384, CLAP: 512)
     n_classes: int = len(CLASSES)
     beat_probes: int = 8  # beat activations per 160-ms column -> 50 Hz
+    # Streaming (block-causal) encoder: a token attends to the tokens of its own and earlier time
+    # columns only, at most ``max_columns`` columns back (8 s), so a token never changes when newer
+    # audio arrives. Time position is then relative (a per-head linear bias on the column distance,
+    # ALiBi-style) instead of the absolute time half of the sin-cos embedding, so cached tokens stay
+    # valid while the window slides. The frequency half of the position embedding is kept.
+    causal: bool = False
 
     @property
     def freq_patches(self) -> int:

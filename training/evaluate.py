@@ -159,33 +159,55 @@ def _finish(e: torch.Tensor) -> np.ndarray:
     return retrieval_normalise(e).numpy()
 
 
+HEURISTIC = "heuristic"  # --model value of the tempo + key baseline (training/heuristic.py)
+
+
+def _heuristic_embed(wins: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n_stems, chunks, S)`` windows -> (queries, candidates) ``(n_stems, D)`` of the heuristic:
+    the mix without stem i against stem i, averaged over chunks."""
+    from .heuristic import describe
+
+    n, c, _ = wins.shape
+    mix_wo = wins.sum(0, keepdims=True) - wins
+    q = np.stack([np.mean([describe(mix_wo[i, j]) for j in range(c)], axis=0) for i in range(n)])
+    t = np.stack([np.mean([describe(wins[i, j]) for j in range(c)], axis=0) for i in range(n)])
+    return torch.from_numpy(q).float(), torch.from_numpy(t).float()
+
+
 def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
                        max_tracks=None, threads=2, tracks=None) -> dict:
+    """Retrieval figures of a checkpoint, or of the tempo + key heuristic (``ckpt="heuristic"``)."""
     from tqdm import tqdm
 
-    emb = Embedder(ckpt, threads=threads)
+    heuristic = str(ckpt) == HEURISTIC
+    torch.set_num_threads(threads)
+    emb = None if heuristic else Embedder(ckpt, threads=threads)
+    win = TorchLogMel().cfg.n_samples(800) if heuristic else emb.win
     tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks)
     queries, cands, q_meta, c_meta = [], [], [], []
     for t in tqdm(tracks, desc="embed", leave=False):
         if len(t.stems) < 2:
             continue
         audio = np.stack([s[3] for s in t.stems])  # (n_stems, S)
-        starts = chunk_starts(audio.shape[1], emb.win, max_chunks)
-        audio = np.pad(audio, ((0, 0), (0, max(0, starts[-1] + emb.win - audio.shape[1]))))
-        wins = np.stack([audio[:, s:s + emb.win] for s in starts], axis=1)  # (n_stems, chunks, win)
+        starts = chunk_starts(audio.shape[1], win, max_chunks)
+        audio = np.pad(audio, ((0, 0), (0, max(0, starts[-1] + win - audio.shape[1]))))
+        wins = np.stack([audio[:, s:s + win] for s in starts], axis=1)  # (n_stems, chunks, win)
         n, c, w = wins.shape
-        tgt = emb.tokens(wins.reshape(n * c, w), target=True).mean(1).reshape(n, c, -1).mean(1)
-        mix_wo = wins.sum(0, keepdims=True) - wins  # (n_stems, chunks, win): mix without stem i
-        ctx = emb.tokens(mix_wo.reshape(n * c, w), target=False)  # (n*c, P, d)
-        if emb.phase == "contrastive":
-            q = ctx.mean(1)
+        if heuristic:
+            q, tgt = _heuristic_embed(wins)
         else:
-            names = [s[1] if conditioning == "label" else s[2] for s in t.stems]
-            cond = emb.conditioning(names, [s[2] for s in t.stems])
-            cond = cond.repeat_interleave(c, dim=0)
-            with torch.no_grad():
-                q = emb.model.predict(ctx, cond).mean(1)
-        q = q.reshape(n, c, -1).mean(1)
+            tgt = emb.tokens(wins.reshape(n * c, w), target=True).mean(1).reshape(n, c, -1).mean(1)
+            mix_wo = wins.sum(0, keepdims=True) - wins  # (n_stems, chunks, win): mix without stem i
+            ctx = emb.tokens(mix_wo.reshape(n * c, w), target=False)  # (n*c, P, d)
+            if emb.phase == "contrastive":
+                q = ctx.mean(1)
+            else:
+                names = [s[1] if conditioning == "label" else s[2] for s in t.stems]
+                cond = emb.conditioning(names, [s[2] for s in t.stems])
+                cond = cond.repeat_interleave(c, dim=0)
+                with torch.no_grad():
+                    q = emb.model.predict(ctx, cond).mean(1)
+            q = q.reshape(n, c, -1).mean(1)
         for i, (sid, label, cat, _) in enumerate(t.stems):
             queries.append(q[i])
             cands.append(tgt[i])
@@ -193,13 +215,17 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
             c_meta.append((t.track_id, sid))
     if not queries:
         raise SystemExit("no track with at least two stems to evaluate")
-    Q, C = _finish(torch.stack(queries)), _finish(torch.stack(cands))
+    if heuristic:  # already unit vectors per chunk: only re-normalise the chunk means
+        Q = torch.nn.functional.normalize(torch.stack(queries), dim=-1).numpy()
+        C = torch.nn.functional.normalize(torch.stack(cands), dim=-1).numpy()
+    else:
+        Q, C = _finish(torch.stack(queries)), _finish(torch.stack(cands))
     dist = np.sqrt(np.maximum(0.0, (Q**2).sum(1)[:, None] + (C**2).sum(1)[None] - 2 * Q @ C.T))
     true_idx = np.arange(len(Q))  # query i's own stem is candidate i
     ranks = ranks_from_distances(dist, true_idx)
     n_c = len(C)
-    result = {"checkpoint": str(ckpt), "phase": emb.phase, "conditioning": conditioning,
-              "model_conditioning": emb.model.cfg.conditioning, "n_tracks": len({m[0] for m in q_meta}),
+    result = {"checkpoint": str(ckpt), "phase": HEURISTIC if heuristic else emb.phase, "conditioning": conditioning,
+              "model_conditioning": HEURISTIC if heuristic else emb.model.cfg.conditioning, "n_tracks": len({m[0] for m in q_meta}),
               "n_candidates": n_c, "overall": retrieval_metrics(ranks, n_c), "random": random_metrics(n_c),
               "per_category": {}}
     cats = np.array([m[3] for m in q_meta])
@@ -331,3 +357,39 @@ def write_json(obj: dict, path: str | Path | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- the three validations
+# Each split by song; rebuilt with `python -m training.data ...` (training/data/README.md):
+#   in-domain        render-default --only-tracks docs/report/validation_125.json  (FluidR3, dry, 30-s excerpts)
+#   cross-corpus     render-varied xcorpus   (POP909: a corpus training never sees; training's sound sources)
+#   cross-soundfont  render-varied xsf       (validation songs of the training corpora, held-out TimGM6mb, room)
+VALIDATION_SETS = {
+    "in-domain": {"dir": "render-indomain", "track_list": "docs/report/validation_125.json"},
+    "cross-corpus": {"dir": "xcorpus", "track_list": None},
+    "cross-soundfont": {"dir": "xsf", "track_list": None},
+}
+
+
+def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, threads=1, max_tracks=None) -> dict:
+    """Retrieval of ``ckpt`` (or ``"heuristic"``) on every validation set under ``root``."""
+    out = {"checkpoint": str(ckpt), "sets": {}}
+    for name in sets or VALIDATION_SETS:
+        spec = VALIDATION_SETS[name]
+        data = Path(root) / spec["dir"]
+        if not (data / "splits.json").is_file():
+            raise SystemExit(f"{data}: validation set {name!r} is not rendered (training/data/README.md)")
+        only = read_track_list(spec["track_list"]) if spec["track_list"] else None
+        tracks = read_tracks(data, "validation", max_tracks, None, only=only)
+        out["sets"][name] = evaluate_retrieval(ckpt, data, "validation", conditioning, max_chunks, threads=threads,
+                                               tracks=tracks)
+    return out
+
+
+def print_suite(r: dict) -> None:
+    print(f"validation suite: {r['checkpoint']}")
+    print(f"{'set':16s} {'tracks':>6s} {'cands':>6s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'nr.mean':>8s} {'nr.med':>7s}")
+    for name, s in r["sets"].items():
+        m = s["overall"]
+        print(f"{name:16s} {s['n_tracks']:6d} {s['n_candidates']:6d} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['R@10']:6.1f} "
+              f"{m['nrank_mean']:8.2f} {m['nrank_median']:7.2f}")

@@ -48,6 +48,7 @@ class TrainConfig:
     phase: str = "jepa"
     model: str = "tiny"  # a name in training.config.CONFIGS
     conditioning: str = "film"  # film (text, zero-shot) | class (4-class baseline)
+    causal: bool = False  # streaming (block-causal) encoder; an init of the other kind is converted
     data: str = "/work/data/render"
     split: str = "train"
     out: str = "runs/default"
@@ -65,6 +66,7 @@ class TrainConfig:
     frames: int = 800  # training crop in log-mel frames (multiple of 16); shorter crops are placed
     # at a random column of the position embedding each step
     contrastive_weight: float = 0.0  # optional InfoNCE term added in the jepa phase
+    max_temp: float = 1.0  # cap of the InfoNCE temperature (phase 1 uses 0.1: see losses.info_nce)
     beat_widen: int = 1
     beat_pos_weight: float = 5.0
     ckpt_every: int = 200
@@ -138,8 +140,9 @@ class PhaseStep(nn.Module):
     """One training step's forward for a phase; returns ``(loss, metrics)``. Wrapped by DDP."""
 
     def __init__(self, model: StemJEPA, phase: str, mean: float, std: float, contrastive_weight: float,
-                 beat_pos_weight: float):
+                 beat_pos_weight: float, max_temp: float = 1.0):
         super().__init__()
+        self.max_temp = max_temp
         self.model, self.phase = model, phase
         self.logmel = TorchLogMel(FrontEndConfig())
         self.mean, self.std = mean, std
@@ -173,8 +176,10 @@ class PhaseStep(nn.Module):
         zc = m.encoder(self.features(batch["mix"]), self.col_offset)
         if self.phase == "contrastive":
             zt = m.encoder(self.features(batch["target"]), self.col_offset)
-            loss = info_nce(zc.mean(1), zt.mean(1), m.log_temp)
-            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().detach()}
+            # pooled exactly as retrieval pools them (mean, layer norm, L2)
+            p, t = retrieval_normalise(zc.float().mean(1)), retrieval_normalise(zt.float().mean(1))
+            loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp)
+            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach()}
         with torch.no_grad():
             zt = m.target_encoder(self.features(batch["target"]), self.col_offset)
         pred = m.predict(zc, batch["cond"])
@@ -185,7 +190,7 @@ class PhaseStep(nn.Module):
             p, t = retrieval_normalise(pred.float().mean(1)), retrieval_normalise(zt.float().mean(1))
             keys = batch.get("key")
             qv, qk = self.queue.negatives()
-            c = info_nce(p, t, m.log_temp, keys=keys, queue=qv, queue_keys=qk)
+            c = info_nce(p, t, m.log_temp, keys=keys, queue=qv, queue_keys=qk, max_temp=self.max_temp)
             loss = loss + self.cw * c
             metrics["infonce"] = c.detach()
             if self.training and keys is not None:
@@ -334,12 +339,12 @@ def build_model(cfg: TrainConfig, ckpt_dir: Path) -> tuple[StemJEPA, dict, dict 
     if last.is_file():
         model, state = load_model(last)
         return model, state, state
-    mcfg = get_config(cfg.model, conditioning=cfg.conditioning)
+    mcfg = get_config(cfg.model, conditioning=cfg.conditioning, causal=cfg.causal)
     model = StemJEPA(mcfg)
     if not cfg.init:
         return model, {}, None
     init_model, state = load_model(cfg.init)
-    if init_model.cfg.with_(conditioning=mcfg.conditioning) != mcfg:
+    if init_model.cfg.with_(conditioning=mcfg.conditioning, causal=mcfg.causal) != mcfg:
         raise SystemExit(f"init checkpoint {cfg.init} has config {init_model.cfg.name!r} incompatible with {mcfg.name!r}")
     model.encoder.load_state_dict(init_model.encoder.state_dict())
     model.log_temp.data.copy_(init_model.log_temp.data)
@@ -378,7 +383,8 @@ def fit(cfg: TrainConfig) -> Path:
 
     params = trainable_for(model, cfg.phase, cfg.contrastive_weight)
     model.to(device)
-    step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight)
+    step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight,
+                         cfg.max_temp)
     step_mod.set_frames(cfg.frames)
     step_mod.queue = NegativeQueue(cfg.queue_size if cfg.phase == "jepa" else 0, model.cfg.d_model)
     if resume is not None:

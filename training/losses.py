@@ -12,9 +12,15 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: torch.Tensor | None = None,
-             queue: torch.Tensor | None = None, queue_keys: torch.Tensor | None = None) -> torch.Tensor:
+             queue: torch.Tensor | None = None, queue_keys: torch.Tensor | None = None,
+             max_temp: float = 1.0) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
-    ``exp(log_temp)`` (clamped to [0.01, 1]).
+    ``exp(log_temp)`` (clamped to [0.01, max_temp]).
+
+    ``max_temp``: a cap below 1 keeps an encoder trained from scratch from escaping to a high
+    temperature: while its embeddings are still uninformative, raising the temperature lowers the
+    loss to chance at once, and at the cap of 1 the gradients are too flat to learn (phase 1
+    stayed at chance that way).
 
     ``queue (Q, d)``: extra negatives for the ``a -> b`` direction (earlier steps' ``b`` rows).
     ``keys (B,)`` / ``queue_keys (Q,)``: int64 identity of what each row shows (a stem); a negative
@@ -23,7 +29,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: 
     # fp32 even under bf16 autocast: early in training the cosines differ in the third decimal
     with torch.autocast(a.device.type, enabled=False):
         a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-        temp = log_temp.float().exp().clamp(0.01, 1.0)
+        temp = log_temp.float().exp().clamp(0.01, max_temp)
         logits = a @ b.t() / temp  # (B, B)
         n = a.shape[0]
         eye = torch.eye(n, dtype=torch.bool, device=a.device)

@@ -45,12 +45,30 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(hidden, d)
         self.heads = heads
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, d)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:  # (B, N, d)
+        """``bias``: optional additive attention bias ``(H, N, N)`` (-inf = masked)."""
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d/H)
+        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2],
+                                           attn_mask=None if bias is None else bias.to(qkv.dtype))  # (B, H, N, d/H)
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """``(H,)`` per-head slopes of the column-distance bias: ``2^(-8 (h+1) / H)``."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
+
+
+def causal_bias(cols: int, rows: int, heads: int, window: int) -> torch.Tensor:
+    """Block-causal attention bias ``(H, P, P)`` over time-major tokens (``P = cols * rows``):
+    token i (column ci) sees token j (column cj) iff ``0 <= ci - cj < window``, with the bias
+    ``-slope_h * (ci - cj)``; every other pair is ``-inf``."""
+    c = torch.arange(cols).repeat_interleave(rows)
+    dist = (c[:, None] - c[None, :]).float()  # (P, P)
+    ok = (dist >= 0) & (dist < window)
+    bias = -alibi_slopes(heads)[:, None, None] * dist[None]
+    return bias.masked_fill(~ok[None], float("-inf"))
 
 
 class Encoder(nn.Module):
@@ -65,7 +83,10 @@ class Encoder(nn.Module):
         self.cfg = cfg
         p = cfg.patch
         self.patch_embed = nn.Linear(p * p, cfg.d_model)
-        self.register_buffer("pos", sincos_2d(cfg.d_model, cfg.freq_patches, cfg.max_columns), persistent=False)
+        pos = sincos_2d(cfg.d_model, cfg.freq_patches, cfg.max_columns)
+        if cfg.causal:  # relative time (attention bias) instead of the absolute time half
+            pos[..., cfg.d_model // 2:] = 0.0
+        self.register_buffer("pos", pos, persistent=False)
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
 
@@ -87,8 +108,9 @@ class Encoder(nn.Module):
         cols = t // cfg.patch
         z = self.patch_embed(self.patchify(x)) + self.pos[col_offset:col_offset + cols]  # (B, cols, rows, d)
         z = z.reshape(b, cols * cfg.freq_patches, cfg.d_model)
+        bias = causal_bias(cols, cfg.freq_patches, cfg.heads, cfg.max_columns).to(z.device) if cfg.causal else None
         for blk in self.blocks:
-            z = blk(z)
+            z = blk(z, bias)
         return self.norm(z)
 
 

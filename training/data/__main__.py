@@ -26,6 +26,23 @@ def main(argv=None) -> int:
     d.add_argument("--midi-root", default="/work/shared/data/midi")
     d.add_argument("--soundfont", default=DEFAULT_SF2)
     d.add_argument("--jobs", type=int, default=2)
+    d.add_argument("--only-tracks", help="JSON list of track ids: render just these (e.g. the in-domain validation "
+                   "list docs/report/validation_125.json)")
+    v = sub.add_parser("render-varied", help="render a varied set (random key/tempo/instruments/soundfonts/room)",
+                       description="Varied renders (training/data/vary.py). Sets: 'train' (touhou + nottingham, "
+                       "training soundfonts, every song), 'xcorpus' (POP909, never trained on: cross-corpus "
+                       "validation), 'xsf' (validation songs of the training corpora with the held-out soundfont "
+                       "TimGM6mb and room sound: cross-soundfont validation).")
+    v.add_argument("set", choices=sorted(VARIED_SETS), help="which set")
+    v.add_argument("out_dir", help="output folder (resumable)")
+    v.add_argument("--midi-root", default="../shared/data/midi", help="folder holding the corpora (default: %(default)s)")
+    v.add_argument("--variants", type=_limits, default=None,
+                   help="variant indices to render, e.g. 0 or 0,1 (default: the set's own)")
+    v.add_argument("--limit", type=_limits, default=None,
+                   help="at most N songs per corpus (seeded choice, a growing N keeps the smaller choice); "
+                   "N1,N2 gives one per corpus (default: the set's)")
+    v.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    v.add_argument("--seed", type=int, default=0, help="render seed (default: %(default)s)")
     c = sub.add_parser("convert", help="convert MUSDB18(-HQ) or MoisesDB folders to the layout")
     c.add_argument("kind", choices=("musdb", "moisesdb"))
     c.add_argument("src")
@@ -52,8 +69,28 @@ def main(argv=None) -> int:
     elif a.cmd == "render-default":
         from .render import render_default
 
-        rep = render_default(a.out_dir, a.midi_root, a.soundfont, a.jobs)
+        only = None
+        if a.only_tracks:
+            from training.evaluate import read_track_list
+
+            only = read_track_list(a.only_tracks)
+        rep = render_default(a.out_dir, a.midi_root, a.soundfont, a.jobs, only_ids=only)
         _summary(rep)
+    elif a.cmd == "render-varied":
+        from pathlib import Path
+
+        from .render import render_varied
+
+        spec = VARIED_SETS[a.set]
+        variants = a.variants if a.variants is not None else spec["variants"]
+        variants = [variants] if isinstance(variants, int) else list(variants)
+        limit = a.limit if a.limit is not None else spec.get("limit")
+        rep = render_varied([Path(a.midi_root) / c for c in spec["corpora"]], a.out_dir, spec["recipe"](),
+                            variants=variants, jobs=a.jobs, limit=limit, seed=a.seed,
+                            only_split=spec.get("only_split"), force_split=spec.get("force_split"))
+        print("render summary: " + ", ".join(f"{k}={rep[k]}" for k in (
+            "found", "already_done", "rendered", "skipped", "elapsed_s", "train", "validation")))
+        print("size: " + ", ".join(f"{k}={rep['size'][k]}" for k in ("tracks", "stems", "hours", "stem_hours")))
     elif a.cmd == "convert":
         from .convert import convert_moisesdb, convert_musdb
 
@@ -70,6 +107,26 @@ def main(argv=None) -> int:
 
         print(json.dumps(dataset_stats(a.root), indent=1))
     return 0
+
+
+def _train_recipe():
+    from .vary import TRAIN_RECIPE
+    return TRAIN_RECIPE
+
+
+def _xsf_recipe():
+    from .vary import HELD_OUT_RECIPE
+    return HELD_OUT_RECIPE
+
+
+# The varied sets: corpora, recipe, variants, and which songs (training/data/README.md)
+VARIED_SETS = {
+    "train": {"corpora": ("touhou", "nottingham"), "recipe": _train_recipe, "variants": (0,)},
+    "xcorpus": {"corpora": ("pop909",), "recipe": _train_recipe, "variants": (0,), "limit": 130,
+                "force_split": "validation"},
+    "xsf": {"corpora": ("touhou", "nottingham"), "recipe": _xsf_recipe, "variants": (0,),
+            "only_split": "validation", "force_split": "validation"},
+}
 
 
 def _limits(text: str):

@@ -217,8 +217,10 @@ def is_complete(track_dir: Path) -> bool:
 
 
 def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: float | None = None,
-                  limit: int | None = None, val_fraction: float = 0.08, seed: int = 0, progress: bool = True) -> dict:
-    """Render every MIDI file of ``midi_dirs`` into ``out_dir``; resumable; returns the report."""
+                  limit: int | None = None, val_fraction: float = 0.08, seed: int = 0, progress: bool = True,
+                  only_ids: list[str] | None = None) -> dict:
+    """Render every MIDI file of ``midi_dirs`` into ``out_dir``; resumable; returns the report.
+    ``only_ids``: render just these track ids of the set (e.g. one validation list)."""
     from tqdm import tqdm
 
     if isinstance(midi_dirs, (str, Path)):
@@ -230,6 +232,9 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
     all_jobs = []
     for i, d in enumerate(midi_dirs):  # limit: one int for every folder, or one per folder
         all_jobs += find_jobs(d, limit[i] if isinstance(limit, (list, tuple)) else limit, seed)
+    if only_ids is not None:
+        keep = set(only_ids)
+        all_jobs = [j for j in all_jobs if j.track_id in keep]
     skipped_dir = out_dir / ".skipped"
     todo, done, skipped = [], 0, []
     for j in all_jobs:
@@ -311,7 +316,9 @@ def split_of(group: str, val_fraction: float, seed: int) -> str:
     return "validation" if u < val_fraction else "train"
 
 
-def write_splits(out_dir: Path, val_fraction: float, seed: int) -> dict:
+def write_splits(out_dir: Path, val_fraction: float, seed: int, force_split: str | None = None) -> dict:
+    """splits.json from the tracks present: by song group (:func:`split_of`), or every track in
+    ``force_split`` (a validation-only set)."""
     splits = {"train": [], "validation": []}
     for tj in sorted(Path(out_dir).glob("*/track.json")):
         try:
@@ -319,7 +326,7 @@ def write_splits(out_dir: Path, val_fraction: float, seed: int) -> dict:
         except ValueError:
             continue
         group = doc.get("group") or tj.parent.name
-        splits[split_of(group, val_fraction, seed)].append(tj.parent.name)
+        splits[force_split or split_of(group, val_fraction, seed)].append(tj.parent.name)
     splits["grouping"] = "song title (touhou), song id (pop909), tune (nottingham)"
     splits["val_fraction"] = val_fraction
     splits["seed"] = seed
@@ -343,11 +350,180 @@ DEFAULT_VAL_FRACTION = 0.08
 
 
 def render_default(out_dir="/work/data/render", midi_root="/work/shared/data/midi",
-                   soundfont="/usr/share/sounds/sf2/FluidR3_GM.sf2", jobs: int = 2) -> dict:
+                   soundfont="/usr/share/sounds/sf2/FluidR3_GM.sf2", jobs: int = 2,
+                   only_ids: list[str] | None = None) -> dict:
     """The default training set: :data:`DEFAULT_SET` songs of touhou + pop909 + nottingham, 30-s
     excerpts, FluidR3_GM, 8 % validation by song. Restartable (finished tracks are kept)."""
     from tqdm import tqdm  # noqa: F401  (fail early if missing)
 
     dirs = [Path(midi_root) / name for name in DEFAULT_SET]
     return render_corpus(dirs, out_dir, soundfont, jobs, DEFAULT_EXCERPT, list(DEFAULT_SET.values()),
-                         DEFAULT_VAL_FRACTION, DEFAULT_SEED)
+                         DEFAULT_VAL_FRACTION, DEFAULT_SEED, only_ids=only_ids)
+
+
+# ---- varied renders (training/data/vary.py) -------------------------------------------------------
+
+def render_varied_song(song: Song, bank, recipe, seed: int, variant: int, key: str, sr: int = SR) -> dict:
+    """One variant of ``song``: drawn key, tempo and instruments, a sound source per stem, the
+    room and mix chain per stem. The whole song (up to ``recipe.max_seconds``) is rendered."""
+    from . import vary
+
+    song, var = vary.vary_song(song, recipe, seed, variant, key)
+    end = min(song.end + TAIL, recipe.max_seconds)
+    cats = song.categories()
+    var.sources = vary.draw_sources(cats, recipe, seed, variant, key, bank.drum_names)
+    var.mix, var.room_rt60 = vary.draw_mix(cats, recipe, seed, variant, key)
+    ir = vary.room_impulse(var.room_rt60, sr, vary.variant_rng(seed, variant, key, "room"))
+    stems, dropped = {}, []
+    for cat in cats:
+        notes = [n for n in song.notes if n.category == cat]
+        if not any(n.start < end for n in notes):
+            dropped.append(cat)
+            continue
+        chans = {n.channel for n in notes}
+        ctrl = [c for c in song.controls if c.channel in chans]
+        x = bank[var.sources[cat]].render(notes, ctrl, 0.0, end, preroll=0.0)
+        if not np.isfinite(x).all() or float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < SILENT_RMS:
+            dropped.append(cat)
+            continue
+        stems[cat] = vary.apply_mix(x, var.mix[cat], ir, sr)
+    if stems:
+        peak = float(np.abs(sum(stems.values())).max())
+        g = PEAK / peak if peak > 0 else 1.0
+        g = min(g, 10 ** (6 / 20))  # quiet songs are raised by at most 6 dB
+        stems = {k: v * g for k, v in stems.items()}
+    beats = song.beats[(song.beats >= 0) & (song.beats < end)]
+    downs = song.downbeats[(song.downbeats >= 0) & (song.downbeats < end)]
+    return {"stems": stems, "start": 0.0, "end": end, "beats": beats, "downbeats": downs, "dropped": dropped,
+            "variant": var, "labels": song.labels}
+
+
+_BANK = None
+
+
+def _init_varied_worker(recipe):
+    global _BANK
+    from .vary import SourceBank
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _BANK = SourceBank(recipe, sr=SR)
+
+
+def _run_varied_job(args) -> dict:
+    job, out_dir, recipe, seed, variant, split = args
+    t = time.time()
+    tid = f"{job.track_id}-v{variant}"
+    res = {"track_id": tid, "source": job.rel}
+    try:
+        try:
+            song = load_song(job)
+        except MidiError as e:
+            return {**res, "status": "skipped", "reason": f"unreadable MIDI: {e}"}
+        if len(song.categories()) < 2:
+            return {**res, "status": "skipped", "reason": f"fewer than 2 stems ({song.categories()})"}
+        r = render_varied_song(song, _BANK, recipe, seed, variant, job.rel)
+        if len(r["stems"]) < 2:
+            return {**res, "status": "skipped",
+                    "reason": f"fewer than 2 non-silent stems ({sorted(r['stems'])}, silent: {r['dropped']})"}
+        meta = {"beats": [round(float(b), 4) for b in r["beats"]],
+                "downbeats": [round(float(b), 4) for b in r["downbeats"]],
+                "source": job.rel, "corpus": job.corpus, "group": job.group, "song_id": job.track_id,
+                "excerpt": [0.0, round(r["end"], 4)], "sample_rate": SR, "dropped_silent": r["dropped"],
+                "recipe": recipe.name, "seed": seed, "variant_index": variant, "variant": r["variant"].to_dict()}
+        if split:
+            meta["split"] = split
+        write_track(Path(out_dir), tid, r["stems"], meta, r["labels"])
+        return {**res, "status": "ok", "stems": len(r["stems"]), "seconds": r["end"], "render_s": time.time() - t}
+    except Exception as e:  # never stop the run
+        return {**res, "status": "skipped", "reason": f"error: {type(e).__name__}: {e}",
+                "trace": traceback.format_exc(limit=3)}
+
+
+def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limit=None, seed: int = 0,
+                  val_fraction: float = DEFAULT_VAL_FRACTION, only_split: str | None = None,
+                  force_split: str | None = None, exclude_corpora=(), progress: bool = True) -> dict:
+    """Render ``variants`` of every song of ``midi_dirs`` with ``recipe`` (training/data/vary.py).
+
+    ``only_split``: keep the songs whose song-group split (:func:`split_of`, the same hash as every
+    other render with this seed and fraction) is this one. ``force_split``: write every track into
+    this split (a validation-only set). Resumable and deterministic like :func:`render_corpus`.
+    """
+    from tqdm import tqdm
+
+    from .vary import missing_sources
+
+    miss = missing_sources(recipe)
+    if miss:
+        raise FileNotFoundError("sound sources not installed (bash scripts/setup_system.sh installs them): "
+                                + ", ".join(miss))
+    if isinstance(midi_dirs, (str, Path)):
+        midi_dirs = [midi_dirs]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    all_jobs = []
+    for i, d in enumerate(midi_dirs):
+        all_jobs += find_jobs(d, limit[i] if isinstance(limit, (list, tuple)) else limit, seed)
+    all_jobs = [j for j in all_jobs if j.corpus not in exclude_corpora]
+    if only_split:
+        all_jobs = [j for j in all_jobs if split_of(j.group, val_fraction, seed) == only_split]
+    skipped_dir = out_dir / ".skipped"
+    todo, done, skipped = [], 0, []
+    for v in variants:
+        for j in all_jobs:
+            tid = f"{j.track_id}-v{v}"
+            if is_complete(out_dir / tid):
+                done += 1
+            elif (skipped_dir / f"{tid}.json").exists():
+                skipped.append(json.loads((skipped_dir / f"{tid}.json").read_text()))
+            else:
+                todo.append((j, v))
+    # variants in order, songs interleaved within a variant: a stopped run is a balanced sample
+    todo.sort(key=lambda jv: (jv[1], stable_hash("order", seed, jv[0].track_id)))
+    args = [(j, str(out_dir), recipe, seed, v, force_split) for j, v in todo]
+    t0 = time.time()
+    results = []
+    bar = tqdm(total=len(args), desc=f"render {recipe.name}", unit="song", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    if jobs <= 1:
+        _init_varied_worker(recipe)
+        it, pool = map(_run_varied_job, args), None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork").Pool(jobs, _init_varied_worker, (recipe,))
+        it = pool.imap_unordered(_run_varied_job, args, chunksize=1)
+    try:
+        for r in it:
+            results.append(r)
+            if r["status"] != "ok":
+                skipped.append(r)
+                if not r["reason"].startswith("error:"):
+                    skipped_dir.mkdir(exist_ok=True)
+                    (skipped_dir / f"{r['track_id']}.json").write_text(json.dumps(r))
+            bar.update(1)
+            if len(results) % 100 == 0:
+                write_splits(out_dir, val_fraction, seed, force_split)
+            bar.set_postfix(ok=sum(x["status"] == "ok" for x in results), skipped=len(skipped))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    for p in out_dir.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    elapsed = time.time() - t0
+    ok = [r for r in results if r["status"] == "ok"]
+    splits = write_splits(out_dir, val_fraction, seed, force_split)
+    from .layout import dataset_stats
+
+    report = {"recipe": recipe.name, "recipe_settings": {k: v for k, v in vars(recipe).items()},
+              "midi_dirs": [str(d) for d in midi_dirs], "variants": list(variants), "seed": seed, "limit": limit,
+              "only_split": only_split, "force_split": force_split, "exclude_corpora": list(exclude_corpora),
+              "found": len(all_jobs) * len(variants), "already_done": done, "rendered": len(ok),
+              "skipped": len(skipped), "elapsed_s": round(elapsed, 1),
+              "audio_s_this_run": round(sum(r["seconds"] for r in ok), 1),
+              "train": len(splits["train"]), "validation": len(splits["validation"]),
+              "size": dataset_stats(out_dir),
+              "skipped_tracks": [{k: r.get(k) for k in ("track_id", "source", "reason")} for r in skipped]}
+    (out_dir / "render_report.json").write_text(json.dumps(report, indent=1, default=str))
+    return report

@@ -83,6 +83,27 @@ def _envelope_db(x: np.ndarray) -> np.ndarray:
     return (10.0 * np.log10(e + 1e-12)).astype(np.float32)
 
 
+def _cached_envelope(path: Path, x: np.ndarray) -> np.ndarray:
+    """:func:`_envelope_db` of a stem, cached beside it (``.<stem>.env.npy``, ignored by the layout)
+    so that a restart does not read every sample again; recomputed when the audio file is newer."""
+    cache = path.with_name(f".{path.stem}.env.npy")
+    try:
+        if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
+            e = np.load(cache)
+            if e.shape == (-(-len(x) // HOP),):
+                return e
+    except (OSError, ValueError):
+        pass
+    e = _envelope_db(x)
+    try:
+        tmp = cache.with_name(cache.name + ".tmp.npy")
+        np.save(tmp, e)
+        tmp.replace(cache)
+    except OSError:  # read-only dataset: no cache
+        pass
+    return e
+
+
 @dataclass
 class _TrackData:
     track: Track
@@ -148,7 +169,7 @@ class StemSampler:
                 continue
             ids.append(sid)
             audio.append(x)
-            envs.append(_envelope_db(x))
+            envs.append(_cached_envelope(st.path, x))
         if len(ids) < 2:
             self.errors.append(f"{t.track_id}: fewer than 2 readable stems")
             return None

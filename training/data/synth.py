@@ -10,16 +10,21 @@ import ctypes
 
 import numpy as np
 
+from . import gm
 from .midi import Control, Note
 
 BLOCK = 64  # FluidSynth's internal block; events take effect at block boundaries
 
 
 class Renderer:
-    def __init__(self, soundfont: str, sr: int = 16000, gain: float = 0.3, polyphony: int = 1024):
+    def __init__(self, soundfont: str, sr: int = 16000, gain: float = 0.3, polyphony: int = 1024,
+                 drum_preset: tuple[int, int] | None = None):
+        """``drum_preset``: (bank, program) of this soundfont that the drum channel plays (drum-only
+        soundfonts keep their kit at bank 0); program changes on the drum channel are then ignored."""
         import fluidsynth
 
         self.sr = int(sr)
+        self.drum_preset = drum_preset
         self._fs = fluidsynth.Synth(gain=gain, samplerate=float(sr), **{
             "synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": polyphony,
             "synth.cpu-cores": 1, "synth.midi-channels": 16})
@@ -38,6 +43,9 @@ class Renderer:
             fn.argtypes = [vp] + [ci] * n  # synth, channel, ...
             fn.restype = ci
             self._f[name] = fn
+        self._select = lib.fluid_synth_program_select
+        self._select.argtypes = [vp, ci, ci, ci, ci]
+        self._select.restype = ci
         self._reset = lib.fluid_synth_system_reset
         self._reset.argtypes = [vp]
         self._voices = lib.fluid_synth_get_active_voice_count
@@ -103,6 +111,9 @@ class Renderer:
         right = np.zeros(n, dtype=np.float32)
         syn = self._synth
         self.flush()
+        if self.drum_preset is not None:
+            self._select(syn, gm.DRUM_CHANNEL, self._sfid, *self.drum_preset)
+            ev = [e for e in ev if not (e[2] == "prog" and e[3] == gm.DRUM_CHANNEL)]
         f = self._f
         pos = 0
         lp, rp = left.ctypes.data, right.ctypes.data
