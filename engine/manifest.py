@@ -231,12 +231,76 @@ def check_torch_contract(data: dict, root: Path) -> None:
                             f"as {None if got is None else got['shape']}, the config needs {spec['shape']}")
 
 
+# ---- packed model directories ------------------------------------------------------------------
+# A packed directory ships one form of the weights (``weights.pt``, fp16) beside ``packed.json``,
+# the text encoder and the conditioning cache. Its ONNX / TorchScript forms are built once by
+# ``python -m export.cache DIR`` into the cache below, keyed by the weights' fingerprint, and
+# ``load_manifest(DIR)`` then reads the built directory (docs/model_dir.md, "Packed directories").
+PACKED = "packed.json"
+PACKED_FORMAT = "stemjepa-packed"
+PACKED_VERSION = 1
+
+
+def cache_root() -> Path:
+    """Where built model forms live: ``$STEMJEPA_CACHE`` or ``~/.cache/stemjepa``."""
+    import os
+
+    env = os.environ.get("STEMJEPA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "stemjepa"
+
+
+def read_packed(model_dir: str | Path) -> dict:
+    """``packed.json`` of a packed directory, validated (format, version, fingerprint, weights)."""
+    root = Path(model_dir)
+    p = root / PACKED
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{p}: not a readable packed-model description ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != PACKED_FORMAT:
+        raise ModelDirError(f"{p}: format {data.get('format') if isinstance(data, dict) else None!r}, "
+                            f"expected {PACKED_FORMAT!r}")
+    if data.get("version") != PACKED_VERSION:
+        raise ModelDirError(f"{p}: version {data.get('version')!r}, this code reads {PACKED_VERSION}")
+    fp = data.get("fingerprint")
+    if not isinstance(fp, str) or len(fp) != 64 or not isinstance(data.get("weights"), dict):
+        raise ModelDirError(f"{p}: needs a sha256 'fingerprint' and a 'weights' entry")
+    return data
+
+
+def built_dir(model_dir: str | Path, packed: dict | None = None) -> Path:
+    """The cache directory holding the built forms of a packed directory."""
+    packed = packed or read_packed(model_dir)
+    return cache_root() / "models" / packed["fingerprint"][:24]
+
+
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    """``model_dir`` itself (a full model directory) or, for a packed one, its built forms.
+    Raises :class:`ModelDirError` naming the command that builds them when they are absent."""
+    root = Path(model_dir)
+    if (root / MANIFEST).is_file() or not (root / PACKED).is_file():
+        return root
+    packed = read_packed(root)
+    out = built_dir(root, packed)
+    m = out / MANIFEST
+    try:
+        fp = json.loads(m.read_text()).get("fingerprint") if m.is_file() else None
+    except (OSError, ValueError):
+        fp = None
+    if fp != packed["fingerprint"]:
+        raise ModelDirError(f"{root}: a packed model whose ONNX/TorchScript forms are not built yet; build them once "
+                            f"with `python -m export.cache {root}` (writes {out})")
+    return out
+
+
 def load_manifest(model_dir: str | Path, verify: bool = True, read_graphs: bool = True) -> Manifest:
     """Read ``MODEL_DIR/manifest.json`` and validate it (``verify``: file sha256s; ``read_graphs``:
-    compare the ONNX files' I/O with the config)."""
+    compare the ONNX files' I/O with the config). A packed directory (``packed.json``) is read
+    through its built forms (:func:`resolve_model_dir`)."""
     root = Path(model_dir)
     if not root.is_dir():
         raise ModelDirError(f"{root}: model directory does not exist")
+    root = resolve_model_dir(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise ModelDirError(f"{root}: no {MANIFEST} (not a model directory written by `python -m export`)")

@@ -192,6 +192,10 @@ def _pct(x: list[float]) -> dict:
 def resolve_model(path: str | None, log) -> tuple[Path, bool, tempfile.TemporaryDirectory | None]:
     """The model directory to bench; falls back to a freshly initialised `tiny` export (loudly)."""
     p = Path(path) if path else DEFAULT_MODEL
+    if (p / "packed.json").is_file() and not (p / "manifest.json").is_file():
+        from .cache import ensure_built
+
+        return ensure_built(p, log=log), False, None
     if (p / "manifest.json").is_file():
         return p, False, None
     if path:

@@ -2,7 +2,12 @@
 # Debian packages the project uses: FluidSynth + soundfonts (rendering), PortAudio (sound card),
 # JACK (dummy audio clock and real MIDI ports without a sound card), libsndfile.
 set -euo pipefail
+#   bash scripts/setup_system.sh          what the server and the tests need
+#   bash scripts/setup_system.sh render   also every sound source of the varied training renders
 pkgs="fluidsynth fluid-soundfont-gm timgm6mb-soundfont libportaudio2 jackd2 libsndfile1"
+if [ "${1:-}" = "render" ]; then
+  pkgs="$pkgs csound-soundfont opl3-soundfont avldrums.lv2-soundfont hydrogen-drumkits"
+fi
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -80,7 +80,7 @@ def check_assets(model: Path, library: Path) -> None:
 
     problems = []
     default_model = model.resolve() == config.DEFAULT_MODEL_DIR.resolve()
-    if not (model / "manifest.json").is_file():
+    if not (model / "manifest.json").is_file() and not (model / "packed.json").is_file():
         what = "the default model directory" if default_model else "the model directory"
         problems.append(
             f"{what} {_rel(model)} is missing (no manifest.json).\n"
@@ -101,12 +101,34 @@ def check_assets(model: Path, library: Path) -> None:
         raise ConfigError("cannot start:\n" + "\n".join(problems))
 
 
+def ensure_model_forms(model: Path) -> Path:
+    """A packed model directory (packed.json: fp16 weights only) gets its ONNX/TorchScript forms
+    built once into the cache, at start-up, before any audio flows (export.cache)."""
+    if (model / "manifest.json").is_file() or not (model / "packed.json").is_file():
+        return model
+    from engine.manifest import ModelDirError, resolve_model_dir
+
+    from .app import ConfigError
+
+    try:
+        return resolve_model_dir(model)
+    except ModelDirError:
+        pass
+    from export.cache import ensure_built
+
+    try:
+        return ensure_built(model, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except Exception as e:  # ModelDirError, ExportError: a clear start-up error, never a traceback
+        raise ConfigError(f"cannot start: {e}") from e
+
+
 def build_engine(a):
     """(matcher, backend name, library loader)."""
     from .app import ConfigError
 
     model, lib_path = Path(a.model), Path(a.library)
     check_assets(model, lib_path)
+    model = ensure_model_forms(model)
     from engine.backends import BackendError, load_backend
     from engine.library import LibraryError, StemLibrary
     from engine.manifest import ModelDirError

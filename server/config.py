@@ -48,3 +48,11 @@ CURVE_SERVER_PUBLIC = "server.key"
 CURVE_CLIENT_SECRET = "client.key_secret"
 CURVE_CLIENT_PUBLIC = "client.key"
 CURVE_AUTHORIZED_DIR = "authorized_clients"
+
+
+def model_present(model_dir) -> bool:
+    """A model directory: full (manifest.json) or packed (packed.json, forms built into the cache)."""
+    from pathlib import Path as _P
+
+    d = _P(model_dir)
+    return (d / "manifest.json").is_file() or (d / "packed.json").is_file()

@@ -1,0 +1,189 @@
+"""Packed model directories: one form of the weights in git, every other form built once.
+
+``python -m export.cache pack CHECKPOINT DIR``  writes a packed directory: ``weights.pt`` (the
+stripped checkpoint with fp16 weights, about 17 MB for ``tiny``), ``packed.json`` (fingerprint,
+sha256 of every file, precisions to build), the text encoder, its tokenizer and the conditioning
+cache. Nothing else: a new default model adds one weights file to the repository.
+
+``python -m export.cache [DIR]``  builds DIR's ONNX (fp32, int8, ...) and TorchScript (fp32, bf16)
+forms with ``python -m export``'s own code, parity checks included, into
+``$STEMJEPA_CACHE/models/<fingerprint>`` (default ``~/.cache/stemjepa``), and prints where. A
+second call finds them and returns at once; ``engine.manifest.load_manifest(DIR)`` reads them.
+The fingerprint is that of the fp32 model rebuilt from the fp16 weights, so every built form,
+every stem library index and the packed directory agree on one identity.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine.manifest import (MANIFEST, PACKED, PACKED_FORMAT, PACKED_VERSION, ModelDirError, built_dir, read_packed,
+                             sha256_file)
+
+from .core import ExportError
+
+WEIGHTS = "weights.pt"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
+PACK_FILES = ("text_encoder.onnx", "tokenizer.json", "conditioning.npz")
+
+
+def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32", "int8"),
+               text_from: str | Path, overwrite: bool = False, log=print) -> dict:
+    """Write the packed directory of ``checkpoint``; ``text_from``: a model directory (full or
+    packed) whose text encoder, tokenizer and conditioning cache are copied. Returns packed.json."""
+    import torch
+
+    from training.checkpoint import load_model
+
+    from .core import fingerprint, strip_checkpoint
+
+    out_dir, text_from = Path(out_dir), Path(text_from)
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} exists; pass --overwrite to replace it")
+    missing = [f for f in PACK_FILES if not (text_from / f).is_file()]
+    if missing:
+        raise ExportError(f"{text_from}: lacks {', '.join(missing)} (a model directory to take the text encoder from)")
+    _, state = load_model(checkpoint)
+    st = strip_checkpoint(state)
+    st["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in st["model"].items()}
+    st["weights_dtype"] = "float16"
+    for k in ("phase", "step"):
+        if k in state:
+            st[k] = state[k]
+    src_text = {}
+    for m in (text_from / MANIFEST, text_from / PACKED):
+        if m.is_file():
+            src_text = json.loads(m.read_text()).get("text", {})
+            break
+    st["text"] = {**dict(st.get("text") or {}), **{k: v for k, v in src_text.items() if k not in ("encoder", "dim")}}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        torch.save(st, tmp / WEIGHTS)
+        rebuilt, _ = load_model(tmp / WEIGHTS)  # what a build will see: fp32 from the fp16 weights
+        fp = fingerprint(rebuilt)
+        for f in PACK_FILES:
+            shutil.copyfile(text_from / f, tmp / f)
+        doc = {"format": PACKED_FORMAT, "version": PACKED_VERSION, "fingerprint": fp,
+               "weights": {"path": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS), "dtype": "float16"},
+               "files": {f: {"path": f, "sha256": sha256_file(tmp / f)} for f in PACK_FILES},
+               "precisions": list(dict.fromkeys(["fp32", *precisions])),
+               "config": rebuilt.cfg.to_dict(), "norm": st["norm"], "text": st["text"],
+               "source": {"checkpoint": Path(checkpoint).name, "step": state.get("step"), "phase": state.get("phase")},
+               "labels": len(st.get("labels") or [])}
+        (tmp / PACKED).write_text(json.dumps(doc, indent=1))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out_dir.iterdir())
+    log(f"pack: wrote {out_dir} (fingerprint {fp[:12]}, {size / 1e6:.1f} MB, weights "
+        f"{(out_dir / WEIGHTS).stat().st_size / 1e6:.1f} MB)")
+    return doc
+
+
+def _verify_packed(root: Path, packed: dict) -> None:
+    entries = [("weights", packed["weights"])] + list(packed.get("files", {}).items())
+    for name, e in entries:
+        p = root / e["path"]
+        if not p.is_file():
+            raise ModelDirError(f"{root}: {name}: file {e['path']} is missing")
+        if sha256_file(p) != e["sha256"]:
+            raise ModelDirError(f"{root}: {name}: {e['path']} is corrupt (sha256 differs from {PACKED})")
+
+
+def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
+    """The directory to load for ``model_dir``: itself when it is a full model directory, else the
+    built forms of the packed one, building them first when absent (about a minute for tiny)."""
+    import fcntl
+
+    from .core import export_model
+
+    root = Path(model_dir)
+    if (root / MANIFEST).is_file() or not (root / PACKED).is_file():
+        if not root.is_dir():
+            raise ModelDirError(f"{root}: model directory does not exist")
+        return root
+    packed = read_packed(root)
+    out = built_dir(root, packed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it built
+        if _built_ok(out, packed):
+            return out
+        _verify_packed(root, packed)
+        log(f"export.cache: building the ONNX/TorchScript forms of {root} once into {out} ...")
+        t0 = time.time()
+        te = packed.get("text", {})
+        export_model(root / WEIGHTS, out, precisions=[p for p in packed["precisions"] if p != "fp32"],
+                     text_from=root, conditioning_from=root / "conditioning.npz", overwrite=True,
+                     checkpoint_copy=False, text_info_extra={k: v for k, v in te.items() if k not in ("encoder", "dim")},
+                     log=lambda m: None)
+        got = json.loads((out / MANIFEST).read_text())["fingerprint"]
+        if got != packed["fingerprint"]:
+            shutil.rmtree(out, ignore_errors=True)
+            raise ModelDirError(f"{root}: the built model's fingerprint {got[:12]} differs from {PACKED}'s "
+                                f"{packed['fingerprint'][:12]}: weights.pt and packed.json disagree")
+        log(f"export.cache: built in {time.time() - t0:.0f} s")
+    return out
+
+
+def _built_ok(out: Path, packed: dict) -> bool:
+    from engine.manifest import load_manifest
+
+    if not (out / MANIFEST).is_file():
+        return False
+    try:
+        m = load_manifest(out, verify=True, read_graphs=False)
+    except ModelDirError:
+        return False
+    return m.fingerprint == packed["fingerprint"]
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "pack":
+        ap = argparse.ArgumentParser(prog="python -m export.cache pack",
+                                     description="Write a packed model directory (fp16 weights + text encoder).")
+        ap.add_argument("checkpoint", help="training checkpoint (.pt)")
+        ap.add_argument("out_dir", help="packed model directory to write")
+        ap.add_argument("--text-from", default=str(DEFAULT_DIR),
+                        help="model directory whose text encoder, tokenizer and conditioning cache are copied "
+                        "(default: %(default)s)")
+        ap.add_argument("--precision", nargs="+", default=["fp32", "int8"],
+                        help="ONNX precisions the build writes (default: fp32 int8)")
+        ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+        a = ap.parse_args(argv[1:])
+        try:
+            pack_model(a.checkpoint, a.out_dir, precisions=a.precision, text_from=a.text_from, overwrite=a.overwrite)
+        except (ExportError, ModelDirError) as e:
+            print(f"export.cache: {e}", file=sys.stderr)
+            return 2
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m export.cache",
+                                 description="Build (once) the ONNX/TorchScript forms of a packed model directory "
+                                 "into the cache, and print where they are.")
+    ap.add_argument("model_dir", nargs="?", default=str(DEFAULT_DIR), help="model directory (default: %(default)s)")
+    a = ap.parse_args(argv)
+    try:
+        print(ensure_built(a.model_dir, log=lambda m: print(m, file=sys.stderr)))
+    except (ExportError, ModelDirError) as e:
+        print(f"export.cache: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
