@@ -288,6 +288,8 @@ def grouped_samples(sampler, rng: np.random.Generator, n: int, group: int, by: s
                 it = sampler.sample_track(rng, first["track_index"], exclude=used)
                 if it is not None:
                     used.add(it["stem_id"])
+            elif hasattr(sampler, "sample_category"):  # indexed: no rejection loop over whole examples
+                it = sampler.sample_category(rng, first["category"])
             else:
                 for _ in range(max_tries):
                     it = sampler.sample(rng)

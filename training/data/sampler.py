@@ -151,6 +151,11 @@ class StemSampler:
         if self.errors:
             warnings.warn(f"StemSampler: {len(self.errors)} stems/tracks skipped, e.g. {self.errors[0]}")
         self._beat_tracks = [i for i, td in enumerate(self._tracks) if td.beats is not None and len(td.beats)]
+        # (track index, stem index) of every stem, by category: category-grouped batches draw here
+        self._by_category: dict[str, list[tuple[int, int]]] = {}
+        for ti, td in enumerate(self._tracks):
+            for si, sid in enumerate(td.stem_ids):
+                self._by_category.setdefault(td.track.stems[sid].category, []).append((ti, si))
         labels = set()
         for td in self._tracks:
             for sid in td.stem_ids:
@@ -232,11 +237,26 @@ class StemSampler:
         raise DatasetError(f"{self.root}: no crop with 2 active stems found in {max_tries} tries "
                            f"(threshold {self.active_db} dBFS on {self.min_active:.0%} of the crop)")
 
+    def sample_category(self, rng: np.random.Generator, category: str, tries: int = 8) -> dict | None:
+        """An example whose target is a stem of ``category`` (another song's, usually): a stem of
+        that category drawn uniformly, at an offset where it plays beside another stem. None when
+        no stem of the category is found active in ``tries`` draws."""
+        pool = self._by_category.get(category)
+        if not pool:
+            return None
+        for _ in range(tries):
+            ti, si = pool[int(rng.integers(len(pool)))]
+            it = self.sample_track(rng, ti, offsets=2, target=si)
+            if it is not None:
+                return it
+        return None
+
     def sample_track(self, rng: np.random.Generator, ti: int, exclude: set | frozenset = frozenset(),
-                     offsets: int = 4) -> dict | None:
+                     offsets: int = 4, target: int | None = None) -> dict | None:
         """An example from track index ``ti`` whose target stem id is not in ``exclude`` (song-grouped
         batches: several targets of one song). Tries ``offsets`` random offsets; None if none has
-        an allowed active target beside at least one other active stem."""
+        an allowed active target beside at least one other active stem. ``target``: this stem
+        index must be the target (it must be active at the offset)."""
         from training.config import class_index
 
         td = self._tracks[ti]
@@ -245,7 +265,8 @@ class StemSampler:
             act = self.active(ti, off)
             if len(act) < 2:
                 continue
-            allowed = np.asarray([a for a in act if td.stem_ids[int(a)] not in exclude], dtype=np.int64)
+            allowed = np.asarray([a for a in act if td.stem_ids[int(a)] not in exclude
+                                  and (target is None or int(a) == target)], dtype=np.int64)
             if len(allowed):
                 break
         else:
