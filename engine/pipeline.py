@@ -64,7 +64,10 @@ class HopResult:
     ``activation_time``: time (s) of ``activation[0]``; ``timings``: ms per stage (read,
     frontend, encode, predict, search, beat_head, tracker, total); ``counters``: cumulative
     ``hops`` (computed), ``drops``, ``overruns`` (ring), ``nonfinite`` (samples zeroed),
-    ``restarts`` (front-end restarts after stalls).
+    ``restarts`` (front-end restarts after stalls); ``level_db``: RMS level (dBFS) of the
+    audio in the window; ``hop_level_db``: the same over this hop's newest samples; ``signal``:
+    the window is louder than the matcher's ``signal_threshold_db`` -- without signal there are
+    no matches (empty lists) and the beat tracker is fed zero activation (it reports silence).
     """
 
     stream_time: float
@@ -78,10 +81,14 @@ class HopResult:
     activation_time: float | None
     timings: dict
     counters: dict = field(default_factory=dict)
+    level_db: float = -120.0
+    hop_level_db: float = -120.0
+    signal: bool = False
 
     def to_dict(self) -> dict:
         return {"stream_time": self.stream_time, "end_sample": self.end_sample, "hop_index": self.hop_index,
-                "ready": self.ready, "window_frames": self.window_frames,
+                "ready": self.ready, "window_frames": self.window_frames, "level_db": self.level_db,
+                "hop_level_db": self.hop_level_db, "signal": self.signal,
                 "matches": {k: [m.to_dict() for m in v] for k, v in self.matches.items()},
                 "beat": None if self.beat is None else self.beat.to_dict(),
                 "activation": [float(a) for a in self.activation], "activation_time": self.activation_time,
@@ -103,14 +110,20 @@ class Matcher:
     ``restrict_category``: search each instrument only among stems of its category;
     ``ring_s``: ring capacity (s); ``drop_late``: drop late hops (live) or process every hop
     (offline); ``blas_threads``: limit the process's BLAS pool (None: leave it);
-    ``tracker_kw``: extra arguments for :class:`CausalBeatTracker`.
+    ``tracker_kw``: extra arguments for :class:`CausalBeatTracker`; ``signal_threshold_db``:
+    the window level (RMS, dBFS) below which the input counts as silence (default -60 dBFS:
+    digital silence, a muted input or hum well below playing level).
     """
 
     def __init__(self, backend, library: StemLibrary | None = None, instruments=(), k: int = 5,
                  hop_ms: float = 160, window_s: float = 8.0, restrict_category: bool = False, *,
                  ring_s: float = 30.0, min_window_s: float = 1.0, drop_late: bool = True,
-                 blas_threads: int | None = 1, tracker_kw: dict | None = None, beats: bool = True):
+                 blas_threads: int | None = 1, tracker_kw: dict | None = None, beats: bool = True,
+                 signal_threshold_db: float = -60.0):
         self.backend = backend
+        if not np.isfinite(signal_threshold_db):
+            raise ValueError(f"signal_threshold_db must be finite, not {signal_threshold_db}")
+        self.signal_threshold_db = float(signal_threshold_db)
         fe = _manifest_get(backend, "frontend")
         self.fe = FrontEndConfig.from_dict(fe) if isinstance(fe, dict) else FrontEndConfig()
         cfg = _manifest_get(backend, "config") or {}
@@ -233,6 +246,9 @@ class Matcher:
         self._hop_index = -1
         self._act_next: int | None = None
         self.tracker.reset(0.0)
+        # mean square of the audio per 10-ms front-end hop, for the newest W frames (the window)
+        self._ms = np.zeros(self.W, dtype=np.float64)
+        self._ms_n = 0
         self.hops = 0
         self.drops = 0
         self.nonfinite = 0
@@ -308,6 +324,8 @@ class Matcher:
         if bad.any():
             self.nonfinite += int(bad.sum())
             x[bad] = 0.0
+        level_db, hop_level_db = self._levels(x, end - need)
+        signal = level_db >= self.signal_threshold_db
         tm["read"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
@@ -329,7 +347,7 @@ class Matcher:
             self.hops += 1
             tm["total"] = (time.perf_counter() - t_start) * 1e3
             return HopResult(stream_time, end, self._hop_index, False, T, {}, None,
-                             np.zeros(0, np.float32), None, tm, self.counters())
+                             np.zeros(0, np.float32), None, tm, self.counters(), level_db, hop_level_db, signal)
 
         # --- encoder
         t0 = time.perf_counter()
@@ -341,7 +359,8 @@ class Matcher:
         matches: dict[str, list[Match]] = {}
         if self.instruments:
             t0 = time.perf_counter()
-            emb = self.backend.predict(tokens, self._cond) if self.library is not None and len(self.library) else None
+            emb = (self.backend.predict(tokens, self._cond)
+                   if signal and self.library is not None and len(self.library) else None)
             tm["predict"] = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             if emb is not None:
@@ -367,6 +386,8 @@ class Matcher:
                 self._act_next = m_start
                 self.tracker.reset(self.act_time(m_start))
             new_act = act[self._act_next - m_start:]
+            if not signal or hop_level_db < self.signal_threshold_db:
+                new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
             act_time = self.act_time(self._act_next)
             beat_state = self.tracker.process(new_act)
             self._act_next = m_end
@@ -375,7 +396,25 @@ class Matcher:
         self.hops += 1
         tm["total"] = (time.perf_counter() - t_start) * 1e3
         return HopResult(stream_time, end, self._hop_index, True, T, matches, beat_state, new_act, act_time, tm,
-                         self.counters())
+                         self.counters(), level_db, hop_level_db, signal)
+
+    def _levels(self, x: np.ndarray, n_new: int) -> tuple[float, float]:
+        """(window level, hop level) in dBFS after the ``n_new`` newest samples of ``x``; the
+        window keeps one mean square per 10-ms front-end hop for its W frames."""
+        h = self.fe.hop
+        new = x[len(x) - n_new:] if n_new <= len(x) else x
+        k = len(new) // h
+        if k:
+            ms = np.einsum("ij,ij->i", new[-k * h:].reshape(k, h), new[-k * h:].reshape(k, h)) / h
+            if k >= self.W:
+                self._ms[:] = ms[-self.W:]
+            else:
+                self._ms[:-k] = self._ms[k:]
+                self._ms[-k:] = ms
+            self._ms_n = min(self.W, self._ms_n + k)
+        hop_ms = float(np.mean(new.astype(np.float64) ** 2)) if len(new) else 0.0
+        win = float(self._ms[self.W - self._ms_n:].mean()) if self._ms_n else 0.0
+        return 10.0 * np.log10(win + 1e-12), 10.0 * np.log10(hop_ms + 1e-12)
 
     # ------------------------------------------------------------------ offline
     def run_array(self, samples: np.ndarray, chunk: int = 2560, sr: int | None = None,

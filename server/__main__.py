@@ -29,6 +29,9 @@ def parse_args(argv=None):
     ap.add_argument("--instruments", default=",".join(config.DEFAULT_INSTRUMENTS),
                     help='comma-separated instrument names (default "%(default)s")')
     ap.add_argument("--k", type=int, default=config.DEFAULT_K, help="matches per instrument (default %(default)s)")
+    ap.add_argument("--signal-threshold", type=float, default=config.SIGNAL_THRESHOLD_DB, metavar="DBFS",
+                    help="input level (RMS over the window, dBFS) below which the input counts as silence: "
+                    "no matches, no tempo, no beats (default %(default)s)")
     ap.add_argument("--hop", type=float, default=config.DEFAULT_HOP_MS, help="hop in ms (default %(default)s)")
     ap.add_argument("--min-bpm", type=float, default=config.BPM_RANGE[0],
                     help="slowest tempo the beat tracker considers (default %(default)g)")
@@ -150,6 +153,7 @@ def build_engine(a):
                           f"python -m engine.library build STEMS_DIR {_rel(lib_path)} --model {_rel(model)}")
     try:
         m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
+                    signal_threshold_db=a.signal_threshold,
                     window_s=config.DEFAULT_WINDOW_S, restrict_category=a.restrict_category,
                     tracker_kw={"min_bpm": a.min_bpm, "max_bpm": a.max_bpm})
     except ValueError as e:  # e.g. an instrument name the model cannot condition on (no text encoder)

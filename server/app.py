@@ -75,6 +75,12 @@ def load_curve_server(keys_dir: str | Path) -> tuple[bytes, bytes, Path | None]:
 
 
 # ---------------------------------------------------------------------------- hop result access
+def _level(v) -> float:
+    """A level in dBFS for a message: finite, within the schema's [-200, 20]."""
+    v = _num(v)
+    return -200.0 if v is None else float(min(20.0, max(-200.0, round(v, 2))))
+
+
 def _get(obj, name, default=None):
     if obj is None:
         return default
@@ -165,6 +171,8 @@ class Server:
         self.last_latency = None
         self.last_stream_time = 0.0
         self.last_counters: dict = {}
+        self.last_signal: bool | None = None
+        self.last_level_db: float | None = None
         self.finished = False
         self.feeder = Feeder(source.capture)
         self.feeder.attach(matcher.ring)
@@ -197,6 +205,9 @@ class Server:
         pub = self.ctx.socket(zmq.PUB)
         pub.linger = 0
         pub.sndhwm = config.PUB_SNDHWM
+        # a subscription message is a topic prefix: one of a few bytes is all a client needs;
+        # without a cap, one 8-MiB SUBSCRIBE grew the server by 700 MB and froze the hop worker
+        pub.setsockopt(zmq.MAXMSGSIZE, config.MAX_SUB_WIRE_BYTES)
         self._secure(pub)
         ctl = self.ctx.socket(zmq.ROUTER)
         ctl.linger = 0
@@ -330,6 +341,8 @@ class Server:
         c = _counters(res)
         self.last_counters = c
         self.last_stream_time = st
+        self.last_signal = bool(_get(res, "signal", True))
+        self.last_level_db = _level(_get(res, "level_db", None))
         # hop index counting dropped hops: consecutive messages differ by 1 + drops in between
         hop = _get(res, "hop_index", None)
         if hop is None:
@@ -365,7 +378,9 @@ class Server:
                             "score": _num(_get(it, "score", 0.0)) or 0.0})
             out[str(inst)] = lst
         ready = bool(_get(res, "ready", True))
-        m.update({"hop": hop, "ready": ready, "k": self.k,
+        signal = bool(_get(res, "signal", True))
+        m.update({"hop": hop, "ready": ready, "signal": signal, "level_db": _level(_get(res, "level_db", None)),
+                  "k": self.k,
                   "instruments": list(matches.keys()) or list(self.instruments),
                   "matches": out, "timings_ms": timings})
         return m
@@ -389,15 +404,22 @@ class Server:
             act = _get(b, "activation", None)
         act = [] if act is None else np.clip(np.nan_to_num(np.asarray(act, dtype=np.float64).reshape(-1)), 0, 1)
         conf = _num(_get(b, "confidence"))
+        signal = bool(_get(res, "signal", True))
+        if not signal:  # silence is reported as silence: no tempo, no phase, no forecast
+            tempo = phase = None
+            nb = []
+            conf = 0.0
         speed = getattr(self.source, "speed", None) or 1.0
         base = arrival if arrival is not None else time.time()
         m = self._header("beat", st, arrival)
         m.update({
-            "hop": hop, "tempo": tempo, "phase": phase, "period_s": (60.0 / tempo) if tempo else None,
-            "last_beat": _num(_get(b, "last_beat")), "next_beats": nb,
+            "hop": hop, "signal": signal, "level_db": _level(_get(res, "hop_level_db", None)),
+            "tempo": tempo, "phase": phase, "period_s": (60.0 / tempo) if tempo else None,
+            "last_beat": _num(_get(b, "last_beat")) if signal else None, "next_beats": nb,
             "next_beats_wall": [base + (x - st) / speed for x in nb],
-            "beats_in_hop": [float(x) for x in np.asarray(_get(b, "beats", None) if _get(b, "beats", None)
-                                                             is not None else [], dtype=np.float64).reshape(-1)],
+            "beats_in_hop": [] if not signal else
+            [float(x) for x in np.asarray(_get(b, "beats", None) if _get(b, "beats", None)
+                                          is not None else [], dtype=np.float64).reshape(-1)],
             "confidence": None if conf is None else min(1.0, max(0.0, conf)),
             "activation": [round(float(a), 5) for a in act], "activation_rate": 50.0,
             "activation_time": _num(_get(res, "activation_time", None)),
@@ -437,7 +459,9 @@ class Server:
                             "overruns": int(c.get("overruns", _get(self.matcher.ring, "overruns", 0))),
                             "capture_overruns": int(self.source.capture.overruns),
                             "published": dict(self.seq), "ctl_requests": self.n_ctl,
-                            "ctl_errors": self.n_ctl_err, "hop_errors": self.hop_errors},
+                            "ctl_errors": self.n_ctl_err, "hop_errors": self.hop_errors,
+                            "nonfinite": int(c.get("nonfinite", 0)), "restarts": int(c.get("restarts", 0))},
+               "signal": self.last_signal, "level_db": self.last_level_db,
                "latency": self.lat.stats(),
                "timings_ms": {k: round(float(np.median(v)), 3) for k, v in list(self.timings.items()) if v},
                "midi": midi, "pub": self.pub_addr, "ctl": self.ctl_addr, "protocol": P.VERSION}

@@ -25,6 +25,8 @@ STATUS_PERIOD_S = 1.0
 LATENCY_WINDOW = 1000  # hops kept for the p50/p99 latency statistics
 
 MAX_CTL_BYTES = 64 * 1024  # a control request larger than this gets a "too_large" error
+SIGNAL_THRESHOLD_DB = -60.0  # window RMS below this is silence (engine.pipeline.Matcher)
+MAX_SUB_WIRE_BYTES = 4096  # ZMQ_MAXMSGSIZE on PUB: a subscription (topic prefix) longer than this disconnects the peer
 MAX_CTL_WIRE_BYTES = 1024 * 1024  # ZMQ_MAXMSGSIZE: peers sending more are disconnected by libzmq
 MAX_INSTRUMENTS = 16
 MAX_K = 100

@@ -152,7 +152,12 @@ class Str(Spec):
 
 
 class Bool(Spec):
+    def __init__(self, null: bool = False):
+        self.null = null
+
     def check(self, v, path, errs):
+        if v is None and self.null:
+            return
         if not isinstance(v, bool):
             errs.append(f"{path}: expected bool, got {type(v).__name__}")
 
@@ -261,6 +266,8 @@ MATCH = Obj({
     **_header("match"),
     "hop": Int(0),  # hop index since the stream (re)started, dropped hops included
     "ready": Bool(),  # False while the window is shorter than the matcher's minimum (no matches)
+    "signal": Bool(),  # False: the window is below the signal threshold (silence): no matches
+    "level_db": Num(-200, 20),  # dBFS RMS of the window's audio
     "k": Int(1),
     "instruments": List(Str(nonempty=True)),
     "matches": Map(List(MATCH_ITEM)),
@@ -270,6 +277,8 @@ MATCH = Obj({
 BEAT = Obj({
     **_header("beat"),
     "hop": Int(0),
+    "signal": Bool(),  # False: silence -- tempo, phase and next beats are null/empty, confidence 0
+    "level_db": Num(-200, 20),  # dBFS RMS of this hop's audio
     "tempo": Num(0, null=True),  # BPM, null while unknown
     "phase": Num(0, 1, null=True),  # position within the current beat, [0, 1)
     "period_s": Num(0, null=True),  # 60 / tempo
@@ -312,6 +321,8 @@ STATUS = Obj({
     "library": Obj({"path": Str(), "stems": Int(0), "tracks": Int(0, null=True)}),
     "counters": _COUNTERS,
     "latency_ms": Num(0, null=True),
+    "signal": Bool(null=True),  # of the latest hop (null before the first)
+    "level_db": Num(-200, 20, null=True),  # dBFS RMS of the latest hop's window
     "latency": _LAT,
     "timings_ms": Map(Num(0)),
     "midi": Obj({"enabled": Bool(), "port": Str(null=True), "channel": Int(1, 16), "note": Int(0, 127),

@@ -307,3 +307,51 @@ def test_node_subscriber_receives(tmp_path, server_assets):
             assert obj["ok"] and obj["pong"]
         else:
             assert not P.validate_message(kind, obj)
+
+
+def test_silence_is_reported_as_silence_and_oversized_subscriptions_are_cut(tmp_path, server_assets):
+    """Ten seconds of digital silence through --input: every match is empty with signal false,
+    every beat has no tempo, no forecast and confidence 0, status says signal false. A subscriber
+    that subscribes to everything and also sends a 16-KiB subscription prefix is disconnected by
+    PUB's size limit (each reconnect resends it), so it gets nothing while the server keeps
+    publishing to the others. (A far longer prefix would crash the *client's* own libzmq: its
+    subscription trie is freed recursively.)"""
+    import soundfile as sf
+
+    wav = tmp_path / "silence.wav"
+    sf.write(str(wav), np.zeros(16000 * 10, dtype=np.float32), 16000)
+    pub, ctl = addrs()
+    p = start_server(["--model", str(server_assets.model), "--library", str(server_assets.library), "--input",
+                      str(wav), "--speed", "2", "--instruments", "electric bass,drum kit", "--pub", pub, "--ctl", ctl,
+                      "--threads", "1"])
+    ctx = zmq.Context()
+    try:
+        wait_ready(ctx, ctl, p)
+        sub = Subscriber(ctx, pub)
+        hostile = ctx.socket(zmq.SUB)
+        hostile.setsockopt(zmq.SUBSCRIBE, b"")
+        hostile.setsockopt(zmq.SUBSCRIBE, b"m" + b"x" * (16 << 10))
+        hostile.connect(pub)
+        sub.poll(4.0, until=lambda t, m: t == "beat" and m["hop"] > 20)
+        matches = [m for m in sub.of("match") if m["ready"]]
+        beats = sub.of("beat")
+        assert matches and beats
+        for m in matches:
+            assert not P.validate_message("match", m)
+            assert m["signal"] is False and all(v == [] for v in m["matches"].values()) and m["level_db"] < -100
+        for b in beats:
+            assert not P.validate_message("beat", b)
+            assert b["signal"] is False and b["tempo"] is None and b["next_beats"] == [] and b["confidence"] == 0.0
+            assert b["beats_in_hop"] == []
+        st = request(ctx, ctl, {"cmd": "status"}, timeout_s=10)["status"]
+        assert st["signal"] is False and st["level_db"] < -100
+        assert "nonfinite" in st["counters"] and "restarts" in st["counters"]
+        got = 0
+        while hostile.poll(0):
+            hostile.recv_multipart()
+            got += 1
+        assert len(sub.msgs) > 20 and got <= 2, (len(sub.msgs), got)
+        hostile.close(0)
+    finally:
+        stop(p)
+        ctx.destroy(linger=0)

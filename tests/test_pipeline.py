@@ -250,3 +250,40 @@ def test_beat_timing_through_the_pipeline(backend):
     assert f > 0.9
     assert abs(last.tempo - bpm) < 4
     assert np.max(np.abs(last.next_beats - grid[grid > last.time][:4])) < 0.05
+
+
+def test_silence_gives_no_matches_and_no_beats(backend, library):
+    """Digital silence and input below the threshold: signal False, empty match lists, zero
+    activation into the tracker; then music: signal True and matches. Levels are in dBFS."""
+    silence = np.zeros(16000 * 10, dtype=np.float32)
+    hum = (1e-4 * np.sin(2 * np.pi * 50 * np.arange(16000 * 10) / 16000)).astype(np.float32)  # -83 dBFS
+    music = mixture(1, 10.0)
+    m = Matcher(backend, library, instruments=["drums", "fretless bass"], k=3, drop_late=False)
+    res = m.run_array(np.concatenate([silence, hum]))
+    ready = [r for r in res if r.ready]
+    assert ready and all(not r.signal for r in ready)
+    assert all(r.matches == {"drums": [], "fretless bass": []} for r in ready)
+    assert all(not r.activation.any() for r in ready)  # the tracker saw no onsets
+    assert all(r.level_db < -80 for r in ready)
+    assert all(not r.beat.beats for r in ready)  # no beats from silence
+    res = m.run_array(music)
+    late = res[-10:]  # the window is full of music by now
+    assert all(r.signal and r.level_db > -40 for r in late)
+    assert all(len(r.matches["drums"]) == 3 for r in late)
+    # a threshold above the music's level silences it too
+    loud = Matcher(backend, library, instruments=["drums"], k=3, drop_late=False, signal_threshold_db=0.0)
+    assert all(not r.signal and r.matches == {"drums": []} for r in loud.run_array(music) if r.ready)
+    with pytest.raises(ValueError):
+        Matcher(backend, library, instruments=["drums"], signal_threshold_db=float("nan"))
+
+
+def test_level_follows_the_window_not_the_whole_stream(backend, library):
+    """Music, then 9 s of silence: once the window holds only silence, signal is False again."""
+    m = Matcher(backend, library, instruments=["drums"], k=2, drop_late=False)
+    res = m.run_array(np.concatenate([mixture(2, 6.0), np.zeros(16000 * 9, np.float32)]))
+    assert any(r.signal for r in res if r.ready)
+    assert not res[-1].signal and res[-1].matches == {"drums": []}
+    # the level is the window's: louder input raises it by the gain in dB
+    a = Matcher(backend, library, instruments=["drums"], drop_late=False).run_array(mixture(2, 9.0))[-1].level_db
+    b = Matcher(backend, library, instruments=["drums"], drop_late=False).run_array(0.1 * mixture(2, 9.0))[-1].level_db
+    assert a - b == pytest.approx(20.0, abs=0.01)

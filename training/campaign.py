@@ -1,0 +1,134 @@
+"""The long training campaign: state that survives sessions and machines, and its learning curve.
+
+A campaign is a chain of stages, one or more per session, each resuming from the weights the
+last one committed. What git holds (``campaign/``):
+
+* ``weights.pt``   the latest weights, stripped, float tensors in bf16 (about 17 MB for tiny);
+                   one file, replaced each session (``save-weights``);
+* ``curve.jsonl``  one line per evaluation: training hours so far, steps, checkpoint, and the
+                   validation suite's figures per set (``log``);
+* ``curve.png``    cross-corpus and cross-soundfont median normalised rank and R@5 against
+                   training hours (``plot``);
+* ``README.md``    where the campaign stands and how to continue it.
+
+A stage starts from ``init=campaign/weights.pt`` (training.fit reads bf16 weights as fp32), on the
+varied render rebuilt from its seed (``python -m training.data render-varied train ...``).
+
+CLI::
+
+    python -m training.campaign save-weights CKPT [campaign/weights.pt]
+    python -m training.campaign log SUITE_JSON --hours H --steps N [--note TEXT]
+    python -m training.campaign plot [campaign/curve.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "campaign"
+WEIGHTS = ROOT / "weights.pt"
+CURVE = ROOT / "curve.jsonl"
+KEEP = ("format", "version", "config", "frontend", "norm", "text", "labels", "phase", "step", "conditioning")
+
+
+def save_weights(checkpoint: str | Path, out: str | Path = WEIGHTS) -> dict:
+    """The checkpoint's weights in bf16 (no optimizer, no queue), loadable by ``load_model``."""
+    import torch
+
+    from .checkpoint import read_checkpoint
+
+    st = read_checkpoint(checkpoint)
+    out = Path(out)
+    doc = {k: st[k] for k in KEEP if k in st}
+    doc["model"] = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in st["model"].items()}
+    doc["weights_dtype"] = "bfloat16"
+    doc["campaign_source"] = {"checkpoint": str(checkpoint), "step": st.get("step")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(doc, tmp)
+    tmp.replace(out)
+    return {"path": str(out), "bytes": out.stat().st_size, "step": st.get("step")}
+
+
+def log_eval(suite: dict, hours: float, steps: int, note: str = "", path: str | Path = CURVE) -> dict:
+    rec = {"hours": round(float(hours), 3), "steps": int(steps), "checkpoint": suite.get("checkpoint"), "note": note,
+           "sets": {name: {**r["overall"], "n_tracks": r["n_tracks"], "n_candidates": r["n_candidates"]}
+                    for name, r in suite["sets"].items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def read_curve(path: str | Path = CURVE) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_curve(out: str | Path = ROOT / "curve.png", path: str | Path = CURVE,
+               sets=("cross-corpus", "cross-soundfont", "in-domain")) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_curve(path)
+    if not recs:
+        raise SystemExit(f"{path}: no evaluations logged yet")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sets:
+        pts = [(r["hours"], r["sets"][name]) for r in recs if name in r["sets"]]
+        if not pts:
+            continue
+        h = [p[0] for p in pts]
+        axes[0].plot(h, [p[1]["nrank_median"] for p in pts], "o-", label=name)
+        axes[1].plot(h, [p[1]["R@5"] for p in pts], "o-", label=name)
+    axes[0].axhline(2.0, color="k", ls="--", lw=0.8, label="target 2 %")
+    axes[1].axhline(40.0, color="k", ls="--", lw=0.8, label="target 40 %")
+    axes[0].set_ylabel("median normalised rank (%)")
+    axes[1].set_ylabel("R@5 (%)")
+    for ax in axes:
+        ax.set_xlabel("training hours (campaign)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.campaign", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("save-weights", help="commit-sized bf16 weights of a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("out", nargs="?", default=str(WEIGHTS))
+    lg = sub.add_parser("log", help="append a validation-suite result to the learning curve")
+    lg.add_argument("suite_json", help="output of `python -m training eval suite --json`")
+    lg.add_argument("--hours", type=float, required=True, help="campaign training hours so far")
+    lg.add_argument("--steps", type=int, required=True, help="campaign training steps so far")
+    lg.add_argument("--note", default="")
+    p = sub.add_parser("plot", help="the learning-curve plot")
+    p.add_argument("out", nargs="?", default=str(ROOT / "curve.png"))
+    a = ap.parse_args(argv)
+    if a.cmd == "save-weights":
+        print(json.dumps(save_weights(a.checkpoint, a.out)))
+    elif a.cmd == "log":
+        try:
+            suite = json.loads(Path(a.suite_json).read_text())
+        except (OSError, ValueError) as e:
+            print(f"training.campaign: {a.suite_json}: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(log_eval(suite, a.hours, a.steps, a.note)))
+    else:
+        print(plot_curve(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
