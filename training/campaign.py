@@ -19,6 +19,7 @@ CLI::
     python -m training.campaign save-weights CKPT [campaign/weights.pt]
     python -m training.campaign log SUITE_JSON --hours H --steps N [--note TEXT]
     python -m training.campaign plot [campaign/curve.png]
+    python -m training.campaign table NAME=SUITE_JSON ... [--per-category]
 """
 from __future__ import annotations
 
@@ -102,6 +103,26 @@ def plot_curve(out: str | Path = ROOT / "curve.png", path: str | Path = CURVE,
     return Path(out)
 
 
+def suite_table(named: dict[str, dict], sets=("in-domain", "cross-corpus", "cross-soundfont"),
+                per_category: bool = False) -> str:
+    """Markdown table of validation-suite results ``{system name: suite dict}``."""
+    lines = ["| set | system | tracks, candidates | R@1 | R@5 | R@10 | median norm. rank | mean norm. rank |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for st in sets:
+        for name, suite in named.items():
+            r = suite["sets"].get(st)
+            if r is None:
+                continue
+            m = r["overall"]
+            lines.append(f"| {st} | {name} | {r['n_tracks']}, {r['n_candidates']} | {m['R@1']:.1f} | {m['R@5']:.1f} | "
+                         f"{m['R@10']:.1f} | {m['nrank_median']:.2f} % | {m['nrank_mean']:.2f} % |")
+            if per_category:
+                for cat, c in r["per_category"].items():
+                    lines.append(f"| | &nbsp;&nbsp;{cat} ({c['n']}) | | {c['R@1']:.1f} | {c['R@5']:.1f} | {c['R@10']:.1f} | "
+                                 f"{c['nrank_median']:.2f} % | {c['nrank_mean']:.2f} % |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.campaign", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -113,6 +134,9 @@ def main(argv=None) -> int:
     lg.add_argument("--hours", type=float, required=True, help="campaign training hours so far")
     lg.add_argument("--steps", type=int, required=True, help="campaign training steps so far")
     lg.add_argument("--note", default="")
+    t = sub.add_parser("table", help="markdown table of validation-suite results")
+    t.add_argument("results", nargs="+", help="NAME=SUITE_JSON ...")
+    t.add_argument("--per-category", action="store_true")
     p = sub.add_parser("plot", help="the learning-curve plot")
     p.add_argument("out", nargs="?", default=str(ROOT / "curve.png"))
     a = ap.parse_args(argv)
@@ -125,6 +149,12 @@ def main(argv=None) -> int:
             print(f"training.campaign: {a.suite_json}: {e}", file=sys.stderr)
             return 2
         print(json.dumps(log_eval(suite, a.hours, a.steps, a.note)))
+    elif a.cmd == "table":
+        named = {}
+        for item in a.results:
+            name, _, path = item.partition("=")
+            named[name] = json.loads(Path(path).read_text())
+        print(suite_table(named, per_category=a.per_category))
     else:
         print(plot_curve(a.out))
     return 0

@@ -346,6 +346,9 @@ def build_model(cfg: TrainConfig, ckpt_dir: Path) -> tuple[StemJEPA, dict, dict 
     if not cfg.init:
         return model, {}, None
     init_model, state = load_model(cfg.init)
+    if cfg.phase == "beats":  # a head on the frozen encoder: the encoder stays what it was trained as
+        mcfg = mcfg.with_(causal=init_model.cfg.causal)
+        model = StemJEPA(mcfg)
     if init_model.cfg.with_(conditioning=mcfg.conditioning, causal=mcfg.causal) != mcfg:
         raise SystemExit(f"init checkpoint {cfg.init} has config {init_model.cfg.name!r} incompatible with {mcfg.name!r}")
     model.encoder.load_state_dict(init_model.encoder.state_dict())
