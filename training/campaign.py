@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "campaign"
 WEIGHTS = ROOT / "weights.pt"
 CURVE = ROOT / "curve.jsonl"
+STATE = ROOT / "state.json"  # {"stage": n, "hours": training hours so far, "steps": steps so far, "causal": bool}
 KEEP = ("format", "version", "config", "frontend", "norm", "text", "labels", "phase", "step", "conditioning")
 
 
@@ -103,6 +104,33 @@ def plot_curve(out: str | Path = ROOT / "curve.png", path: str | Path = CURVE,
     return Path(out)
 
 
+def read_state(path: str | Path = STATE) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else {"stage": 0, "hours": 0.0, "steps": 0}
+
+
+def finish_stage(run_dir: str | Path, data_root: str | Path, note: str = "", threads: int = 1) -> dict:
+    """After a stage: evaluate its last checkpoint on the suite, add its hours and steps to the
+    campaign, log the curve point, replace ``campaign/weights.pt``, update state and plot."""
+    from .evaluate import evaluate_suite
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "last.pt" if (run_dir / "last.pt").is_file() else run_dir / "final.pt"
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+    st = read_state()
+    hours = float((run_dir / "elapsed_s").read_text()) / 3600 if (run_dir / "elapsed_s").is_file() else None
+    if hours is None:  # from the log's own pace is not recorded: count steps at the stage's rate
+        raise SystemExit(f"{run_dir}: no elapsed_s (written by training.fit); cannot count training hours")
+    steps = len(log)
+    suite = evaluate_suite(ckpt, data_root, threads=threads)
+    st = {**st, "stage": st["stage"] + 1, "hours": round(st["hours"] + hours, 3), "steps": st["steps"] + steps}
+    log_eval(suite, st["hours"], st["steps"], note or f"stage {st['stage']} ({run_dir.name})")
+    save_weights(ckpt)
+    STATE.write_text(json.dumps(st, indent=1))
+    plot_curve()
+    return st
+
+
 def suite_table(named: dict[str, dict], sets=("in-domain", "cross-corpus", "cross-soundfont"),
                 per_category: bool = False) -> str:
     """Markdown table of validation-suite results ``{system name: suite dict}``."""
@@ -134,6 +162,10 @@ def main(argv=None) -> int:
     lg.add_argument("--hours", type=float, required=True, help="campaign training hours so far")
     lg.add_argument("--steps", type=int, required=True, help="campaign training steps so far")
     lg.add_argument("--note", default="")
+    f = sub.add_parser("finish", help="after a stage: evaluate, log the curve, replace campaign/weights.pt")
+    f.add_argument("run_dir")
+    f.add_argument("--data", required=True, help="folder holding the validation sets")
+    f.add_argument("--note", default="")
     t = sub.add_parser("table", help="markdown table of validation-suite results")
     t.add_argument("results", nargs="+", help="NAME=SUITE_JSON ...")
     t.add_argument("--per-category", action="store_true")
@@ -149,6 +181,8 @@ def main(argv=None) -> int:
             print(f"training.campaign: {a.suite_json}: {e}", file=sys.stderr)
             return 2
         print(json.dumps(log_eval(suite, a.hours, a.steps, a.note)))
+    elif a.cmd == "finish":
+        print(json.dumps(finish_stage(a.run_dir, a.data, a.note)))
     elif a.cmd == "table":
         named = {}
         for item in a.results:

@@ -84,6 +84,7 @@ class TrainConfig:
     queue_size: int = 0  # >0: FIFO of this many pooled target embeddings of earlier steps, extra negatives
     # for the auxiliary InfoNCE (the target side is the EMA encoder, so queued entries stay comparable)
     stop_after: int = 0  # stop after this many steps in this invocation (resume later); 0 = run to the end
+    stop_minutes: float = 0.0  # stop (checkpointing) once this invocation has trained this long; 0 = no limit
 
     @classmethod
     def load(cls, path: str | None, overrides: list[str]) -> "TrainConfig":
@@ -421,11 +422,15 @@ def fit(cfg: TrainConfig) -> Path:
     amp_dtype = torch.bfloat16
     amp = cfg.amp
 
+    elapsed0 = float(resume.get("elapsed_s", 0.0)) if resume is not None else 0.0
+
     def save(name: str, step: int) -> None:
         if rank != 0:
             return
+        elapsed = elapsed0 + time.time() - t0  # training seconds of this run, across resumes
+        (out / "elapsed_s").write_text(f"{elapsed:.1f}\n")
         save_checkpoint(out / name, model, norm=norm, text=text_meta, phase=cfg.phase, step=step,
-                        optimizer=opt.state_dict(), train_config=asdict(cfg), labels=labels,
+                        elapsed_s=elapsed, optimizer=opt.state_dict(), train_config=asdict(cfg), labels=labels,
                         queue=step_mod.queue.state(),
                         conditioning={k: v.tolist() for k, v in (text_table or {}).items()} or
                         init_state.get("conditioning", {}))
@@ -439,6 +444,11 @@ def fit(cfg: TrainConfig) -> Path:
             save("last.pt", step)
             if rank == 0:
                 print(f"[fit] stopped after {cfg.stop_after} steps at step {step}; run again to resume")
+            break
+        if cfg.stop_minutes and time.time() - t0 >= 60.0 * cfg.stop_minutes:
+            save("last.pt", step)
+            if rank == 0:
+                print(f"[fit] stopped after {cfg.stop_minutes:g} minutes at step {step}; run again to resume")
             break
         rng = np.random.default_rng([cfg.seed, step, rank])
         batch = {k: v.to(device) for k, v in make_batch(sampler, rng, cfg, text_table, beat_fps, n_act).items()}
