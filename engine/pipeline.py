@@ -325,7 +325,7 @@ class Matcher:
             self.nonfinite += int(bad.sum())
             x[bad] = 0.0
         level_db, hop_level_db = self._levels(x, end - need)
-        signal = level_db >= self.signal_threshold_db
+        signal = bool(level_db >= self.signal_threshold_db)
         tm["read"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
@@ -414,7 +414,7 @@ class Matcher:
             self._ms_n = min(self.W, self._ms_n + k)
         hop_ms = float(np.mean(new.astype(np.float64) ** 2)) if len(new) else 0.0
         win = float(self._ms[self.W - self._ms_n:].mean()) if self._ms_n else 0.0
-        return 10.0 * np.log10(win + 1e-12), 10.0 * np.log10(hop_ms + 1e-12)
+        return float(10.0 * np.log10(win + 1e-12)), float(10.0 * np.log10(hop_ms + 1e-12))
 
     # ------------------------------------------------------------------ offline
     def run_array(self, samples: np.ndarray, chunk: int = 2560, sr: int | None = None,

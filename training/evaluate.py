@@ -73,9 +73,12 @@ def read_track_list(path: str | Path) -> list[str]:
 
 
 def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = None,
-                max_seconds: float | None = None, only: list[str] | None = None) -> list[EvalTrack]:
+                max_seconds: float | None = None, only: list[str] | None = None,
+                chunks: tuple[int, int] | None = None) -> list[EvalTrack]:
     """Tracks of ``split``; ``only``: exactly these track ids of the split (in this order), every
-    one must exist there."""
+    one must exist there. ``chunks = (max_chunks, window)``: keep only the windows retrieval will
+    embed (:func:`chunk_starts`), back to back -- the same windows come out again, and whole songs
+    no longer sit in memory (a suite over 400 whole songs held 15 GB)."""
     from .data.layout import load_dataset
 
     tracks = load_dataset(root, split=split)
@@ -99,6 +102,9 @@ def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = No
             continue
         n = max(len(s[3]) for s in stems)
         stems = [(a, b, c, np.pad(x, (0, n - len(x)))) for a, b, c, x in stems]
+        if chunks is not None and n > chunks[1]:
+            starts = chunk_starts(n, chunks[1], chunks[0])
+            stems = [(a, b, c, np.concatenate([x[s0:s0 + chunks[1]] for s0 in starts])) for a, b, c, x in stems]
         beats = np.asarray(t.beats, dtype=np.float64) if getattr(t, "beats", None) else None
         out.append(EvalTrack(t.track_id, stems, beats))
     if not out:
@@ -380,9 +386,11 @@ def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, th
         if not (data / "splits.json").is_file():
             raise SystemExit(f"{data}: validation set {name!r} is not rendered (training/data/README.md)")
         only = read_track_list(spec["track_list"]) if spec["track_list"] else None
-        tracks = read_tracks(data, "validation", max_tracks, None, only=only)
+        tracks = read_tracks(data, "validation", max_tracks, None, only=only,
+                             chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)))
         out["sets"][name] = evaluate_retrieval(ckpt, data, "validation", conditioning, max_chunks, threads=threads,
                                                tracks=tracks)
+        del tracks
     return out
 
 
