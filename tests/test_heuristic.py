@@ -76,3 +76,35 @@ def test_heuristic_prefers_the_stem_in_the_same_key_and_tempo(tmp_path):
     (root / "splits.json").write_text(json.dumps({"train": [], "validation": ["a", "c"]}))
     r = evaluate_retrieval("heuristic", root, "validation", max_chunks=1, threads=1)
     assert r["phase"] == "heuristic" and r["n_candidates"] == 4 and r["overall"]["n"] == 4
+
+
+def test_suite_reads_only_the_embedded_windows_and_matches_whole_tracks(tmp_path, monkeypatch):
+    """evaluate_suite keeps only the windows retrieval embeds: the figures equal those computed
+    from whole tracks, on a set whose tracks are longer than max_chunks windows."""
+    import json
+
+    import soundfile as sf
+
+    from training import evaluate as ev
+
+    root = tmp_path / "sets"
+    d = root / "xsf"
+    rng = np.random.default_rng(0)
+    ids = []
+    for i, (f, bpm) in enumerate(((440.0, 120.0), (261.63, 90.0), (329.63, 100.0))):
+        t = d / f"t{i}"
+        t.mkdir(parents=True)
+        sf.write(str(t / "pad.wav"), tone(f, seconds=40.0) * (0.5 + 0.5 * rng.random()), SR, subtype="PCM_16")
+        sf.write(str(t / "pulse.wav"), clicks(bpm, seconds=40.0, f=2 * f), SR, subtype="PCM_16")
+        (t / "track.json").write_text(json.dumps({"stems": {
+            "pad": {"label": "warm pad", "category": "synth pad"},
+            "pulse": {"label": "marimba", "category": "chromatic percussion"}}}))
+        ids.append(f"t{i}")
+    (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
+    monkeypatch.setitem(ev.VALIDATION_SETS, "only-this", {"dir": "xsf", "track_list": None})
+    suite = ev.evaluate_suite("heuristic", root, sets=["only-this"], max_chunks=2)
+    whole = ev.evaluate_retrieval("heuristic", d, "validation", max_chunks=2, threads=1)
+    got = suite["sets"]["only-this"]
+    assert got["overall"] == whole["overall"] and got["n_candidates"] == 6
+    chunked = ev.read_tracks(d, "validation", chunks=(2, 128000))
+    assert all(len(s[3]) == 2 * 128000 for t in chunked for s in t.stems)
