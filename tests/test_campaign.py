@@ -1,5 +1,4 @@
 """Campaign state: bf16 weights that rebuild the model, the learning curve and its plot."""
-import json
 
 import pytest
 

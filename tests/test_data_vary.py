@@ -1,7 +1,6 @@
 """Varied renders: deterministic draws, key/tempo applied to the whole song, instruments within
 family, sample drum kits, the mix chain, and a varied set rendered end to end."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -23,11 +23,10 @@ The soundfonts are the Debian packages named in ``docs`` (``training/data/README
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
