@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -41,7 +40,7 @@ def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32
 
     from training.checkpoint import load_model
 
-    from .core import fingerprint, strip_checkpoint
+    from .core import fingerprint, publish_dir, strip_checkpoint
 
     out_dir, text_from = Path(out_dir), Path(text_from)
     if out_dir.exists() and not overwrite:
@@ -78,13 +77,7 @@ def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32
                "source": {"checkpoint": Path(checkpoint).name, "step": state.get("step"), "phase": state.get("phase")},
                "labels": len(st.get("labels") or [])}
         (tmp / PACKED).write_text(json.dumps(doc, indent=1))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

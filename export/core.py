@@ -281,6 +281,18 @@ def strip_checkpoint(state: dict) -> dict:
     return out
 
 
+def publish_dir(tmp: Path, out_dir: Path) -> None:
+    """Put the finished directory ``tmp`` at ``out_dir`` by renames, replacing any old one; the
+    old one is removed only after the new one is in place."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+
+
 def _text_source_ok(d: Path) -> bool:
     return (d / "text_encoder.onnx").is_file() and (d / "tokenizer.json").is_file()
 
@@ -437,13 +449,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
             load_manifest(tmp)
         except ModelDirError as e:
             raise ExportError(f"the exported directory fails validation: {e}") from e
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        publish_dir(tmp, out_dir)
         log(f"export: wrote {out_dir} ({', '.join(wanted)}) in {time.time() - t_start:.1f} s")
         return manifest
     except BaseException:

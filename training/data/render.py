@@ -184,17 +184,25 @@ def _init_worker(soundfont: str):
     _RENDERER = Renderer(soundfont, sr=SR)
 
 
+def _load_for_render(job: Job, res: dict) -> tuple[Song | None, dict | None]:
+    """(song, None), or (None, the skip record) for unreadable MIDI or fewer than 2 stems."""
+    try:
+        song = load_song(job)
+    except MidiError as e:
+        return None, {**res, "status": "skipped", "reason": f"unreadable MIDI: {e}"}
+    if len(song.categories()) < 2:
+        return None, {**res, "status": "skipped", "reason": f"fewer than 2 stems ({song.categories()})"}
+    return song, None
+
+
 def _run_job(args) -> dict:
     job, out_dir, excerpt, seed = args
     t = time.time()
     res = {"track_id": job.track_id, "source": job.rel}
     try:
-        try:
-            song = load_song(job)
-        except MidiError as e:
-            return {**res, "status": "skipped", "reason": f"unreadable MIDI: {e}"}
-        if len(song.categories()) < 2:
-            return {**res, "status": "skipped", "reason": f"fewer than 2 stems ({song.categories()})"}
+        song, skip = _load_for_render(job, res)
+        if skip:
+            return skip
         r = render_song(song, _RENDERER, excerpt, seed, job.rel)
         if len(r["stems"]) < 2:
             return {**res, "status": "skipped",
@@ -415,12 +423,9 @@ def _run_varied_job(args) -> dict:
     tid = f"{job.track_id}-v{variant}"
     res = {"track_id": tid, "source": job.rel}
     try:
-        try:
-            song = load_song(job)
-        except MidiError as e:
-            return {**res, "status": "skipped", "reason": f"unreadable MIDI: {e}"}
-        if len(song.categories()) < 2:
-            return {**res, "status": "skipped", "reason": f"fewer than 2 stems ({song.categories()})"}
+        song, skip = _load_for_render(job, res)
+        if skip:
+            return skip
         r = render_varied_song(song, _BANK, recipe, seed, variant, job.rel)
         if len(r["stems"]) < 2:
             return {**res, "status": "skipped",
