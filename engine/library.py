@@ -7,8 +7,14 @@ tokens ``(P, d)`` -> mean over patches -> layer norm (no affine, eps 1e-5) -> L2
 
 * ``embeddings`` ``(S, d)`` float32, L2-normalised, one row per segment;
 * per segment: the stem it belongs to and its offset in the stem (s);
-* per stem: ``stem_id`` (unique: path relative to the audio folder without extension),
-  ``track_id``, ``label`` (free text, e.g. "electric bass"), ``category`` (e.g. "bass") and path;
+* per stem: ``stem_id`` (unique and stable: the audio file's path relative to the audio folder,
+  without extension, ``/``-separated, e.g. ``pop909-502/bass``), ``track_id``, ``label`` (free
+  text, e.g. "electric bass"), ``category`` (e.g. "bass"), ``path`` (relative to the library's
+  audio root, ``/``-separated), ``duration`` (s) and ``grid``: the stem's own tempo and beat grid
+  estimated at build time (:mod:`engine.stemgrid`; null when the stem has no steady beat);
+* ``info["audio_root"]``: the audio folder relative to the index file's folder, so an index and
+  its audio can move together; :attr:`StemLibrary.audio_root` is its absolute form and
+  :meth:`StemLibrary.stem_file` a stem's absolute path;
 * the fingerprint of the model that built it, ``hop_s``, ``window_s``.
 
 Search (:meth:`StemLibrary.search`) is exact: one matmul of the queries against the embeddings
@@ -24,8 +30,10 @@ Files: ``save(path)`` writes one ``.npz`` (arrays + the metadata as a JSON strin
 ``allow_pickle=False``) and a ``.json`` copy of the metadata beside it for people to read.
 ``load(path, expect_fingerprint=...)`` refuses an index built by another model.
 
-CLI: ``python -m engine.library build AUDIO_DIR OUT [--model DIR] [--device cpu] [--hop S]``
-and ``python -m engine.library info OUT``.
+CLI: ``python -m engine.library build AUDIO_DIR OUT [--model DIR] [--device cpu] [--hop S]``,
+``python -m engine.library info OUT`` and ``python -m engine.library grid OUT [--audio-dir DIR]``
+(re-estimate the stems' beat grids and rewrite their paths relative to the audio root, keeping
+the embeddings: for an index built before grids existed).
 """
 from __future__ import annotations
 
@@ -176,6 +184,41 @@ class StemLibrary:
         for s in self.stems:
             self._labels.setdefault(s["label"].lower(), s["category"])
         self._faiss = None
+        self.index_path: Path | None = None  # set by load() / save()
+        self._by_id: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ playable stems
+    def stem_by_id(self, stem_id: str) -> dict | None:
+        """The stem table entry of ``stem_id`` (None when this library has no such stem)."""
+        if self._by_id is None:
+            self._by_id = {s["stem_id"]: i for i, s in enumerate(self.stems)}
+        i = self._by_id.get(str(stem_id))
+        return None if i is None else self.stems[i]
+
+    @property
+    def audio_root(self) -> Path | None:
+        """Absolute folder the stems' ``path`` entries are relative to (None for an index built
+        before audio roots existed: its paths are then made absolute against the working folder)."""
+        root = self.info.get("audio_root")
+        if root is None:
+            return None
+        base = self.index_path.parent if self.index_path is not None else Path.cwd()
+        return Path(os.path.abspath(base / root))
+
+    def stem_file(self, stem: dict) -> Path | None:
+        """Absolute path of a stem's audio file (None when the stem has no path)."""
+        p = stem.get("path") or ""
+        if not p:
+            return None
+        root = self.audio_root
+        return Path(os.path.abspath((root / p) if root is not None else p))
+
+    def segment_length(self, stem: dict, offset: float) -> float:
+        """Length (s) of the segment starting at ``offset``: ``window_s``, or less at a stem's end."""
+        dur = stem.get("duration")
+        if dur is None:
+            return self.window_s
+        return float(max(0.0, min(self.window_s, float(dur) - float(offset))))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -374,6 +417,7 @@ class StemLibrary:
         tmpj = side.with_name(side.name + ".tmp")
         tmpj.write_text(json.dumps(meta, indent=1))
         os.replace(tmpj, side)
+        self.index_path = p
         return p
 
     @classmethod
@@ -404,9 +448,11 @@ class StemLibrary:
         e = arrays["embeddings"]
         if e.size == 0:
             e = e.reshape(0, int(meta.get("dim") or 0))
-        return cls(e, arrays["seg_stem"], arrays["seg_offset"], meta["stems"], fingerprint=fp,
-                   hop_s=meta.get("hop_s", 4.0), window_s=meta.get("window_s", 8.0), info=meta.get("info"),
-                   normalise=False)
+        lib = cls(e, arrays["seg_stem"], arrays["seg_offset"], meta["stems"], fingerprint=fp,
+                  hop_s=meta.get("hop_s", 4.0), window_s=meta.get("window_s", 8.0), info=meta.get("info"),
+                  normalise=False)
+        lib.index_path = p
+        return lib
 
 
 def _npz_path(path: str | Path) -> Path:
@@ -424,6 +470,7 @@ class StemFile:
     track_id: str
     label: str
     category: str
+    in_table: bool = False  # listed in its folder's track.json (dataset layout)
 
 
 def find_stems(audio_dir: str | Path) -> list[StemFile]:
@@ -467,7 +514,7 @@ def find_stems(audio_dir: str | Path) -> list[StemFile]:
             else:
                 label = label_from_filename(fn)
                 category = category_from_label(label)
-            out.append(StemFile(f, rel.as_posix(), track, label, category))
+            out.append(StemFile(f, rel.as_posix(), track, label, category, table is not None))
     out.sort(key=lambda s: s.stem_id)
     return out
 
@@ -525,6 +572,90 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
     return np.concatenate(embs).astype(np.float32), np.asarray(offs, dtype=np.float32), silent
 
 
+class GridEstimator:
+    """Each stem's grid for the builder (:mod:`engine.stemgrid`). Stems of the dataset layout
+    (listed in a ``track.json``) are fitted together: every stem of the track gets its own grid,
+    then :func:`engine.stemgrid.track_consensus` gives them one tempo, phase and bar phase (a stem
+    whose own grid disagrees gets the track's, ``scope: "track"``). Any other stem keeps its own
+    grid (``scope: "stem"``)."""
+
+    def __init__(self, stems: Sequence[StemFile], sample_rate: int):
+        self.sr = int(sample_rate)
+        self.by_track: dict[str, list[StemFile]] = {}
+        for s in stems:
+            if s.in_table:
+                self.by_track.setdefault(s.track_id, []).append(s)
+        self._done: dict[str, dict] = {}
+
+    def _track(self, track_id: str) -> None:
+        from .stemgrid import estimate_grid, track_consensus
+
+        grids, durs = {}, {}
+        for s in self.by_track[track_id]:
+            try:
+                x = load_audio(s.path, self.sr)
+            except AudioError:
+                continue
+            grids[s.stem_id], durs[s.stem_id] = estimate_grid(x, self.sr), len(x) / self.sr
+        for k, g in track_consensus(grids, durs).items():
+            self._done[k] = {"duration": round(durs[k], 4), "grid": None if g is None else g.to_dict()}
+
+    def __call__(self, st: StemFile, x: np.ndarray) -> dict:
+        """``{"duration": s, "grid": dict or None}`` for a stem and its audio at ``sample_rate``."""
+        from .stemgrid import estimate_grid
+
+        if st.in_table and len(self.by_track.get(st.track_id, ())) > 1:
+            if st.stem_id not in self._done:
+                self._track(st.track_id)
+            if st.stem_id in self._done:
+                return self._done[st.stem_id]
+        grid = estimate_grid(x, self.sr)
+        return {"duration": round(len(x) / self.sr, 4), "grid": None if grid is None else grid.to_dict()}
+
+
+def _rel_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (``/``-separated), or absolute when it is not under it."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(root))).as_posix()
+    except ValueError:
+        return Path(os.path.abspath(path)).as_posix()
+
+
+def _audio_root_info(audio_dir: str | Path, index: Path) -> str:
+    return Path(os.path.relpath(os.path.abspath(audio_dir), os.path.abspath(index.parent))).as_posix()
+
+
+def add_grids(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=None) -> StemLibrary:
+    """Estimate every stem's duration and grid from its audio and rewrite its ``path`` relative
+    to ``audio_dir`` (default: the library's audio root, else the folder the build ran on);
+    embeddings are kept. The library is saved back to its index file. Returns it."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if lib.index_path is None:
+        raise LibraryError("add_grids needs a library loaded from (or saved to) an index file")
+    old_files = [lib.stem_file(s) for s in lib.stems]
+    root = Path(audio_dir) if audio_dir is not None else (lib.audio_root or Path(lib.info.get("audio_dir", ".")))
+    if not root.is_dir():
+        raise LibraryError(f"{root}: not a folder (pass the audio folder the index was built from)")
+    found = {s.stem_id: s for s in find_stems(root)}
+    files = []
+    for st, f in zip(lib.stems, old_files):
+        sf = found.get(st["stem_id"])
+        if sf is None:
+            if f is None or not f.is_file():
+                raise LibraryError(f"stem {st['stem_id']!r}: no audio file under {root}")
+            sf = StemFile(f, st["stem_id"], st["track_id"], st["label"], st["category"], False)
+        files.append(sf)
+    est = GridEstimator(files, 16000)
+    for st, sf in zip(lib.stems, files):
+        st.update(est(sf, load_audio(sf.path, 16000)))
+        st["path"] = _rel_path(sf.path, root)
+    lib.info["audio_root"] = _audio_root_info(root, lib.index_path)
+    lib.save(lib.index_path)
+    n = sum(1 for s in lib.stems if s.get("grid"))
+    log(f"grids for {n} of {lib.n_stems} stems; paths relative to {lib.audio_root} -> {lib.index_path}")
+    return lib
+
+
 def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, resume: bool = True, *,
           window_s: float = 8.0, batch: int = 8, min_rms_db: float = -60.0, progress: bool = True,
           checkpoint_every: int = 25, log=None) -> StemLibrary:
@@ -562,6 +693,10 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
             raise LibraryError(f"{out_p}: existing index was built by another model or with another hop/window; "
                                f"remove it or pass resume=False (--no-resume)")
         stem_meta = old.stems
+        if old.info.get("audio_root") is None or any("grid" not in s for s in stem_meta):
+            raise LibraryError(f"{out_p}: this index predates beat grids and audio roots; add them with "
+                               f"'python -m engine.library grid {out_p} --audio-dir {audio_dir}' first, "
+                               f"or rebuild with --no-resume")
         if len(old):
             embs.append(old.embeddings)
             seg_stem.append(old.seg_stem)
@@ -581,7 +716,8 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
         lib = StemLibrary(e, np.concatenate(seg_stem) if seg_stem else np.zeros(0, np.int32),
                           np.concatenate(seg_off) if seg_off else np.zeros(0, np.float32), stem_meta,
                           fingerprint=fp, hop_s=hop_s, window_s=window_s, normalise=False,
-                          info={"audio_dir": str(audio_dir), "failed": failed, "empty": empty,
+                          info={"audio_dir": str(audio_dir), "audio_root": _audio_root_info(audio_dir, out_p),
+                                "failed": failed, "empty": empty,
                                 "min_rms_db": min_rms_db, "backend": getattr(backend, "name", None)})
         lib.save(out_p)
         return lib
@@ -595,10 +731,12 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
         except ImportError:
             bar = None
     n_new = 0
+    grids = GridEstimator(stems, fe.sample_rate)
     for st in todo:
         try:
             x = load_audio(st.path, fe.sample_rate)
             e, off, silent = embed_stem(backend, x, lm, window=window, hop=hop, batch=batch, min_rms_db=min_rms_db)
+            extras = grids(st, x) if len(e) else {}
         except AudioError as err:
             failed.append({"stem_id": st.stem_id, "path": str(st.path), "error": str(err)})
             log(f"skipped {st.path}: {err}")
@@ -608,7 +746,7 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
             if len(e):
                 idx = len(stem_meta)
                 stem_meta.append({"stem_id": st.stem_id, "track_id": st.track_id, "label": st.label,
-                                  "category": st.category, "path": str(st.path)})
+                                  "category": st.category, "path": _rel_path(st.path, Path(audio_dir)), **extras})
                 embs.append(e)
                 seg_stem.append(np.full(len(e), idx, dtype=np.int32))
                 seg_off.append(off)
@@ -646,10 +784,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="print an index summary")
     i.add_argument("index")
+    g = sub.add_parser("grid", help="(re-)estimate every stem's tempo and beat grid and store its path relative "
+                                    "to the audio folder; embeddings are kept")
+    g.add_argument("index")
+    g.add_argument("--audio-dir", default=None,
+                   help="the audio folder the index was built from (default: the index's audio root)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "info":
             print(json.dumps(StemLibrary.load(args.index).summary(), indent=1))
+            return 0
+        if args.cmd == "grid":
+            add_grids(StemLibrary.load(args.index), args.audio_dir)
             return 0
         from .backends import load_backend  # type: ignore
 

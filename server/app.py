@@ -29,6 +29,7 @@ import zmq
 
 from . import config, protocol as P
 from .capture import Feeder
+from .cues import CuePlanner, library_root
 
 log = logging.getLogger("server")
 
@@ -181,6 +182,7 @@ class Server:
         self.pub = self.ctl = None
         self.midi_error: str | None = None  # why MIDI is off although it was asked for
         self.on_hop: Callable | None = None  # test hook: called with each hop result
+        self.cues = CuePlanner()  # playable fields of match items (server/cues.py)
 
     # -- sockets ----------------------------------------------------------------------------------
     def _secure(self, sock) -> None:
@@ -367,6 +369,8 @@ class Server:
     def _match_msg(self, res, st, hop, arrival, timings) -> dict:
         m = self._header("match", st, arrival)
         matches = _get(res, "matches", None) or {}
+        cues = self.cues.plan(res, st, arrival, getattr(self.source, "speed", None) or 1.0,
+                              _get(self.matcher, "library", None))
         out = {}
         for inst, items in matches.items():
             lst = []
@@ -375,7 +379,7 @@ class Server:
                             "track_id": str(_get(it, "track_id", "")), "label": str(_get(it, "label", "")),
                             "category": str(_get(it, "category", "")),
                             "offset": max(0.0, _num(_get(it, "offset", 0.0)) or 0.0),
-                            "score": _num(_get(it, "score", 0.0)) or 0.0})
+                            "score": _num(_get(it, "score", 0.0)) or 0.0, **cues.fields(it)})
             out[str(inst)] = lst
         ready = bool(_get(res, "ready", True))
         signal = bool(_get(res, "signal", True))
@@ -454,7 +458,7 @@ class Server:
                "wall_time": 0.0, "latency_ms": self.last_latency, "state": self.state,
                "uptime_s": round(time.time() - self.t_start, 3), "backend": self.backend_name,
                "device": self.device, "input": st, "instruments": list(self.instruments), "k": self.k,
-               "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "library": self.library_info(),
+               "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "library": {**self.library_info(), "audio_root": library_root(_get(self.matcher, "library", None))},
                "counters": {"hops": int(c.get("hops", 0)), "drops": int(c.get("drops", 0)),
                             "overruns": int(c.get("overruns", _get(self.matcher.ring, "overruns", 0))),
                             "capture_overruns": int(self.source.capture.overruns),

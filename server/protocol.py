@@ -260,6 +260,16 @@ MATCH_ITEM = Obj({
     "category": Str(),
     "offset": Num(0),  # s: position in the stem the window matches best
     "score": Num(),  # similarity, higher is better
+    # playable fields (server/cues.py); null where the library or the tracker cannot tell
+    "path": Str(null=True),  # audio file relative to status.library.audio_root
+    "file": Str(null=True),  # the same, absolute
+    "length": Num(0, null=True),  # s: the segment's length
+    "stem_tempo": Num(0, null=True),  # BPM: the stem's own tempo (library build)
+    "grid": Obj({"tempo": Num(0), "period_s": Num(0), "first_beat": Num(0), "n_beats": Int(0),
+                 "first_downbeat": Num(0), "beats_per_bar": Int(1), "confidence": Num(0, 1),
+                 "scope": Str(enum=("stem", "track"))}, null=True),
+    "stretch": Num(0, null=True),  # playback rate to the live tempo
+    "cue": Obj({"stem_pos": Num(0), "stream_time": Num(), "wall_time": Num(), "beat": Int()}, null=True),
 })
 
 MATCH = Obj({
@@ -318,7 +328,7 @@ STATUS = Obj({
     "k": Int(1),
     "hop_ms": Num(0),
     "restrict_category": Bool(),
-    "library": Obj({"path": Str(), "stems": Int(0), "tracks": Int(0, null=True)}),
+    "library": Obj({"audio_root": Str(null=True), "path": Str(), "stems": Int(0), "tracks": Int(0, null=True)}),
     "counters": _COUNTERS,
     "latency_ms": Num(0, null=True),
     "signal": Bool(null=True),  # of the latest hop (null before the first)

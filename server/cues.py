@@ -1,0 +1,172 @@
+"""Playable matches: where a match's audio is, its own beat grid, and when to start it.
+
+The server adds these fields to every ``match`` item (docs/protocol.md, *Playable matches*):
+
+* ``path`` -- the audio file relative to ``status.library.audio_root``; ``file`` -- the same,
+  absolute; ``length`` -- seconds of the matched segment (``window_s``, less at a stem's end);
+* ``stem_tempo`` and ``grid`` -- the stem's own tempo and constant-tempo beat grid, estimated
+  when the library was built (:mod:`engine.stemgrid`), null for a stem with no steady beat;
+* ``stretch`` -- the playback rate that brings the stem to the live tempo, ``live / stem``
+  folded by powers of two into [0.707, 1.414) (a 60-BPM stem under 120 BPM plays at rate 1, one
+  of its beats to two live beats); null while either tempo is unknown;
+* ``cue`` -- ``{stem_pos, stream_time, wall_time, beat}``: start the stem at ``stem_pos`` (s, the
+  first downbeat of its grid at or after the segment's offset; the offset itself without a grid)
+  when the stream reaches ``stream_time`` -- the next live downbeat at least :data:`LEAD_S` ahead
+  -- i.e. at unix time ``wall_time``, playing at rate ``stretch``; then the stem's beats fall on
+  the live beats. ``beat`` is that downbeat's live beat number. Null while the tracker has no
+  tempo (silence, the first seconds).
+
+Live downbeats: the tracker follows beats, not bars. The planner numbers the beats it is told
+about -- beat 0 is the first beat after the tempo locked, each later detected beat gets the number
+``round((t - last) / period)`` more than the last one -- and every :data:`BEATS_PER_BAR`-th
+beat (number divisible by 4) is a downbeat. Every client therefore sees the same bars; whether they
+are the performer's bars is not known to the tracker.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.stemgrid import Grid, fold_ratio
+
+BEATS_PER_BAR = 4
+LEAD_S = 0.15  # a cue is never sooner than this after the hop's stream time (s)
+
+
+def _finite(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+class LiveBars:
+    """Numbers the tracker's beats and finds the next live downbeat (see the module text)."""
+
+    def __init__(self, beats_per_bar: int = BEATS_PER_BAR):
+        self.beats_per_bar = int(beats_per_bar)
+        self.reset()
+
+    def reset(self) -> None:
+        self.last_beat: float | None = None  # stream s of the latest numbered beat
+        self.last_number = -1
+        self.last_st = -math.inf
+
+    def update(self, st: float, tempo: float | None, detected, next_beats) -> None:
+        """One hop: ``detected`` beats (stream s) of this hop and the tracker's forecast."""
+        if st < self.last_st:  # the stream restarted (reset): new bars
+            self.reset()
+        self.last_st = st
+        if not tempo:
+            return
+        period = 60.0 / tempo
+        for t in sorted(float(x) for x in detected):
+            if self.last_beat is None:
+                self.last_beat, self.last_number = t, 0
+            elif t > self.last_beat + 0.5 * period:
+                self.last_number += max(1, int(round((t - self.last_beat) / period)))
+                self.last_beat = t
+        if self.last_beat is None and len(next_beats):  # locked, nothing detected yet: number the forecast
+            self.last_beat, self.last_number = float(next_beats[0]) - period, -1
+
+    def next_downbeat(self, st: float, tempo: float | None, next_beats) -> tuple[float, int] | None:
+        """(stream s, beat number) of the first downbeat at or after ``st + LEAD_S``."""
+        if not tempo or self.last_beat is None:
+            return None
+        period = 60.0 / tempo
+        nb = [float(x) for x in next_beats if _finite(x) is not None]
+        anchor = nb[0] if nb else self.last_beat
+        n0 = self.last_number + max(0, int(round((anchor - self.last_beat) / period))) if nb else self.last_number
+        j = 0
+        while True:
+            n = n0 + j
+            t = nb[j] if j < len(nb) else anchor + j * period
+            if n % self.beats_per_bar == 0 and t >= st + LEAD_S:
+                return t, n
+            j += 1
+            if j > 4 * self.beats_per_bar + len(nb):
+                return None
+
+
+class CuePlanner:
+    """Per hop: :meth:`plan` reads the hop's beat state, then :meth:`fields` gives each match
+    item's playable fields."""
+
+    def __init__(self, beats_per_bar: int = BEATS_PER_BAR):
+        self.bars = LiveBars(beats_per_bar)
+        self.library = None
+        self.tempo = None
+        self.downbeat = None
+        self.st = 0.0
+        self.wall0 = 0.0
+        self.speed = 1.0
+
+    def plan(self, res, st: float, arrival: float | None, speed: float | None, library) -> "CuePlanner":
+        from .app import _get  # (server.app imports this module)
+
+        b = _get(res, "beat", None)
+        if b is None:
+            b = _get(res, "beats", None)
+        signal = bool(_get(res, "signal", True))
+        tempo = _finite(_get(b, "tempo"))
+        tempo = tempo if (tempo and tempo > 0 and signal) else None
+        detected = _get(b, "beats", None)
+        detected = [] if detected is None else [float(x) for x in np.asarray(detected, dtype=np.float64).reshape(-1)]
+        nb = _get(b, "next_beats", None)
+        nb = [] if nb is None or not signal else [float(x) for x in np.asarray(nb, dtype=np.float64).reshape(-1)]
+        self.bars.update(st, tempo, detected, nb)
+        self.tempo = tempo
+        self.downbeat = self.bars.next_downbeat(st, tempo, nb)
+        self.st = st
+        self.wall0 = arrival if arrival is not None else 0.0
+        self.speed = speed or 1.0
+        self.library = library
+        return self
+
+    def fields(self, item) -> dict:
+        """The playable fields of one match item (all present; null where unknown)."""
+        from .app import _get
+
+        out = {"path": None, "file": None, "length": None, "stem_tempo": None, "grid": None, "stretch": None,
+               "cue": None}
+        lib = self.library
+        stem = lib.stem_by_id(str(_get(item, "stem_id", ""))) if hasattr(lib, "stem_by_id") else None
+        offset = max(0.0, _finite(_get(item, "offset", 0.0)) or 0.0)
+        grid = None
+        if stem is not None:
+            f = lib.stem_file(stem)
+            root = lib.audio_root
+            out["file"] = None if f is None else f.as_posix()
+            out["path"] = None if f is None else (f.relative_to(root).as_posix() if root is not None and
+                                                  f.is_relative_to(root) else f.as_posix())
+            out["length"] = round(lib.segment_length(stem, offset), 4)
+            grid = Grid.from_dict(stem.get("grid"))
+        if grid is not None:
+            out["stem_tempo"] = round(grid.tempo, 4)
+            out["grid"] = {"tempo": round(grid.tempo, 4), "period_s": round(grid.period, 6),
+                           "first_beat": round(grid.first_beat, 5), "n_beats": grid.n_beats,
+                           "first_downbeat": round(grid.first_downbeat, 5), "beats_per_bar": grid.beats_per_bar,
+                           "confidence": round(grid.confidence, 4), "scope": grid.scope}
+            if self.tempo:
+                out["stretch"] = round(fold_ratio(self.tempo / grid.tempo), 6)
+        if self.downbeat is not None and stem is not None:
+            t, n = self.downbeat
+            pos = offset
+            if grid is not None:
+                end = offset + (out["length"] or 0.0)
+                d = grid.next_downbeat(offset)
+                if d is None or d >= end:  # no downbeat inside the segment: its first beat
+                    bs = grid.beats_between(offset, end)
+                    d = float(bs[0]) if len(bs) else None
+                pos = offset if d is None else d
+            out["cue"] = {"stem_pos": round(pos, 5), "stream_time": round(t, 5),
+                          "wall_time": self.wall0 + (t - self.st) / self.speed, "beat": int(n)}
+        return out
+
+
+def library_root(library) -> str | None:
+    """``status.library.audio_root``: the absolute folder match ``path`` entries are relative to."""
+    root = getattr(library, "audio_root", None)
+    return None if root is None else root.as_posix()
