@@ -1,7 +1,9 @@
 """Inference backends over a model directory (docs/model_dir.md).
 
 ``load_backend(model_dir, device="cpu", kind=None, threads=1)`` returns an object with
-``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``, ``beats``, ``condition``.
+``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``, ``beats``, ``condition``, and
+``stream`` (the manifest's streaming entry, or None): causal models' backends also have
+``encode_step``, ``encode_target_step`` and ``predict_tokens`` (engine/stream.py).
 
 Kinds:
 
@@ -36,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from .manifest import Manifest, ModelDirError, load_manifest
+from .stream import STREAM_GRAPHS, stream_info
 
 CPU_ORDER = ("onnx-int8", "onnx-fp32", "torch-bf16", "torch-fp32")
 CUDA_ORDER = ("trt-fp16", "onnx-cuda-fp16", "onnx-cuda-fp32", "torch-cuda-bf16", "torch-cuda-fp32")
@@ -176,6 +179,14 @@ class OnnxBackend:
         self._check_io()
         self.conditioner = Conditioner(manifest, threads=threads)
         self.cond_is_int = manifest.conditioning == "class"
+        self.stream = stream_info(manifest)  # None: no streaming graphs (bidirectional model)
+        self.stream_precision = None
+        if self.stream is not None:
+            sg = self.stream["graphs"]
+            self.stream_precision = prec if all(prec in sg.get(g, {}) for g in STREAM_GRAPHS) else "fp32"
+            for g in STREAM_GRAPHS:
+                self.sessions[g] = ort.InferenceSession(str(manifest.root / sg[g][self.stream_precision]["path"]), so,
+                                                        providers=providers)
 
     def _check_io(self):
         cfg = self.manifest.config
@@ -202,6 +213,29 @@ class OnnxBackend:
 
     def condition(self, names: Sequence[str]) -> np.ndarray:
         return self.conditioner(names)
+
+    # streaming (engine/stream.py): causal models only
+    def _step(self, graph, logmel, k_cache, v_cache, past_age):
+        if self.stream is None:
+            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
+        return self.sessions[graph].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32),
+                                               "k_cache": k_cache, "v_cache": v_cache, "past_age": past_age})
+
+    def encode_step(self, logmel, k_cache, v_cache, past_age):
+        """``(B, 80, 16 c)``, caches ``(L, B, H, S, d/H)``, ``(S,)`` -> tokens ``(B, 5 c, d)``,
+        ``k_new, v_new (L, B, H, 5 c, d/H)`` (engine/stream.py)."""
+        return self._step("encoder_step", logmel, k_cache, v_cache, past_age)
+
+    def encode_target_step(self, logmel, k_cache, v_cache, past_age):
+        return self._step("target_encoder_step", logmel, k_cache, v_cache, past_age)
+
+    def predict_tokens(self, tokens: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        """``(1, P, d)``, ``(N, C) | (N,)`` -> the predictor per token ``(N, P, d)``."""
+        if self.stream is None:
+            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
+        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self.sessions["predictor_tokens"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32),
+                                                            "cond": cond})[0]
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

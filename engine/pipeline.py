@@ -27,6 +27,16 @@ category when ``restrict_category`` and the library knows the category, see
 :meth:`StemLibrary.category_of`); ``backend.beats(tokens)`` -> the window's 50 Hz activation, of
 which the values not yet seen (8 per 160 ms) go to the :class:`CausalBeatTracker`.
 
+**Streaming** (``stream=None``, the default, picks it whenever the backend has the streaming
+graphs of a causal model; ``stream=False`` forces the full recompute): each hop encodes only the
+time columns completed since the last hop with the streaming encoder (per-layer key/value rings
+of 250 tokens, engine/stream.py), runs the predictor on those 5 tokens per column and instrument
+(per-instrument output rings, a running sum for the window mean; a changed instrument is computed
+once over the cached columns) and the beat head on those tokens only. Columns are counted on the
+stream's own 160-ms grid from the stream origin, so a hop of a multiple of 160 ms sees exactly the
+full path's window; with other hops the window ends at the newest complete column. The tokens are
+those of the sliding-window causal encoder over the whole stream (``Encoder.forward_banded``).
+
 Late hops are dropped, never queued: when a hop is due and more complete hops are already waiting
 behind it, the worker jumps to the newest one (the skipped audio still goes through the log-mel
 front end, which is cheap, so the window stays exact and the beat tracker gets every activation
@@ -112,14 +122,16 @@ class Matcher:
     (offline); ``blas_threads``: limit the process's BLAS pool (None: leave it);
     ``tracker_kw``: extra arguments for :class:`CausalBeatTracker`; ``signal_threshold_db``:
     the window level (RMS, dBFS) below which the input counts as silence (default -60 dBFS:
-    digital silence, a muted input or hum well below playing level).
+    digital silence, a muted input or hum well below playing level); ``stream``: the streaming
+    path (module docstring; None: whenever the backend can, False: full recompute every hop).
+    ``last_query``: the ``(N, d)`` query embeddings of the latest hop (None when not computed).
     """
 
     def __init__(self, backend, library: StemLibrary | None = None, instruments=(), k: int = 5,
                  hop_ms: float = 160, window_s: float = 8.0, restrict_category: bool = False, *,
                  ring_s: float = 30.0, min_window_s: float = 1.0, drop_late: bool = True,
                  blas_threads: int | None = 1, tracker_kw: dict | None = None, beats: bool = True,
-                 signal_threshold_db: float = -60.0):
+                 signal_threshold_db: float = -60.0, stream: bool | None = None):
         self.backend = backend
         if not np.isfinite(signal_threshold_db):
             raise ValueError(f"signal_threshold_db must be finite, not {signal_threshold_db}")
@@ -159,6 +171,17 @@ class Matcher:
         self._cats: list[str | None] = []
         self.k = 1
         self.restrict_category = bool(restrict_category)
+        can_stream = getattr(backend, "stream", None) is not None and hasattr(backend, "encode_step")
+        if stream and not can_stream:
+            raise ValueError("stream=True needs a causal model whose directory has the streaming graphs "
+                             "(engine/stream.py; re-export a causal checkpoint)")
+        self.streaming = can_stream if stream is None else bool(stream)
+        if self.streaming:
+            from .stream import StreamingEncoder, StreamingPredictor
+
+            self._senc = StreamingEncoder(backend.encode_step, cfg)
+            self._spred = StreamingPredictor(backend.predict_tokens, cfg, window_columns=self.W // self.patch)
+            self._sact = np.zeros(self.W // self.patch * self.beat_probes, np.float32)  # the window's activation
         self.set_k(k)
         self.set_library(library)
         self.set_instruments(instruments)
@@ -254,6 +277,12 @@ class Matcher:
         self.nonfinite = 0
         self.restarts = 0
         self._overruns0 = self.ring.overruns
+        self.last_query = None
+        if self.streaming:
+            self._senc.reset()
+            self._spred.reset()
+            self._sdone = 0  # frame (from origin) where the next column of the streaming encoder starts
+            self._srestarts = 0
 
     resync = reset
 
@@ -342,6 +371,8 @@ class Matcher:
         assert self._frames == end_frames, (self._frames, end_frames)
 
         T = (self._filled // self.patch) * self.patch
+        if self.streaming:
+            T = self._stream_columns(tm)
         stream_time = end / self.sr
         if T < self.min_frames:
             self.hops += 1
@@ -349,19 +380,24 @@ class Matcher:
             return HopResult(stream_time, end, self._hop_index, False, T, {}, None,
                              np.zeros(0, np.float32), None, tm, self.counters(), level_db, hop_level_db, signal)
 
-        # --- encoder
-        t0 = time.perf_counter()
-        logmel = np.ascontiguousarray(self._mel[None, :, self.W - T:])  # (1, 80, T)
-        tokens = self.backend.encode(logmel)  # (1, P, d)
-        tm["encode"] = (time.perf_counter() - t0) * 1e3
+        # --- encoder (streaming: done above, column by column)
+        if not self.streaming:
+            t0 = time.perf_counter()
+            logmel = np.ascontiguousarray(self._mel[None, :, self.W - T:])  # (1, 80, T)
+            tokens = self.backend.encode(logmel)  # (1, P, d)
+            tm["encode"] = (time.perf_counter() - t0) * 1e3
 
         # --- predictor (one batch for all instruments) + search
         matches: dict[str, list[Match]] = {}
         if self.instruments:
             t0 = time.perf_counter()
-            emb = (self.backend.predict(tokens, self._cond)
-                   if signal and self.library is not None and len(self.library) else None)
-            tm["predict"] = (time.perf_counter() - t0) * 1e3
+            want = signal and self.library is not None and len(self.library)
+            if self.streaming:  # the window sum of the cached per-token outputs
+                emb = self._spred.embedding() if want else None
+            else:
+                emb = self.backend.predict(tokens, self._cond) if want else None
+            tm["predict"] = tm.get("predict", 0.0) + (time.perf_counter() - t0) * 1e3
+            self.last_query = emb  # (N, d) query embeddings of this hop (None: not computed)
             t0 = time.perf_counter()
             if emb is not None:
                 cats = self._cats if self.restrict_category else None
@@ -377,10 +413,13 @@ class Matcher:
         act_time = None
         if self.enable_beats:
             t0 = time.perf_counter()
-            act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
-            tm["beat_head"] = (time.perf_counter() - t0) * 1e3
+            if self.streaming:  # computed per new column above; the window's part
+                act = self._sact[len(self._sact) - T // self.frames_per_act:].copy()  # results keep their values
+            else:
+                act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
+            tm["beat_head"] = tm.get("beat_head", 0.0) + (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
-            m_end = end_frames // self.frames_per_act
+            m_end = (self._sdone if self.streaming else end_frames) // self.frames_per_act
             m_start = m_end - len(act)
             if self._act_next is None or self._act_next < m_start:
                 self._act_next = m_start
@@ -397,6 +436,43 @@ class Matcher:
         tm["total"] = (time.perf_counter() - t_start) * 1e3
         return HopResult(stream_time, end, self._hop_index, True, T, matches, beat_state, new_act, act_time, tm,
                          self.counters(), level_db, hop_level_db, signal)
+
+    def _stream_columns(self, tm: dict) -> int:
+        """Streaming path: the window's newly complete columns through the streaming encoder (its
+        key/value rings), the predictor on their tokens only (per-instrument rings + window sums;
+        an instrument set by :meth:`set_instruments` is computed once over the cached columns) and
+        the beat head on their tokens. Columns are counted from the front end's first frame (the
+        stream origin, or a restart's first frame, which resets the rings). Returns the frames of
+        the window the query means over (``16 * columns``, at most ``W``)."""
+        t0 = time.perf_counter()
+        if self.restarts != self._srestarts:  # the front end restarted: so does the stream
+            self._srestarts = self.restarts
+            self._senc.reset()
+            self._spred.reset()
+            self._sdone = self._frame0
+        pend = self._frames - self._sdone  # frames not yet in a column (newest `pend` of the window)
+        c = pend // self.patch
+        tokens = None
+        if c:
+            tokens = self._senc.push(self._mel[None, :, self.W - pend:self.W - pend + c * self.patch])
+            self._sdone += c * self.patch
+        tm["encode"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        sp = self._spred
+        if sp.names != self.instruments or sp.cond is not self._cond:
+            sp.set_conditions(self.instruments, self._cond)
+            sp.cond = self._cond  # identity marks it current
+        if tokens is not None:
+            sp.push(tokens[0])
+        tm["predict"] = (time.perf_counter() - t0) * 1e3
+        if tokens is not None and self.enable_beats:
+            t0 = time.perf_counter()
+            new = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (8 c,)
+            n = min(len(new), len(self._sact))
+            self._sact[:-n] = self._sact[n:]
+            self._sact[-n:] = new[-n:]
+            tm["beat_head"] = (time.perf_counter() - t0) * 1e3
+        return sp.window_columns * self.patch
 
     def _levels(self, x: np.ndarray, n_new: int) -> tuple[float, float]:
         """(window level, hop level) in dBFS after the ``n_new`` newest samples of ``x``; the

@@ -20,6 +20,7 @@ import torch
 
 from .backends import BackendError, Conditioner
 from .manifest import MODEL_GRAPHS, Manifest, ModelDirError
+from .stream import STREAM_GRAPHS, stream_info
 
 
 class TorchBackend:
@@ -36,22 +37,33 @@ class TorchBackend:
                                f"(re-export with this version of `python -m export`)")
         self.modules = {}
         for g in MODEL_GRAPHS:
-            path = manifest.torch_path(g, self.precision)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-                    self.modules[g] = torch.jit.load(str(path), map_location=self.device).eval()
-            except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
-                raise ModelDirError(f"{manifest.root}: {path.name} is not a loadable TorchScript file ({e})") from e
+            self.modules[g] = self._load(manifest.torch_path(g, self.precision))
+        self.stream = stream_info(manifest)  # None: no streaming graphs (bidirectional model)
+        if self.stream is not None:
+            for g in STREAM_GRAPHS:
+                e = self.stream.get("torch", {}).get(g, {}).get(self.precision)
+                if e is None:
+                    raise ModelDirError(f"{manifest.root}: no {self.precision} TorchScript {g} (re-export)")
+                self.modules[g] = self._load(manifest.root / e["path"])
         cfg = manifest.config
         self._n_mels, self._patch, self._max_frames = int(cfg["n_mels"]), int(cfg["patch"]), int(cfg["max_frames"])
         self.conditioner = Conditioner(manifest, threads=threads)
         self.cond_is_int = manifest.conditioning == "class"
 
-    def _run(self, graph: str, *arrays) -> np.ndarray:
+    def _load(self, path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                return torch.jit.load(str(path), map_location=self.device).eval()
+        except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
+            raise ModelDirError(f"{self.manifest.root}: {path.name} is not a loadable TorchScript file ({e})") from e
+
+    def _run(self, graph: str, *arrays):
         ts = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
         with torch.jit.optimized_execution(False), torch.inference_mode():
             out = self.modules[graph](*ts)
+        if isinstance(out, tuple):
+            return [o.float().cpu().numpy() for o in out]
         return out.float().cpu().numpy()
 
     def _logmel(self, logmel) -> np.ndarray:
@@ -76,6 +88,24 @@ class TorchBackend:
 
     def condition(self, names: Sequence[str]) -> np.ndarray:
         return self.conditioner(names)
+
+    # streaming (engine/stream.py): causal models only; same contract as engine.backends.OnnxBackend
+    def _need_stream(self):
+        if self.stream is None:
+            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
+
+    def encode_step(self, logmel, k_cache, v_cache, past_age):
+        self._need_stream()
+        return self._run("encoder_step", np.asarray(logmel, dtype=np.float32), k_cache, v_cache, past_age)
+
+    def encode_target_step(self, logmel, k_cache, v_cache, past_age):
+        self._need_stream()
+        return self._run("target_encoder_step", np.asarray(logmel, dtype=np.float32), k_cache, v_cache, past_age)
+
+    def predict_tokens(self, tokens, cond):
+        self._need_stream()
+        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self._run("predictor_tokens", np.asarray(tokens, dtype=np.float32), cond)
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

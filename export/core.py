@@ -116,7 +116,7 @@ def _export_onnx(module, inputs: dict, path: Path, name: str, cfg_dict: dict) ->
     _materialise_shared_initializers(path, name, cfg_dict)
 
 
-def _materialise_shared_initializers(path: Path, name: str, cfg_dict: dict) -> None:
+def _materialise_shared_initializers(path: Path, name: str, cfg_dict: dict, exp: dict | None = None) -> None:
     """Post-process an exported graph:
 
     * the exporter deduplicates equal weights (e.g. FiLM layers still at their zero init) into one
@@ -126,7 +126,7 @@ def _materialise_shared_initializers(path: Path, name: str, cfg_dict: dict) -> N
     import onnx
 
     m = onnx.load(str(path))
-    exp = expected_io(cfg_dict)[name]
+    exp = exp or expected_io(cfg_dict)[name]  # the graph's I/O contract (streaming graphs pass theirs)
     for side, vis in (("inputs", m.graph.input), ("outputs", m.graph.output)):
         for vi in vis:
             want = exp[side].get(vi.name, {}).get("shape")
@@ -373,6 +373,11 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
                 graph_entries[name][prec] = {"path": path.name, "sha256": sha256_file(path), **rec, "parity": par}
                 log(f"export: {name:15s} {prec:5s} ok  max_abs {par['max_abs']:.2e}  min_cos {par['min_cos']:.6f}")
             torch_entries[name] = _export_torchscript(name, mod, inputs, ref, tmp, cfg.to_dict(), log)
+        stream_entry = None
+        if cfg.causal:  # the streaming graphs of engine/stream.py, checked the same way
+            from .stream import export_stream_graphs
+
+            stream_entry = export_stream_graphs(model, norm, tmp, wanted, log)
 
         files: dict[str, dict] = {}
         if cfg.conditioning == "film" and text:
@@ -444,6 +449,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
             "torch": {"format": "torchscript", "exporter": TS_EXPORTER, "torch": torch.__version__,
                       "precisions": list(TS_PRECISIONS), "graphs": torch_entries},
         }
+        if stream_entry is not None:
+            manifest["stream"] = stream_entry
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_jsonable))
         try:  # the directory must pass its own validation before it is published
             load_manifest(tmp)

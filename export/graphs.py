@@ -7,6 +7,10 @@ run exactly these modules, so both paths compute the same function.
 * :class:`PredictorGraph` tokens ``(1, P, d)`` + cond ``(N, C)`` float | ``(N,)`` int64
                           -> pooled, layer-normed, L2-normed embeddings ``(N, d)``
 * :class:`BeatGraph`      tokens ``(B, P, d)`` -> beat activation ``(B, cols * 8)`` in [0, 1]
+
+Causal models add the streaming graphs of engine/stream.py (:func:`build_stream_graphs`):
+:class:`EncoderStepGraph` (new columns + key/value cache in, tokens + new keys/values out) and
+:class:`PredictorTokensGraph` (the predictor per token, before pooling).
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ class PredictorGraph(nn.Module):
         self.conditioning = conditioning
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return pool_tokens(self.per_token(tokens, cond))
+
+    def per_token(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``(1, P, d)``, ``(N, C) | (N,)`` -> the predictor's output per token ``(N, P, d)``."""
         p = self.p
         if self.conditioning == "film":
             h = tokens  # (1, P, d)
@@ -63,7 +71,29 @@ class PredictorGraph(nn.Module):
             for lin in p.layers:
                 h = F.relu(lin(h))
             out = p.norm(p.out(h))
-        return pool_tokens(out)
+        return out
+
+
+class PredictorTokensGraph(PredictorGraph):
+    """Streaming: the predictor per token, not pooled: ``(1, P, d)``, cond -> ``(N, P, d)``."""
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.per_token(tokens, cond)
+
+
+class EncoderStepGraph(nn.Module):
+    """Streaming step of a causal encoder (``training.model.Encoder.step``), normalisation inside:
+    raw log-mel ``(B, 80, 16 c)`` of the new columns, ``k_cache, v_cache (L, B, H, S, d/H)``,
+    ``past_age (S,)`` -> ``tokens (B, 5 c, d)``, ``k_new, v_new (L, B, H, 5 c, d/H)``."""
+
+    def __init__(self, encoder: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.encoder = encoder
+        self.mean = float(mean)
+        self.inv_std = 1.0 / float(std)
+
+    def forward(self, logmel, k_cache, v_cache, past_age):
+        return self.encoder.step((logmel - self.mean) * self.inv_std, k_cache, v_cache, past_age)
 
 
 class BeatGraph(nn.Module):
@@ -82,6 +112,21 @@ def build_graphs(model, norm: dict) -> dict[str, nn.Module]:
         "target_encoder": EncoderGraph(model.target_encoder, norm["mean"], norm["std"]),
         "predictor": PredictorGraph(model.predictor, model.cfg.conditioning),
         "beat_head": BeatGraph(model.beat_head),
+    }
+    for m in g.values():
+        m.eval()
+    return g
+
+
+def build_stream_graphs(model, norm: dict) -> dict[str, nn.Module]:
+    """Causal models only: ``{"encoder_step", "target_encoder_step", "predictor_tokens"}``
+    (engine/stream.py) -> eval-mode wrapper modules."""
+    if not model.cfg.causal:
+        raise ValueError("streaming graphs need a causal model")
+    g = {
+        "encoder_step": EncoderStepGraph(model.encoder, norm["mean"], norm["std"]),
+        "target_encoder_step": EncoderStepGraph(model.target_encoder, norm["mean"], norm["std"]),
+        "predictor_tokens": PredictorTokensGraph(model.predictor, model.cfg.conditioning),
     }
     for m in g.values():
         m.eval()

@@ -53,7 +53,10 @@ class _Float32Out(nn.Module):
         self.inner = inner
 
     def forward(self, *args):
-        return self.inner(*args).float()
+        out = self.inner(*args)
+        if isinstance(out, tuple):  # the streaming step: tokens and the new keys / values
+            return tuple(o.float() for o in out)
+        return out.float()
 
 
 def _bf16_module(mod: nn.Module) -> nn.Module:
@@ -89,6 +92,13 @@ def load(path: Path, device: str = "cpu"):
 def run(ts, inputs: tuple) -> np.ndarray:
     with torch.jit.optimized_execution(False), torch.inference_mode():
         return ts(*inputs).float().numpy()
+
+
+def run_all(ts, inputs: tuple) -> list[np.ndarray]:
+    """Every output of a graph (one tensor or a tuple), as float32 arrays."""
+    with torch.jit.optimized_execution(False), torch.inference_mode():
+        out = ts(*inputs)
+    return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
 def extra_shapes(name: str, inputs: dict) -> list[tuple]:

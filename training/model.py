@@ -54,6 +54,28 @@ class Block(nn.Module):
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
+    def step(self, x: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor, bias_past: torch.Tensor,
+             bias_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block on ``n`` new tokens ``x (B, n, d)`` attending to cached keys / values of
+        ``S`` earlier tokens ``k_past, v_past (B, H, S, d/H)`` and to themselves. ``bias_past
+        (H, n, S)``, ``bias_new (H, n, n)``: additive biases (-inf = masked; every new token sees
+        itself, so no row is all -inf). Same arithmetic as :meth:`forward` over the concatenated
+        tokens (the softmax is split over the two key sets instead of concatenating them).
+        Returns ``(x (B, n, d), k (B, H, n, d/H), v (B, H, n, d/H))``: this block's keys / values
+        of the new tokens, for the cache."""
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scale = 1.0 / math.sqrt(d // self.heads)
+        s_past = torch.matmul(q, k_past.to(q.dtype).transpose(-1, -2)).float() * scale + bias_past  # (B, H, n, S)
+        s_new = torch.matmul(q, k.transpose(-1, -2)).float() * scale + bias_new  # (B, H, n, n)
+        m = torch.maximum(s_past.amax(dim=-1, keepdim=True), s_new.amax(dim=-1, keepdim=True))
+        e_past, e_new = torch.exp(s_past - m), torch.exp(s_new - m)
+        denom = e_past.sum(dim=-1, keepdim=True) + e_new.sum(dim=-1, keepdim=True)
+        a = (torch.matmul(e_past.to(v.dtype), v_past.to(v.dtype)) + torch.matmul(e_new.to(v.dtype), v)) / denom.to(v.dtype)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)))), k, v
+
 
 def alibi_slopes(heads: int) -> torch.Tensor:
     """``(H,)`` per-head slopes of the column-distance bias: ``2^(-8 (h+1) / H)``."""
@@ -69,6 +91,27 @@ def causal_bias(cols: int, rows: int, heads: int, window: int) -> torch.Tensor:
     ok = (dist >= 0) & (dist < window)
     bias = -alibi_slopes(heads)[:, None, None] * dist[None]
     return bias.masked_fill(~ok[None], float("-inf"))
+
+
+def step_biases(past_age: torch.Tensor, n_new: int, rows: int, slopes: torch.Tensor,
+                window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention biases of a streaming step (the block-causal pattern of :func:`causal_bias`).
+
+    ``past_age (S,)``: for each cached token, how many columns before the first new column its
+    column is (>= 1; ``>= window`` for an empty or expired slot); ``n_new`` new tokens
+    (``n_new / rows`` columns); ``slopes (H,)``. New token i is in new column ``ci = i // rows``.
+    Returns ``bias_past (H, n, S)``: ``-slope * (past_age + ci)`` where that distance is below
+    ``window``, else -inf; ``bias_new (H, n, n)``: ``-slope * (ci - cj)`` for ``0 <= ci - cj <
+    window``, else -inf. Written with size ops only, so traced graphs keep ``S`` and ``n`` dynamic."""
+    ci = torch.div(torch.arange(n_new, device=past_age.device), rows, rounding_mode="floor").to(past_age.dtype)
+    sl = slopes.to(past_age.dtype)[:, None, None]
+    inf = torch.full((), float("-inf"), dtype=past_age.dtype, device=past_age.device)
+    d_past = past_age[None, :] + ci[:, None]  # (n, S)
+    bias_past = torch.where((d_past < window)[None], -sl * d_past[None], inf)
+    d_new = ci[:, None] - ci[None, :]  # (n, n)
+    ok = (d_new >= 0) & (d_new < window)
+    bias_new = torch.where(ok[None], -sl * d_new[None], inf)
+    return bias_past, bias_new
 
 
 class Encoder(nn.Module):
@@ -112,6 +155,71 @@ class Encoder(nn.Module):
         for blk in self.blocks:
             z = blk(z, bias)
         return self.norm(z)
+
+    # ---- streaming (causal encoders only) ------------------------------------------------------
+    # A token of column c sees columns c - max_columns + 1 .. c at every layer, however long the
+    # stream: the sliding 8-s window of cached keys / values. On the first max_columns columns of a
+    # stream this is exactly :meth:`forward` on that window; later, a window's first tokens carry
+    # context from before the window (their cached values were computed when they arrived).
+
+    def _check_stream(self, x: torch.Tensor) -> None:
+        cfg = self.cfg
+        if not cfg.causal:
+            raise ValueError("streaming needs a causal encoder (ModelConfig.causal=True)")
+        if x.dim() != 3 or x.shape[1] != cfg.n_mels or x.shape[2] % cfg.patch or x.shape[2] == 0:
+            raise ValueError(f"encoder input must be (B, {cfg.n_mels}, T) with T a positive multiple of {cfg.patch}; "
+                             f"got {tuple(x.shape)}")
+
+    def _embed_columns(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, F, 16 c)`` normalised log-mel -> ``(B, 5 c, d)`` patch embeddings + the frequency
+        position (a causal encoder's position embedding is the same for every column)."""
+        b = x.shape[0]
+        z = self.patch_embed(self.patchify(x)) + self.pos[0]  # (B, c, rows, d)
+        return z.reshape(b, -1, self.cfg.d_model)
+
+    def forward_banded(self, x: torch.Tensor) -> torch.Tensor:
+        """Offline reference of the streaming encoder: ``(B, F, T)`` normalised log-mel of a whole
+        stream (any length, a multiple of 16 frames) -> ``(B, P, d)`` tokens, with the block-causal
+        sliding-window mask over all ``T / 16`` columns at once (memory ``O(P^2)``: for tests and
+        short stems; :meth:`step` computes the same thing column block by column block)."""
+        self._check_stream(x)
+        cfg = self.cfg
+        z = self._embed_columns(x)
+        bias = causal_bias(x.shape[2] // cfg.patch, cfg.freq_patches, cfg.heads, cfg.max_columns).to(z.device)
+        for blk in self.blocks:
+            z = blk(z, bias)
+        return self.norm(z)
+
+    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             past_age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One streaming step over ``c`` new columns (``1 <= c <= max_columns``).
+
+        ``x (B, F, 16 c)`` normalised log-mel of the new columns; ``k_cache, v_cache (L, B, H, S,
+        d/H)`` every layer's cached keys / values of ``S`` earlier tokens (a ring: any slot order);
+        ``past_age (S,)`` float: columns between each cached token's column and the first new one
+        (>= 1; ``>= max_columns`` for empty slots). Returns ``tokens (B, 5 c, d)`` and the new
+        tokens' ``k, v (L, B, H, 5 c, d/H)`` for the caller to write into the ring."""
+        self._check_stream(x)
+        cfg = self.cfg
+        z = self._embed_columns(x)
+        bias_past, bias_new = step_biases(past_age.float(), z.shape[1], cfg.freq_patches,
+                                          alibi_slopes(cfg.heads).to(z.device), cfg.max_columns)
+        ks, vs = [], []
+        for i, blk in enumerate(self.blocks):
+            z, k, v = blk.step(z, k_cache[i], v_cache[i], bias_past, bias_new)
+            ks.append(k)
+            vs.append(v)
+        return self.norm(z), torch.stack(ks), torch.stack(vs)
+
+    def empty_cache(self, batch: int = 1, slots: int | None = None,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(k_cache, v_cache, past_age)`` of an empty ring of ``slots`` tokens (default
+        ``max_columns * freq_patches`` = 250): zeros and ages of ``max_columns`` (all masked)."""
+        cfg = self.cfg
+        s = slots or cfg.max_columns * cfg.freq_patches
+        shape = (cfg.depth, batch, cfg.heads, s, cfg.d_model // cfg.heads)
+        return (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype),
+                torch.full((s,), float(cfg.max_columns)))
 
 
 class FiLMPredictor(nn.Module):
