@@ -52,6 +52,9 @@ def parse_args(argv=None):
     ap.add_argument("--curve-keys", default=None,
                     help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback")
     ap.add_argument("--log-level", default="INFO")
+    from .bridge import add_arguments as add_bridge_arguments
+
+    add_bridge_arguments(ap)  # --osc, --link, --link-mode, --link-quantum (server/bridge.py)
     a = ap.parse_args(argv)
     if a.speed < 0:
         ap.error("--speed must be >= 0")
@@ -244,10 +247,19 @@ def main(argv=None) -> int:
         return 2
     log.info("backend %s on %s; publishing on %s, control on %s; instruments %s, k=%d, hop %g ms",
              backend_name, a.device, a.pub, a.ctl, a.instrument_list, a.k, a.hop)
+    from .bridge import start as start_bridges
+
+    try:
+        bridges = start_bridges(a, srv)  # OSC / Link: subscribers of the PUB stream just bound
+    except ConfigError as e:
+        srv.close()
+        log.error("%s", e)
+        return 2
     try:
         while not srv.wait(0.2):
             pass
     finally:
+        bridges.stop()
         srv.close()
     if stop_requested:
         log.info("stopped by signal; clean shutdown")

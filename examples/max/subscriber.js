@@ -8,7 +8,7 @@
 //           prints one line per message (console.log), exits after N messages / S seconds.
 "use strict";
 
-const zmq = require("zeromq");
+const { Client } = require("./client");
 
 let maxApi = null;
 try {
@@ -56,70 +56,28 @@ function log(msg) {
   else console.error(msg);
 }
 
-let sub = null;
-let running = true;
 let received = 0;
-
-async function subscribe(addr) {
-  if (sub) sub.close();
-  sub = new zmq.Subscriber({ linger: 0 });
-  sub.connect(addr);
-  sub.subscribe("match", "beat", "status");
-  log(`subscribed to ${addr}`);
-  const mine = sub;
-  try {
-    for await (const [topic, body] of mine) {
-      let obj;
-      try {
-        obj = JSON.parse(body.toString("utf8"));
-      } catch (e) {
-        log(`undecodable message on ${topic}`);
-        continue;
-      }
-      out(topic.toString(), obj);
-      received += 1;
-      if (maxCount && received >= maxCount) {
-        shutdown(0);
-        return;
-      }
-    }
-  } catch (e) {
-    if (running && mine === sub) log(`subscriber error: ${e.message}`);
-  }
-}
-
-// control requests: one REQ socket, one request in flight at a time
-let req = null;
-let queue = Promise.resolve();
-function control(obj) {
-  queue = queue.then(async () => {
-    if (!req) {
-      req = new zmq.Request({ linger: 0, receiveTimeout: 5000, sendTimeout: 1000 });
-      req.connect(ctlAddr);
-    }
-    try {
-      await req.send(JSON.stringify(obj));
-      const [reply] = await req.receive();
-      out("reply", JSON.parse(reply.toString("utf8")));
-    } catch (e) {
-      log(`control request failed: ${e.message}`);
-      req.close();
-      req = null; // a REQ socket that timed out cannot be reused
-    }
-  });
-  return queue;
-}
+const client = new Client({
+  ctlAddr,
+  log,
+  onReply: (obj) => out("reply", obj),
+  onMessage: (topic, obj) => {
+    out(topic, obj);
+    received += 1;
+    if (maxCount && received >= maxCount) shutdown(0);
+  },
+});
+const subscribe = (addr) => client.subscribe(addr);
+const control = (obj) => client.control(obj);
 
 function shutdown(code) {
-  running = false;
-  if (sub) sub.close();
-  if (req) req.close();
+  client.close();
   setTimeout(() => process.exit(code), 10);
 }
 
 if (maxApi) {
   maxApi.addHandler("connect", (addr) => subscribe(String(addr)));
-  maxApi.addHandler("control", (addr) => { ctlAddr = String(addr); if (req) { req.close(); req = null; } });
+  maxApi.addHandler("control", (addr) => client.setControl(addr));
   maxApi.addHandler("send", (...words) => control(JSON.parse(words.join(" "))));
   maxApi.addHandler("instruments", (...names) => control({ cmd: "set_instruments", instruments: names.join(" ").split(",").map((s) => s.trim()).filter((s) => s) }));
   maxApi.addHandler("k", (k) => control({ cmd: "set_k", k: Number(k) }));

@@ -1,0 +1,93 @@
+"""``--osc HOST:PORT``: the server's stream as OSC messages over UDP (python-osc), for DAWs,
+samplers and controllers. The address space is documented in docs/protocol.md (*OSC*) and
+listed in :data:`ADDRESSES`; unknown values are sent as -1 (times, positions, numbers) or 0
+(tempos, ratios), never as OSC nil, so any OSC 1.0 receiver reads every message.
+
+Per ``beat`` message: ``/stemjepa/beat`` and, with a tempo, ``/stemjepa/tempo``; per ``match``
+message: ``/stemjepa/level`` and one ``/stemjepa/match`` per item; per ``status``:
+``/stemjepa/status``. Scheduled on the wall clock (:mod:`server.bridge`): ``/stemjepa/tick`` at
+each live beat and ``/stemjepa/play`` at an instrument's new top match's cue -- a receiver that
+starts the file there, at rate ``stretch``, is on the beat.
+"""
+from __future__ import annotations
+
+import time
+
+from .bridge import BeatClock, CueWatcher, Scheduler
+
+PREFIX = "/stemjepa"
+#: address -> argument types (OSC type tags) and names, in order
+ADDRESSES = {
+    "/stemjepa/beat": ("fffffii", "tempo phase confidence next_in_s stream_time signal seq"),
+    "/stemjepa/tempo": ("f", "bpm"),
+    "/stemjepa/tick": ("iiff", "beat beat_in_bar tempo stream_time"),
+    "/stemjepa/match": ("sisfsffffffifi",
+                        "instrument rank stem_id score file offset length stem_tempo stretch cue_stem_pos "
+                        "cue_in_s cue_beat stream_time seq"),
+    "/stemjepa/play": ("ssffsi", "instrument file stem_pos stretch stem_id beat"),
+    "/stemjepa/level": ("fi", "level_db signal"),
+    "/stemjepa/status": ("siiffsii", "state hops drops latency_p50_ms level_db audio_root seq protocol"),
+}
+
+
+def _f(x, none=-1.0) -> float:
+    return none if x is None else float(x)
+
+
+class OscSink:
+    def __init__(self, host: str, port: int, scheduler: Scheduler, *, beats_per_bar: int = 4):
+        try:
+            from pythonosc.udp_client import SimpleUDPClient
+        except ImportError as e:
+            raise ImportError("--osc needs python-osc: pip install -e '.[osc]'") from e
+        self.client = SimpleUDPClient(host, int(port))
+        self.beats_per_bar = int(beats_per_bar)
+        self.sent = 0
+        self.clock = BeatClock(scheduler, self._tick)
+        self.cues = CueWatcher(scheduler, self._play)
+
+    def send(self, address: str, *args) -> None:
+        types = ADDRESSES[address][0]
+        assert len(args) == len(types), (address, args)
+        self.client.send_message(address, [int(a) if t == "i" else float(a) if t == "f" else str(a)
+                                           for t, a in zip(types, args)])
+        self.sent += 1
+
+    def handle(self, topic: str, m: dict) -> None:
+        now = time.time()
+        if topic == "beat":
+            nxt = m.get("next_beats_wall") or []
+            self.send(f"{PREFIX}/beat", _f(m.get("tempo"), 0.0), _f(m.get("phase")), _f(m.get("confidence"), 0.0),
+                      nxt[0] - now if nxt else -1.0, m["stream_time"], int(bool(m.get("signal"))), m["seq"])
+            if m.get("tempo"):
+                self.send(f"{PREFIX}/tempo", m["tempo"])
+            self.clock.on_beat_msg(m)
+        elif topic == "match":
+            self.clock.on_match(m)
+            self.send(f"{PREFIX}/level", m["level_db"], int(bool(m.get("signal"))))
+            for inst, items in (m.get("matches") or {}).items():
+                for it in items:
+                    cue = it.get("cue") or {}
+                    self.send(f"{PREFIX}/match", inst, it["rank"], it["stem_id"], it["score"], it.get("file") or "",
+                              it["offset"], _f(it.get("length")), _f(it.get("stem_tempo"), 0.0),
+                              _f(it.get("stretch"), 0.0), _f(cue.get("stem_pos")),
+                              cue["wall_time"] - now if cue else -1.0, cue.get("beat", -1), m["stream_time"], m["seq"])
+            self.cues.on_match(m)
+        elif topic == "status":
+            lib = m.get("library") or {}
+            self.send(f"{PREFIX}/status", m["state"], m["counters"]["hops"], m["counters"]["drops"],
+                      _f((m.get("latency") or {}).get("p50")), _f(m.get("level_db"), -200.0),
+                      lib.get("audio_root") or "", m["seq"], m["v"])
+
+    def _tick(self, n: int, wall: float, stream_time: float, tempo: float) -> None:
+        self.send(f"{PREFIX}/tick", n, n % self.beats_per_bar, tempo, stream_time)
+
+    def _play(self, inst: str, it: dict) -> None:
+        self.send(f"{PREFIX}/play", inst, it["file"], it["cue"]["stem_pos"], _f(it.get("stretch"), 1.0),
+                  it["stem_id"], it["cue"]["beat"])
+
+    def close(self) -> None:
+        try:
+            self.client._sock.close()
+        except Exception:
+            pass
