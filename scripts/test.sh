@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_system.sh
-python -m pip install -q -e '.[cpu,audio,midi,osc,link,train,dev]'
+python -m pip install -q -e '.[cpu,audio,midi,osc,link,web,train,dev]'
 python -m export.cache > /dev/null  # a packed model directory: build its forms once (no-op otherwise)
 python -m pytest -q "$@"

@@ -1,5 +1,5 @@
-"""Bridges from the server's own PUB stream to other protocols: OSC (server/osc.py) and Ableton
-Link (server/link.py).
+"""Bridges from the server's own PUB stream to other protocols: OSC (server/osc.py), Ableton
+Link (server/link.py) and the live page's WebSocket (server/web.py).
 
 A :class:`Bridge` is a thread with a SUB socket on the server's publish address -- the same stream
 every other client sees, so a bridge cannot slow the hop worker down -- that hands each message to
@@ -8,7 +8,8 @@ its sinks. :class:`Scheduler` fires callbacks at wall-clock times (the ``*_wall`
 numbered like the match cues (server/cues.py: beat numbers divisible by 4 are downbeats);
 :class:`CueWatcher` reports each instrument's new top match at its cue time.
 
-``python -m server --osc HOST:PORT --link [--link-mode follow|lead]``: :func:`add_arguments` adds
+``python -m server --osc HOST:PORT --link [--link-mode follow|lead] --web [HOST:PORT]`` (the live
+page, server/web.py): :func:`add_arguments` adds
 the options, :func:`start` starts what was asked for after the server has bound its sockets.
 """
 from __future__ import annotations
@@ -254,7 +255,7 @@ def add_arguments(ap) -> None:
     g = ap.add_argument_group("bridges (each subscribes to this server's own publish stream)")
     g.add_argument("--osc", default=None, metavar="HOST:PORT",
                    help="send matches, beats, tempo and status as OSC over UDP to HOST:PORT "
-                        "(address space: docs/protocol.md, OSC; needs the osc extra: python-osc)")
+                        "(address space: docs/protocol.md, OSC; needs the osc extra: python-osc) (default: off)")
     g.add_argument("--link", action="store_true",
                    help="join an Ableton Link session on the local network (needs the link extra: aalink)")
     g.add_argument("--link-mode", choices=("follow", "lead"), default="follow",
@@ -262,12 +263,16 @@ def add_arguments(ap) -> None:
                         "tracker follows the session's tempo (default %(default)s)")
     g.add_argument("--link-quantum", type=int, default=4, metavar="BEATS",
                    help="beats per bar in the Link session; bar starts fall on the cues' downbeats (default %(default)s)")
+    g.add_argument("--web", nargs="?", const="127.0.0.1:8765", default=None, metavar="HOST:PORT",
+                   help="serve the live page (matches playable in the browser, beat, tempo, level, latency) on "
+                        "http://HOST:PORT/, loopback only (default when given without a value: 127.0.0.1:8765; "
+                        "needs the web extra: websockets)")
 
 
-def parse_hostport(value: str) -> tuple[str, int]:
+def parse_hostport(value: str, flag: str = "--osc", allow_zero: bool = False) -> tuple[str, int]:
     m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", value or "")
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"--osc {value!r}: expected HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9000")
+    if not m or not (0 if allow_zero else 1) <= int(m.group(2)) < 65536:
+        raise ValueError(f"{flag} {value!r}: expected HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9000")
     return m.group(1), int(m.group(2))
 
 
@@ -292,7 +297,7 @@ def start(a, srv) -> Bridges:
     from .app import ConfigError
 
     out = Bridges()
-    if not (getattr(a, "osc", None) or getattr(a, "link", False)):
+    if not (getattr(a, "osc", None) or getattr(a, "link", False) or getattr(a, "web", None)):
         return out
     out.scheduler = Scheduler()
     try:
@@ -309,6 +314,13 @@ def start(a, srv) -> Bridges:
                 raise ValueError("--link-quantum must be >= 1")
             out.sinks.append(LinkSink(out.scheduler, mode=a.link_mode, quantum=a.link_quantum, server=srv))
             log.info("Link: joined the session (%s mode, quantum %d)", a.link_mode, a.link_quantum)
+        if a.web:
+            from .web import WebSink
+
+            host, port = parse_hostport(a.web, "--web", allow_zero=True)  # port 0: any free port (tests)
+            web = WebSink(host, port, srv)
+            out.sinks.append(web)
+            log.info("live page: %s", web.url)
     except (ValueError, ImportError, OSError) as e:
         out.stop()
         for s in out.sinks:
