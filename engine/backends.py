@@ -3,7 +3,7 @@
 ``load_backend(model_dir, device="cpu", kind=None, threads=1)`` returns an object with
 ``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``, ``beats``, ``condition``, and
 ``stream`` (the manifest's streaming entry, or None): causal models' backends also have
-``encode_step``, ``encode_target_step`` and ``predict_tokens`` (engine/stream.py).
+``encode_step``, ``encode_target_step``, ``predict_code`` and ``predict_tokens`` (engine/stream.py).
 
 Kinds:
 
@@ -229,13 +229,19 @@ class OnnxBackend:
     def encode_target_step(self, logmel, k_cache, v_cache, past_age):
         return self._step("target_encoder_step", logmel, k_cache, v_cache, past_age)
 
-    def predict_tokens(self, tokens: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        """``(1, P, d)``, ``(N, C) | (N,)`` -> the predictor per token ``(N, P, d)``."""
+    def predict_code(self, cond: np.ndarray) -> np.ndarray:
+        """``(N, C) | (N,)`` -> ``(N, K)``: the conditions' codes (engine/stream.py)."""
         if self.stream is None:
             raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
         cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
+        return self.sessions["predictor_code"].run(None, {"cond": cond})[0]
+
+    def predict_tokens(self, tokens: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """``(1, P, d)``, ``(N, K)`` codes -> the predictor per token ``(N, P, d)``."""
+        if self.stream is None:
+            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
         return self.sessions["predictor_tokens"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32),
-                                                            "cond": cond})[0]
+                                                            "code": np.ascontiguousarray(code, dtype=np.float32)})[0]
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

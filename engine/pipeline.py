@@ -180,7 +180,8 @@ class Matcher:
             from .stream import StreamingEncoder, StreamingPredictor
 
             self._senc = StreamingEncoder(backend.encode_step, cfg)
-            self._spred = StreamingPredictor(backend.predict_tokens, cfg, window_columns=self.W // self.patch)
+            self._spred = StreamingPredictor(backend.predict_tokens, cfg, window_columns=self.W // self.patch,
+                                             code_fn=backend.predict_code)
             self._sact = np.zeros(self.W // self.patch * self.beat_probes, np.float32)  # the window's activation
         self.set_k(k)
         self.set_library(library)

@@ -7,7 +7,8 @@ new columns (5 tokens each), attending to a ring of ``max_columns * freq_patches
 tokens per layer, and runs the predictor on the new tokens only::
 
     enc = StreamingEncoder(backend.encode_step, manifest.config)    # or backend.encode_target_step
-    pred = StreamingPredictor(backend.predict_tokens, manifest.config, window_columns=50)
+    pred = StreamingPredictor(backend.predict_tokens, manifest.config, window_columns=50,
+                              code_fn=backend.predict_code)
     pred.set_conditions(["drums", "bass"], backend.condition(["drums", "bass"]))
     tokens = enc.push(logmel_cols)          # (1, 80, 16 c) raw log-mel of c new columns -> (1, 5 c, d)
     pred.push(tokens[0])                    # per-instrument outputs of the new tokens into the rings
@@ -21,7 +22,10 @@ Graphs (written by ``python -m export`` for causal models, listed under the mani
   each cached token's column and the first new one; ``>= max_columns`` = empty) ->
   ``tokens (B, 5 c, d)``, ``k_new``, ``v_new (L, B, H, 5 c, d/H)``: the cache is explicit input and
   output; the caller writes the new keys / values into the ring (no copy of the cache per hop);
-* ``predictor_tokens``: ``tokens (1, P, d)``, ``cond (N, C) | (N,)`` -> ``out (N, P, d)``: the
+* ``predictor_code``: ``cond (N, C) | (N,)`` -> ``code (N, K)``: what the predictor takes from a
+  condition (FiLM: every hidden layer's gamma and beta, ``K = (layers - 1) * 2 * hidden``; class:
+  its embedding, ``K = d``), computed once per instrument;
+* ``predictor_tokens``: ``tokens (1, P, d)``, ``code (N, K)`` -> ``out (N, P, d)``: the
   predictor per token, before pooling (the ``predictor`` graph = mean of this -> LN -> L2).
 
 Offline (:meth:`StreamingEncoder.encode`: a whole stream at once, column blocks of up to
@@ -37,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-STREAM_GRAPHS = ("encoder_step", "target_encoder_step", "predictor_tokens")
+STREAM_GRAPHS = ("encoder_step", "target_encoder_step", "predictor_code", "predictor_tokens")
 STREAM_VERSION = 1
 
 
@@ -57,9 +61,12 @@ def stream_io(config: dict) -> dict[str, dict]:
                        "v_cache": t([layers, "B", h, "S", dh]), "past_age": t(["S"])},
             "outputs": {"tokens": t(["B", "P", d]), "k_new": t([layers, "B", h, "P", dh]),
                         "v_new": t([layers, "B", h, "P", dh])}}
-    cond = t(["N", int(config["text_dim"])]) if config["conditioning"] == "film" else t(["N"], "int64")
+    film = config["conditioning"] == "film"
+    cond = t(["N", int(config["text_dim"])]) if film else t(["N"], "int64")
+    k = (int(config["predictor_layers"]) - 1) * 2 * int(config["predictor_hidden"]) if film else d
     return {"encoder_step": step, "target_encoder_step": step,
-            "predictor_tokens": {"inputs": {"tokens": t([1, "P", d]), "cond": cond},
+            "predictor_code": {"inputs": {"cond": cond}, "outputs": {"code": t(["N", k])}},
+            "predictor_tokens": {"inputs": {"tokens": t([1, "P", d]), "code": t(["N", k])},
                                  "outputs": {"out": t(["N", "P", d])}}}
 
 
@@ -177,14 +184,19 @@ class StreamingPredictor:
     """Cached predictor outputs per instrument over the ring of encoder tokens, and their running
     sum over the newest ``window_columns`` columns (the window whose mean is the query).
 
-    ``tokens_fn(tokens (1, n, d), cond) -> (N, n, d)``: a backend's ``predict_tokens``. The
+    ``tokens_fn(tokens (1, n, d), code) -> (N, n, d)``: a backend's ``predict_tokens``;
+    ``code_fn(cond) -> (N, K)``: its ``predict_code``, run once per new instrument (None: the
+    condition itself is passed to ``tokens_fn``, e.g. a per-token predictor taking cond). The
     encoder tokens of the last ``max_columns`` columns are kept, so that a new or changed
     instrument's ring is computed once from them (:meth:`set_conditions`), never per hop.
     Sums are float64 and recomputed exactly from the rings once per ring turn (no drift).
     """
 
-    def __init__(self, tokens_fn: Callable, config: dict, window_columns: int | None = None):
+    def __init__(self, tokens_fn: Callable, config: dict, window_columns: int | None = None,
+                 code_fn: Callable | None = None):
         self.tokens_fn = tokens_fn
+        self.code_fn = code_fn
+        self.code = None  # (N, K) codes of the current instruments (or their conditions)
         self.rows = int(config["n_mels"]) // int(config["patch"])
         self.cols = int(config["max_frames"]) // int(config["patch"])
         self.d = int(config["d_model"])
@@ -222,21 +234,30 @@ class StreamingPredictor:
         names = list(names)
         cond = None if cond is None or not names else np.asarray(cond)
         old = {n: i for i, n in enumerate(self.names)}
+        code = np.zeros((len(names),) + (() if self.code is None else self.code.shape[1:]), np.float32)
         out = np.zeros((len(names), self.out.shape[1], self.d), np.float32)
         sums = np.zeros((len(names), self.d), np.float64)
         todo = []
         for i, n in enumerate(names):
             j = old.get(n)
             if j is not None and self.cond is not None and np.array_equal(self.cond[j], cond[i]):
-                out[i], sums[i] = self.out[j], self.sum[j]
+                out[i], sums[i], code[i] = self.out[j], self.sum[j], self.code[j]
             else:
                 todo.append(i)
+        if todo:
+            new = cond[todo] if self.code_fn is None else np.asarray(self.code_fn(cond[todo]))
+            if code.shape[1:] != new.shape[1:]:
+                code = np.zeros((len(names),) + new.shape[1:], new.dtype)
+                for i, n in enumerate(names):  # (only when the code width was unknown: the first call)
+                    if i not in todo:
+                        code[i] = self.code[old[n]]
+            code[todo] = new
         live = min(self.columns, self.cols)
         if todo and live:
             idx = self._slots(self.columns - live, live)
-            res = np.asarray(self.tokens_fn(self.tokens[idx][None], cond[todo]), dtype=np.float32)  # (n, live*rows, d)
+            res = np.asarray(self.tokens_fn(self.tokens[idx][None], code[todo]), dtype=np.float32)  # (n, live*rows, d)
             out[np.asarray(todo)[:, None], idx[None, :]] = res
-        self.names, self.cond, self.out, self.sum = names, cond, out, sums
+        self.names, self.cond, self.code, self.out, self.sum = names, cond, (code if names else None), out, sums
         if todo:
             self._resum()
         self.recomputed += len(todo)
@@ -261,7 +282,7 @@ class StreamingPredictor:
             for i in range(0, c, self.cols):
                 self.push(t[i * self.rows:(i + self.cols) * self.rows])
             return
-        res = (np.asarray(self.tokens_fn(t[None], self.cond), dtype=np.float32)
+        res = (np.asarray(self.tokens_fn(t[None], self.code), dtype=np.float32)
                if len(self.names) else None)  # (N, 5c, d)
         for j in range(c):
             col = self.columns + j

@@ -102,10 +102,13 @@ class TorchBackend:
         self._need_stream()
         return self._run("target_encoder_step", np.asarray(logmel, dtype=np.float32), k_cache, v_cache, past_age)
 
-    def predict_tokens(self, tokens, cond):
+    def predict_code(self, cond):
         self._need_stream()
-        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
-        return self._run("predictor_tokens", np.asarray(tokens, dtype=np.float32), cond)
+        return self._run("predictor_code", np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32))
+
+    def predict_tokens(self, tokens, code):
+        self._need_stream()
+        return self._run("predictor_tokens", np.asarray(tokens, dtype=np.float32), np.asarray(code, dtype=np.float32))
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

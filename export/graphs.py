@@ -10,7 +10,8 @@ run exactly these modules, so both paths compute the same function.
 
 Causal models add the streaming graphs of engine/stream.py (:func:`build_stream_graphs`):
 :class:`EncoderStepGraph` (new columns + key/value cache in, tokens + new keys/values out) and
-:class:`PredictorTokensGraph` (the predictor per token, before pooling).
+:class:`PredictorCodeGraph` (a condition's FiLM parameters / class embedding, once per instrument)
+and :class:`PredictorTokensGraph` (the predictor per token from that code, before pooling).
 """
 from __future__ import annotations
 
@@ -56,17 +57,31 @@ class PredictorGraph(nn.Module):
 
     def per_token(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``(1, P, d)``, ``(N, C) | (N,)`` -> the predictor's output per token ``(N, P, d)``."""
+        return self.from_code(tokens, self.code(cond))
+
+    def code(self, cond: torch.Tensor) -> torch.Tensor:
+        """What the predictor takes from a condition, per instrument: ``(N, K)``. FiLM: every
+        hidden layer's ``(gamma, beta)`` side by side (``K = (layers - 1) * 2 * hidden``); class:
+        the class embedding (``K = d``). Constant while the instrument is, so streaming caches it."""
+        p = self.p
+        if self.conditioning == "film":
+            return torch.cat([film(cond) for film in p.film], dim=-1)
+        return p.embed(cond.long())
+
+    def from_code(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """``(1, P, d)``, ``(N, K)`` codes (:meth:`code`) -> ``(N, P, d)``."""
         p = self.p
         if self.conditioning == "film":
             h = tokens  # (1, P, d)
-            for i, (lin, film) in enumerate(zip(p.layers, p.film)):
-                gamma, beta = film(cond).unsqueeze(1).chunk(2, dim=-1)  # (N, 1, H)
+            width = p.layers[0].out_features * 2
+            for i, lin in enumerate(p.layers):
+                gamma, beta = code[:, i * width:(i + 1) * width].unsqueeze(1).chunk(2, dim=-1)  # (N, 1, H)
                 h = F.relu((1.0 + gamma) * lin(h) + beta)  # layer 0: (1,P,H) broadcast to (N,P,H)
             out = p.norm(p.out(h))
         else:
-            n = cond.shape[0]
+            n = code.shape[0]
             z = tokens.expand(n, -1, -1)
-            e = p.embed(cond.long()).unsqueeze(1).expand(-1, z.shape[1], -1)
+            e = code.unsqueeze(1).expand(-1, z.shape[1], -1)
             h = torch.cat([z, e], dim=-1)
             for lin in p.layers:
                 h = F.relu(lin(h))
@@ -74,11 +89,18 @@ class PredictorGraph(nn.Module):
         return out
 
 
-class PredictorTokensGraph(PredictorGraph):
-    """Streaming: the predictor per token, not pooled: ``(1, P, d)``, cond -> ``(N, P, d)``."""
+class PredictorCodeGraph(PredictorGraph):
+    """Streaming: a condition's code, once per instrument: cond ``(N, C) | (N,)`` -> ``(N, K)``."""
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.per_token(tokens, cond)
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.code(cond)
+
+
+class PredictorTokensGraph(PredictorGraph):
+    """Streaming: the predictor per token, not pooled: ``(1, P, d)``, code ``(N, K)`` -> ``(N, P, d)``."""
+
+    def forward(self, tokens: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return self.from_code(tokens, code)
 
 
 class EncoderStepGraph(nn.Module):
@@ -119,13 +141,14 @@ def build_graphs(model, norm: dict) -> dict[str, nn.Module]:
 
 
 def build_stream_graphs(model, norm: dict) -> dict[str, nn.Module]:
-    """Causal models only: ``{"encoder_step", "target_encoder_step", "predictor_tokens"}``
+    """Causal models only: ``{"encoder_step", "target_encoder_step", "predictor_code", "predictor_tokens"}``
     (engine/stream.py) -> eval-mode wrapper modules."""
     if not model.cfg.causal:
         raise ValueError("streaming graphs need a causal model")
     g = {
         "encoder_step": EncoderStepGraph(model.encoder, norm["mean"], norm["std"]),
         "target_encoder_step": EncoderStepGraph(model.target_encoder, norm["mean"], norm["std"]),
+        "predictor_code": PredictorCodeGraph(model.predictor, model.cfg.conditioning),
         "predictor_tokens": PredictorTokensGraph(model.predictor, model.cfg.conditioning),
     }
     for m in g.values():

@@ -1,7 +1,8 @@
 """Export of the streaming graphs of a causal model (engine/stream.py, docs/model_dir.md).
 
 ``encoder_step`` / ``target_encoder_step`` (new columns + key/value cache in; tokens + the new
-keys/values out) and ``predictor_tokens`` (the predictor per token) go to ONNX at every exported
+keys/values out), ``predictor_code`` (a condition's code) and ``predictor_tokens`` (the predictor
+per token) go to ONNX at every exported
 precision and to TorchScript fp32 / bf16, each checked against PyTorch eager fp32 on a dummy step
 (2 streams, 2 new columns, a ring of 250 tokens in shuffled slot order with empty slots) and, for
 the TorchScript files, on other shapes (one stream, 1 and 50 new columns; 1 and 250 tokens
@@ -22,7 +23,8 @@ DYNAMIC_AXES = {
     "encoder_step": {"logmel": {0: "B", 2: "T"}, "k_cache": {1: "B", 3: "S"}, "v_cache": {1: "B", 3: "S"},
                      "past_age": {0: "S"}, "tokens": {0: "B", 1: "P"}, "k_new": {1: "B", 3: "P"},
                      "v_new": {1: "B", 3: "P"}},
-    "predictor_tokens": {"tokens": {1: "P"}, "cond": {0: "N"}, "out": {0: "N", 1: "P"}},
+    "predictor_code": {"cond": {0: "N"}, "code": {0: "N"}},
+    "predictor_tokens": {"tokens": {1: "P"}, "code": {0: "N"}, "out": {0: "N", 1: "P"}},
 }
 DYNAMIC_AXES["target_encoder_step"] = DYNAMIC_AXES["encoder_step"]
 
@@ -40,7 +42,8 @@ def ring_ages(cfg, filled_columns: int, seed: int = 0):
     return torch.from_numpy(np.repeat(age, cfg.freq_patches))
 
 
-def dummy_inputs(cfg, norm: dict, batch: int = 2, columns: int = 2, filled: int = 40, seed: int = 0) -> dict:
+def dummy_inputs(cfg, norm: dict, batch: int = 2, columns: int = 2, filled: int = 40, seed: int = 0,
+                 code_graph=None) -> dict:
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -53,17 +56,23 @@ def dummy_inputs(cfg, norm: dict, batch: int = 2, columns: int = 2, filled: int 
         cond = torch.nn.functional.normalize(torch.randn(3, cfg.text_dim, generator=g), dim=-1)
     else:
         cond = torch.tensor([0, 3, 1], dtype=torch.long)
-    pred = {"tokens": torch.randn(1, 2 * cfg.freq_patches, cfg.d_model, generator=g), "cond": cond}
-    return {"encoder_step": step, "target_encoder_step": step, "predictor_tokens": pred}
+    out = {"encoder_step": step, "target_encoder_step": step, "predictor_code": {"cond": cond}}
+    if code_graph is not None:
+        with torch.no_grad():
+            code = code_graph(cond)
+        out["predictor_tokens"] = {"tokens": torch.randn(1, 2 * cfg.freq_patches, cfg.d_model, generator=g), "code": code}
+    return out
 
 
 def _other_inputs(name: str, cfg, norm: dict, inputs: dict) -> list[tuple]:
     if name == "predictor_tokens":
-        t, c = inputs["tokens"], inputs["cond"]
+        t, c = inputs["tokens"], inputs["code"]
         import torch
 
         full = torch.randn(1, cfg.max_columns * cfg.freq_patches, cfg.d_model, generator=torch.Generator().manual_seed(3))
         return [(t[:, :1].contiguous(), c[:1].contiguous()), (full, c)]
+    if name == "predictor_code":
+        return [(inputs["cond"][:1].contiguous(),)]
     return [tuple(dummy_inputs(cfg, norm, batch=1, columns=c, filled=f, seed=5)[name].values())
             for c, f in ((1, 49), (cfg.max_columns, 0))]
 
@@ -89,7 +98,7 @@ def export_stream_graphs(model, norm: dict, tmp: Path, precisions, log) -> dict:
     cfg = model.cfg
     io = stream_io(cfg.to_dict())
     graphs = build_stream_graphs(model, norm)
-    dummies = dummy_inputs(cfg, norm)
+    dummies = dummy_inputs(cfg, norm, code_graph=graphs["predictor_code"])
     onnx_entries: dict[str, dict] = {}
     torch_entries: dict[str, dict] = {}
     for name, mod in graphs.items():

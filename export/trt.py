@@ -10,6 +10,9 @@ Two documented routes:
   enabled_precisions={torch.float16})`` on the encoder, saved with ``torch_tensorrt.save`` as
   ``trt/encoder.ts.ep`` when torch-tensorrt is importable.
 
+A causal model's streaming graphs (engine/stream.py) get engines too, with profiles for one new
+column per hop up to a whole window (:func:`_stream_profile`).
+
 Without CUDA, :func:`require_cuda` raises :class:`TrtUnavailable` with the reason.
 """
 from __future__ import annotations
@@ -77,6 +80,48 @@ def _profile(name: str, cfg: dict) -> dict:
             "trt_profile_max_shapes": f"tokens:8x{p}x{d}"}
 
 
+def _stream_profile(name: str, cfg: dict) -> dict:
+    """TensorRT optimisation profiles of the streaming graphs (engine/stream.py): one new column
+    per hop (opt) up to a whole window (max, a stream's catch-up); the ring is always 250 tokens."""
+    f, d, rows = cfg["n_mels"], cfg["d_model"], cfg["n_mels"] // cfg["patch"]
+    cols = cfg["max_frames"] // cfg["patch"]
+    s, L, h = cols * rows, cfg["depth"], cfg["heads"]
+    dh = d // h
+    if name in ("encoder_step", "target_encoder_step"):
+        def shapes(b, c):
+            return (f"logmel:{b}x{f}x{c * cfg['patch']},k_cache:{L}x{b}x{h}x{s}x{dh},"
+                    f"v_cache:{L}x{b}x{h}x{s}x{dh},past_age:{s}")
+        return {"trt_profile_min_shapes": shapes(1, 1), "trt_profile_opt_shapes": shapes(1, 1),
+                "trt_profile_max_shapes": shapes(8, cols)}
+    film = cfg["conditioning"] == "film"
+    k = (cfg["predictor_layers"] - 1) * 2 * cfg["predictor_hidden"] if film else d
+    if name == "predictor_code":
+        c = (lambda n: f"cond:{n}x{cfg['text_dim']}") if film else (lambda n: f"cond:{n}")
+        return {"trt_profile_min_shapes": c(1), "trt_profile_opt_shapes": c(4), "trt_profile_max_shapes": c(32)}
+    if name == "predictor_tokens":
+        return {"trt_profile_min_shapes": f"tokens:1x{rows}x{d},code:1x{k}",
+                "trt_profile_opt_shapes": f"tokens:1x{rows}x{d},code:4x{k}",
+                "trt_profile_max_shapes": f"tokens:1x{s}x{d},code:32x{k}"}
+    raise KeyError(name)
+
+
+def _feeds_from_profile(profile: str, int_inputs=("cond",), cond_int: bool = False) -> dict:
+    """Random inputs of the shapes of one profile string (``name:AxBxC,...``)."""
+    import numpy as np
+
+    feeds = {}
+    for part in profile.split(","):
+        name, dims = part.split(":")
+        shape = tuple(int(x) for x in dims.split("x"))
+        if name in int_inputs and cond_int:
+            feeds[name] = np.arange(shape[0], dtype=np.int64) % 4
+        elif name == "past_age":
+            feeds[name] = np.repeat(np.arange(1, shape[0] // 5 + 1, dtype=np.float32), 5)[:shape[0]]
+        else:
+            feeds[name] = np.random.randn(*shape).astype(np.float32)
+    return feeds
+
+
 def build_trt(model_dir: str | Path, log=print) -> dict:
     """Build (and cache) TensorRT FP16 engines for every fp32 graph of ``model_dir``; record them in
     the manifest under ``"trt"``. Requires CUDA (raises :class:`TrtUnavailable`)."""
@@ -108,6 +153,16 @@ def build_trt(model_dir: str | Path, log=print) -> dict:
         sess.run(None, feeds)
         built[name] = {"provider": "TensorrtExecutionProvider", "fp16": True, **_profile(name, cfg)}
         log(f"export: TensorRT engine for {name} built (cache {Path(model_dir) / 'trt'})")
+    stream = m.data.get("stream")
+    if stream and cfg.get("causal"):  # the streaming graphs, same provider options, their own profiles
+        for name, per in stream.get("graphs", {}).items():
+            prof = _stream_profile(name, cfg)
+            opts = {**trt_provider_options(model_dir), **prof}
+            sess = ort.InferenceSession(str(Path(model_dir) / per["fp32"]["path"]),
+                                        providers=[("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"])
+            sess.run(None, _feeds_from_profile(prof["trt_profile_opt_shapes"], cond_int=cfg["conditioning"] != "film"))
+            built[name] = {"provider": "TensorrtExecutionProvider", "fp16": True, **prof}
+            log(f"export: TensorRT engine for {name} built (cache {Path(model_dir) / 'trt'})")
     try:  # optional second route
         import torch
         import torch_tensorrt  # type: ignore

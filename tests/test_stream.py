@@ -85,21 +85,29 @@ def test_step_equals_banded_reference_whole_chunked_and_column_by_column():
 def test_streaming_predictor_ring_sum_and_instrument_change():
     """Window sums over the ring == the mean of the per-token outputs of the last W columns;
     changing one instrument recomputes that one only, and gives what a fresh predictor gives."""
-    from export.graphs import PredictorTokensGraph
+    from export.graphs import PredictorGraph
 
     m = _micro()
-    g = PredictorTokensGraph(m.predictor, "film").eval()
+    g = PredictorGraph(m.predictor, "film").eval()
 
-    def tokens_fn(t, c):
+    def tokens_fn(t, c):  # the reference: per token, from the condition
         with torch.no_grad():
-            return g(torch.from_numpy(t), torch.from_numpy(c)).numpy()
+            return g.per_token(torch.from_numpy(t), torch.from_numpy(c)).numpy()
+
+    def from_code(t, k):
+        with torch.no_grad():
+            return g.from_code(torch.from_numpy(t), torch.from_numpy(k)).numpy()
+
+    def code(c):
+        with torch.no_grad():
+            return g.code(torch.from_numpy(c)).numpy()
 
     rng = np.random.default_rng(2)
     cfg = m.cfg.to_dict()
     toks = rng.standard_normal((5 * 130, 64)).astype(np.float32)
     cond = rng.standard_normal((3, 384)).astype(np.float32)
     cond /= np.linalg.norm(cond, axis=1, keepdims=True)
-    sp = StreamingPredictor(tokens_fn, cfg, window_columns=30)
+    sp = StreamingPredictor(from_code, cfg, window_columns=30, code_fn=code)
     sp.set_conditions(["a", "b", "c"], cond)
     for c0, c in ((0, 1), (1, 7), (8, 49), (57, 73)):
         sp.push(toks[5 * c0:5 * (c0 + c)])
@@ -110,7 +118,7 @@ def test_streaming_predictor_ring_sum_and_instrument_change():
     cond2 = cond.copy()
     cond2[1] = np.roll(cond[1], 7)
     assert sp.set_conditions(["a", "b2", "c"], cond2) == 1 and sp.recomputed == 4
-    fresh = StreamingPredictor(tokens_fn, cfg, window_columns=30)
+    fresh = StreamingPredictor(tokens_fn, cfg, window_columns=30)  # no code: the condition itself
     fresh.set_conditions(["a", "b2", "c"], cond2)
     fresh.push(toks)
     np.testing.assert_allclose(sp.embedding(), fresh.embedding(), atol=1e-5)
@@ -146,7 +154,9 @@ def test_exported_stream_graphs_match_eager(model_dir, kind):
     want = normalise_mean(np.stack([tref[5 * s:5 * (s + 50)].mean(0) for s in (0, 10, 30)]))
     assert emb.shape == (3, 64)
     assert np.sum(emb * want, 1).min() > (0.99999 if kind.endswith("fp32") else 0.95)
-    pt = b.predict_tokens(ref[:, :10], b.condition(["bass"]))
+    code = b.predict_code(b.condition(["bass"]))
+    assert code.shape == (1, 2 * 128 * 2)  # micro: 2 hidden layers x (gamma, beta) x 128
+    pt = b.predict_tokens(ref[:, :10], code)
     assert pt.shape == (1, 10, 64)
 
 
@@ -176,7 +186,7 @@ def test_matcher_streaming_whole_chunked_frame_by_frame_equals_offline(model_dir
     from engine.frontend import FrontEndConfig, LogMel
     from engine.library import StemLibrary
     from engine.pipeline import Matcher
-    from export.graphs import PredictorTokensGraph
+    from export.graphs import PredictorGraph
     from training.checkpoint import load_model
 
     b = load_backend(model_dir / "model", kind="onnx-fp32")
@@ -201,7 +211,7 @@ def test_matcher_streaming_whole_chunked_frame_by_frame_equals_offline(model_dir
     feats = LogMel(FrontEndConfig.from_dict(b.manifest.frontend)).offline(audio)
     cols = feats.shape[1] // 16
     ref_tok = _reference_tokens(model.encoder, feats[None, :, :16 * cols].astype(np.float32))[0]
-    g = PredictorTokensGraph(model.predictor, "film").eval()
+    g = PredictorGraph(model.predictor, "film").eval()
     cond = b.condition(names)
     checked = 0
     for r, q in base:
@@ -211,7 +221,7 @@ def test_matcher_streaming_whole_chunked_frame_by_frame_equals_offline(model_dir
         end_col = r.hop_index + 1  # columns since the origin at this hop (a hop is one column)
         w = ref_tok[5 * (end_col - n):5 * end_col]
         with torch.no_grad():
-            out = g(torch.from_numpy(w[None]), torch.from_numpy(cond)).numpy()
+            out = g.per_token(torch.from_numpy(w[None]), torch.from_numpy(cond)).numpy()
         np.testing.assert_allclose(q, normalise_mean(out.mean(1)), atol=1e-4)
         checked += 1
     assert checked > 40
@@ -252,3 +262,66 @@ def test_matcher_instrument_change_recomputes_once(model_dir):
     ref = Matcher(b, lib, instruments=["bass", "drum kit"], k=3)
     ref.run_array(audio)
     np.testing.assert_allclose(m.last_query, ref.last_query, atol=1e-5)
+
+
+def test_trt_stream_profiles_fit_the_graphs(model_dir):
+    """The TensorRT profiles of the streaming graphs (min / opt / max) are shapes the exported
+    graphs accept: checked on the CPU provider, where the outputs must have the contract's shapes."""
+    import json
+
+    import onnxruntime as ort
+
+    from export.trt import _feeds_from_profile, _stream_profile
+
+    man = json.loads((model_dir / "model" / "manifest.json").read_text())
+    cfg = man["config"]
+    for name, per in man["stream"]["graphs"].items():
+        sess = ort.InferenceSession(str(model_dir / "model" / per["fp32"]["path"]), providers=["CPUExecutionProvider"])
+        prof = _stream_profile(name, cfg)
+        for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"):
+            feeds = _feeds_from_profile(prof[key])
+            assert set(feeds) == {i.name for i in sess.get_inputs()}, (name, key)
+            outs = sess.run(None, feeds)
+            if name.endswith("encoder_step"):
+                b, c = feeds["logmel"].shape[0], feeds["logmel"].shape[2] // 16
+                assert outs[0].shape == (b, 5 * c, 64) and outs[1].shape == (2, b, 2, 5 * c, 32)
+            elif name == "predictor_tokens":
+                assert outs[0].shape == (feeds["code"].shape[0], feeds["tokens"].shape[1], 64)
+
+
+def test_trt_builds_stream_engines(model_dir, tmp_path):
+    """On a CUDA machine with TensorRT: engines for every graph, the streaming ones included."""
+    import shutil
+
+    from export.trt import build_trt, cuda_status
+
+    ok, why = cuda_status()
+    if not ok:
+        pytest.skip(f"TensorRT unavailable: {why}")
+    d = tmp_path / "model"
+    shutil.copytree(model_dir / "model", d)
+    built = build_trt(d, log=lambda m: None)
+    assert {"encoder_step", "predictor_code", "predictor_tokens"} <= set(built)
+
+
+def test_matcher_streaming_catches_up_after_dropped_hops(model_dir):
+    """Late hops dropped: the next hop encodes every column it missed in one step (c > 1) and
+    gives the query the hop-by-hop stream has at that hop."""
+    from engine.backends import load_backend
+    from engine.library import StemLibrary
+    from engine.pipeline import Matcher
+
+    b = load_backend(model_dir / "model", kind="onnx-fp32")
+    lib = StemLibrary.from_arrays(np.eye(64, dtype=np.float32)[:8], [f"s{i}" for i in range(8)],
+                                  fingerprint=b.manifest.fingerprint)
+    audio = _audio(10.0, seed=6)
+    every = {r.hop_index: q for r, q in _hops(Matcher(b, lib, instruments=["bass"], k=2), audio, len(audio))}
+    m = Matcher(b, lib, instruments=["bass"], k=2)
+    seen = 0
+    for i in range(0, len(audio), 2560 * 4):
+        m.ring.write(audio[i:i + 2560 * 4])
+        r = m.process_hop(drop_late=True)
+        if r is not None and m.last_query is not None:
+            np.testing.assert_allclose(m.last_query, every[r.hop_index], atol=1e-5)
+            seen += 1
+    assert seen > 8 and m.drops > 20 and m.restarts == 0
