@@ -23,7 +23,14 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm \
     || echo "setup: could not install Node.js; the Node subscriber test will be skipped" >&2
 fi
-if command -v npm >/dev/null 2>&1 && [ ! -d "$(dirname "$0")/../examples/max/node_modules/zeromq" ]; then
+if command -v npm >/dev/null 2>&1 && { [ ! -d "$(dirname "$0")/../examples/max/node_modules/zeromq" ] \
+    || [ ! -d "$(dirname "$0")/../examples/max/node_modules/ajv" ]; }; then
   (cd "$(dirname "$0")/../examples/max" && npm install --no-audit --no-fund --loglevel=error) \
     || echo "setup: npm install in examples/max failed; the Node subscriber test will be skipped" >&2
+fi
+# Chromium, headless, for the live page's test (tests/test_web.py); failure here only disables that test.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium \
+    || echo "setup: could not install Chromium; the live page test will be skipped" >&2
 fi

@@ -318,7 +318,7 @@ _LAT = Obj({"p50": Num(0, null=True), "p99": Num(0, null=True), "max": Num(0, nu
 
 STATUS = Obj({
     **_header("status", latency_null=True),
-    "state": Str(enum=("running", "paused", "finished")),
+    "state": Str(enum=("running", "paused", "finished", "stalled")),
     "uptime_s": Num(0),
     "backend": Str(),
     "device": Str(),

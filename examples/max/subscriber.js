@@ -4,7 +4,7 @@
 //           outlet messages: "match <dict>", "beat <dict>", "status <dict>", "reply <dict>"
 //           inlet messages:  "connect tcp://127.0.0.1:5555", "send {json command}" (to the control socket),
 //                            "instruments drums fretless bass" style shortcuts: "k 3", "pause", "resume"
-// In a terminal: node examples/max/subscriber.js [PUB_ADDR] [--ctl CTL_ADDR] [--count N] [--timeout S] [--json]
+// In a terminal: node examples/max/subscriber.js [PUB_ADDR] [--ctl CTL_ADDR] [--count N] [--timeout S] [--json] [--validate [DIR]]
 //           prints one line per message (console.log), exits after N messages / S seconds.
 "use strict";
 
@@ -29,7 +29,37 @@ const maxCount = parseInt(opt("--count", "0"), 10);
 const timeoutS = parseFloat(opt("--timeout", "0"));
 const rawJson = args.includes("--json");
 
+// --validate [DIR]: check every message and reply against the protocol's JSON Schema files
+// (server/json_schemas, made by `python -m server.schemas`); invalid ones are reported on stderr
+// and make the exit status 3
+const validateDir = args.includes("--validate")
+  ? (() => { const v = opt("--validate", ""); return v && !v.startsWith("--") && !v.startsWith("tcp://") ? v : require("path").join(__dirname, "..", "..", "server", "json_schemas"); })()
+  : null;
+let validators = null;
+let invalid = 0;
+if (validateDir) {
+  const fs = require("fs");
+  const path = require("path");
+  const Ajv2020 = require("ajv/dist/2020");
+  const ajv = new Ajv2020({ allErrors: true, strict: false });
+  validators = {};
+  for (const f of fs.readdirSync(validateDir).filter((n) => n.endsWith(".json"))) {
+    validators[f.slice(0, -5)] = ajv.compile(JSON.parse(fs.readFileSync(path.join(validateDir, f), "utf8")));
+  }
+}
+function check(kind, obj) {
+  if (!validators) return;
+  const name = kind === "reply" ? (obj.ok ? `reply.${obj.cmd}` : "reply.error") : kind;
+  const v = validators[name];
+  if (!v) { invalid += 1; console.error(`invalid ${kind}: no schema ${name}.json`); return; }
+  if (!v(obj)) {
+    invalid += 1;
+    console.error(`invalid ${kind} seq=${obj.seq}: ${v.errors.map((e) => `${e.instancePath || "/"} ${e.message}`).join("; ")}`);
+  }
+}
+
 function out(kind, obj) {
+  check(kind, obj);
   if (maxApi) {
     maxApi.outlet(kind, obj); // Max receives a dict
   } else if (rawJson) {
@@ -72,7 +102,7 @@ const control = (obj) => client.control(obj);
 
 function shutdown(code) {
   client.close();
-  setTimeout(() => process.exit(code), 10);
+  setTimeout(() => process.exit(code === 0 && invalid ? 3 : code), 10);
 }
 
 if (maxApi) {
