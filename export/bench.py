@@ -39,17 +39,19 @@ JSON (``--json OUT``), schema ``stemjepa-bench/1``::
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from engine.cli import CliError, Parser, guarded
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
 SCHEMA = "stemjepa-bench/1"
@@ -347,24 +349,50 @@ def agreement_sets(backend_ref, n_windows: int, lib_windows: int, seed: int = 7)
     return q, lib
 
 
+#: every label --backends accepts, each also as LABEL-stream (the streaming encoder of a causal
+#: model); which of them run depends on the machine and the model directory
+BACKEND_LABELS = ("torch-fp32-full", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8",
+                  "torch-cuda-fp32", "torch-cuda-bf16", "onnx-cuda-fp32", "onnx-cuda-fp16", "trt-fp16")
+
+
+@guarded("python -m export.bench")
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.bench", description="Time one full live hop per backend.")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda:0 (default cpu)")
-    ap.add_argument("--model", help=f"model directory (default {DEFAULT_MODEL}; a fresh tiny export if missing)")
-    ap.add_argument("--instruments", type=int, default=4, help="instruments per hop (default 4)")
-    ap.add_argument("--library-size", type=int, default=10000, help="segments in the library (default 10000)")
-    ap.add_argument("--hops", type=int, default=200, help="timed hops per backend (default 200)")
-    ap.add_argument("--warmup", type=int, default=20, help="untimed hops per backend first (default 20)")
+    ap = Parser(prog="python -m export.bench", description="Time one full live hop per backend.")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    ap.add_argument("--model", metavar="DIR",
+                    help="model directory (default: the shipped model, engine/assets/model; a fresh tiny export "
+                    "with random weights if it is missing)")
+    ap.add_argument("--instruments", type=int, default=4, help="instruments per hop")
+    ap.add_argument("--library-size", type=int, default=10000, help="segments in the library")
+    ap.add_argument("--hops", type=int, default=200, help="timed hops per backend")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed hops per backend first")
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads for torch / ONNX Runtime / BLAS (default 1: on a 2-core machine with the "
                          "other core busy, 1 thread is the fast and stable choice)")
-    ap.add_argument("--k", type=int, default=5, help="top-k (default 5)")
-    ap.add_argument("--agree-windows", type=int, default=16, help="windows for the retrieval agreement (default 16)")
-    ap.add_argument("--backends", help="comma-separated subset of labels to run (default: all available)")
+    ap.add_argument("--k", type=int, default=5, help="top-k")
+    ap.add_argument("--agree-windows", type=int, default=16, help="windows for the retrieval agreement")
+    ap.add_argument("--backends", metavar="LABEL[,LABEL...]",
+                    help=f"comma-separated subset to run, from {', '.join(BACKEND_LABELS)}, each also as LABEL-stream "
+                    "(default: all available)")
     ap.add_argument("--own-hop", action="store_true",
                     help="time export.bench.BenchHop instead of engine.pipeline.Matcher (for comparison)")
-    ap.add_argument("--json", help="write results as JSON here")
+    ap.add_argument("--json", metavar="OUT", help="write results as JSON here (default: not written)")
     a = ap.parse_args(argv)
+    for name in ("instruments", "library_size", "hops", "threads", "k", "agree_windows"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.warmup < 0:
+        ap.error("--warmup must be >= 0")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", a.device):
+        ap.error(f"--device {a.device!r}: use cpu or cuda:N")
+    if a.backends is not None:
+        want = [b.strip() for b in a.backends.split(",") if b.strip()]
+        unknown = [b for b in want if b not in BACKEND_LABELS and b.removesuffix("-stream") not in BACKEND_LABELS]
+        if unknown or not want:
+            ap.error(f"--backends: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKEND_LABELS)}")
+        a.backends = ",".join(want)
+    if a.model and not Path(a.model).is_dir():
+        raise CliError(f"--model {a.model}: no such folder", "give a model directory, or leave --model out")
 
     def log(msg=""):
         print(msg, flush=True)
@@ -397,6 +425,10 @@ def main(argv=None) -> int:
     if a.backends:
         want = set(a.backends.split(","))
         kinds = [k for k in kinds if k[0] in want]
+        if not kinds:
+            why = "; ".join(f"{b}: {skipped.get(b, 'not available here')}" for b in sorted(want))
+            raise CliError(f"--backends {a.backends}: none of them can run here ({why})",
+                           "leave --backends out to run every backend this machine offers")
     hop_s = cfg["patch"] * manifest.frontend.get("hop", 160) / manifest.frontend.get("sample_rate", 16000)
     chunk = int(round(hop_s * manifest.frontend.get("sample_rate", 16000)))
     audio = synth_audio(8.2 + (a.hops + a.warmup + 1) * hop_s, seed=1)

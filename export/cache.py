@@ -14,7 +14,6 @@ every stem library index and the packed directory agree on one identity.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.cli import Parser, guarded
 from engine.manifest import (MANIFEST, PACKED, PACKED_FORMAT, PACKED_VERSION, ModelDirError, built_dir, read_packed,
                              sha256_file)
 
@@ -145,31 +145,35 @@ def _built_ok(out: Path, packed: dict) -> bool:
     return m.fingerprint == packed["fingerprint"]
 
 
+@guarded("python -m export.cache")
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "pack":
-        ap = argparse.ArgumentParser(prog="python -m export.cache pack",
+        ap = Parser(prog="python -m export.cache pack",
                                      description="Write a packed model directory (fp16 weights + text encoder).")
         ap.add_argument("checkpoint", help="training checkpoint (.pt)")
         ap.add_argument("out_dir", help="packed model directory to write")
-        ap.add_argument("--text-from", default=str(DEFAULT_DIR),
+        ap.add_argument("--text-from", default=None,
                         help="model directory whose text encoder, tokenizer and conditioning cache are copied "
-                        "(default: %(default)s)")
-        ap.add_argument("--precision", nargs="+", default=["fp32", "int8"],
+                        "(default: the shipped model, engine/assets/model)")
+        ap.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "fp16", "int8", "bf16"],
                         help="ONNX precisions the build writes (default: fp32 int8)")
         ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
         a = ap.parse_args(argv[1:])
+        a.text_from = a.text_from or str(DEFAULT_DIR)
         try:
             pack_model(a.checkpoint, a.out_dir, precisions=a.precision, text_from=a.text_from, overwrite=a.overwrite)
         except (ExportError, ModelDirError) as e:
             print(f"export.cache: {e}", file=sys.stderr)
             return 2
         return 0
-    ap = argparse.ArgumentParser(prog="python -m export.cache",
-                                 description="Build (once) the ONNX/TorchScript forms of a packed model directory "
-                                 "into the cache, and print where they are.")
-    ap.add_argument("model_dir", nargs="?", default=str(DEFAULT_DIR), help="model directory (default: %(default)s)")
+    ap = Parser(prog="python -m export.cache",
+                description="Build (once) the ONNX/TorchScript forms of a packed model directory into the cache, "
+                "and print where they are. 'python -m export.cache pack --help': write a packed directory.")
+    ap.add_argument("model_dir", nargs="?", default=None,
+                    help="model directory (default: the shipped model, engine/assets/model)")
     a = ap.parse_args(argv)
+    a.model_dir = a.model_dir or str(DEFAULT_DIR)
     try:
         print(ensure_built(a.model_dir, log=lambda m: print(m, file=sys.stderr)))
     except (ExportError, ModelDirError) as e:

@@ -12,7 +12,6 @@ not an inference weight; it restarts at its initial value (0.1).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from engine.cli import Parser, guarded
 
 # TorchScript file of each part and the prefix its wrapper (export.graphs) puts before the weights
 PARTS = {
@@ -91,16 +92,14 @@ def recover(model_dir: str | Path, out: str | Path | None = None) -> tuple[objec
     return model, extras
 
 
+@guarded("python -m export.recover")
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.recover", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model_dir")
+    ap = Parser(prog="python -m export.recover", description=__doc__)
+    ap.add_argument("model_dir", help="model directory with manifest.json and the TorchScript fp32 files, "
+                    "e.g. engine/assets/model")
     ap.add_argument("out", help="checkpoint to write (.pt)")
     a = ap.parse_args(argv)
-    try:
-        _, ex = recover(a.model_dir, a.out)
-    except RecoverError as e:
-        print(f"export.recover: {e}", file=sys.stderr)
-        return 2
+    _, ex = recover(a.model_dir, a.out)
     print(f"[recover] {a.model_dir} -> {a.out} (fingerprint {ex['recovered_from']['fingerprint'][:12]}, "
           f"phase {ex['phase']}, {len(ex['labels'])} labels)")
     return 0

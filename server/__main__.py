@@ -6,52 +6,59 @@ Ctrl-C / SIGTERM stop it cleanly (exit status 0).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 from pathlib import Path
 
+from engine.cli import Parser, add_logging, guarded, log_level, report
+
 from . import config
+from .console import check_address
 
 log = logging.getLogger("server")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m server", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", help="inference device: cpu or cuda:N (default cpu)")
-    ap.add_argument("--model", default=str(config.DEFAULT_MODEL_DIR), help="model directory (default: shipped model)")
-    ap.add_argument("--library", default=str(config.DEFAULT_LIBRARY), help="stem library index (default: demo library)")
-    ap.add_argument("--input", default=None,
-                    help="audio file to replay, or sound device (index or name); default: default input device, "
-                         "else the demo track")
+    ap = Parser(prog="python -m server", description=__doc__)
+    ap.add_argument("--device", default="cpu", help="inference device: cpu or cuda:N")
+    ap.add_argument("--model", default=None, metavar="DIR",
+                    help="model directory (default: the shipped model, engine/assets/model)")
+    ap.add_argument("--library", default=None, metavar="PATH",
+                    help="stem library index (default: the demo library, engine/assets/demo/library.npz)")
+    ap.add_argument("--input", default=None, metavar="DEVICE|FILE",
+                    help="audio file to replay, or sound device (index or name) (default: the default input "
+                         "device, else the demo track)")
     ap.add_argument("--instruments", default=",".join(config.DEFAULT_INSTRUMENTS),
-                    help='comma-separated instrument names (default "%(default)s")')
-    ap.add_argument("--k", type=int, default=config.DEFAULT_K, help="matches per instrument (default %(default)s)")
+                    help='comma-separated free-text instrument names (default "%(default)s")')
+    ap.add_argument("--k", type=int, default=config.DEFAULT_K, help=f"matches per instrument, 1..{config.MAX_K}")
     ap.add_argument("--signal-threshold", type=float, default=config.SIGNAL_THRESHOLD_DB, metavar="DBFS",
                     help="input level (RMS over the window, dBFS) below which the input counts as silence: "
-                    "no matches, no tempo, no beats (default %(default)s)")
-    ap.add_argument("--hop", type=float, default=config.DEFAULT_HOP_MS, help="hop in ms (default %(default)s)")
+                    "no matches, no tempo, no beats")
+    ap.add_argument("--hop", type=float, default=config.DEFAULT_HOP_MS, metavar="MS",
+                    help="hop in ms, rounded to a multiple of 20 ms")
     ap.add_argument("--min-bpm", type=float, default=config.BPM_RANGE[0],
-                    help="slowest tempo the beat tracker considers (default %(default)g)")
+                    help="slowest tempo the beat tracker considers")
     ap.add_argument("--max-bpm", type=float, default=config.BPM_RANGE[1],
-                    help="fastest tempo the beat tracker considers (default %(default)g); a narrower range "
+                    help="fastest tempo the beat tracker considers; a narrower range "
                          "avoids half/double-tempo errors when the style is known")
     ap.add_argument("--restrict-category", action="store_true", help="only return stems of the queried category")
-    ap.add_argument("--pub", default=config.DEFAULT_PUB, help="PUB address (default %(default)s)")
-    ap.add_argument("--ctl", default=config.DEFAULT_CTL, help="control ROUTER address (default %(default)s)")
+    ap.add_argument("--pub", default=config.DEFAULT_PUB, metavar="ADDR", help="PUB address")
+    ap.add_argument("--ctl", default=config.DEFAULT_CTL, metavar="ADDR", help="control ROUTER address")
     ap.add_argument("--speed", type=float, default=1.0,
                     help="file replay speed: 1 real time, 2 twice as fast, 0 as fast as possible")
     ap.add_argument("--loop", action="store_true", help="loop the input file instead of exiting at its end")
     ap.add_argument("--midi", action="store_true", help="MIDI clock + beat notes on a virtual port")
-    ap.add_argument("--midi-channel", type=int, default=config.MIDI_CHANNEL, help="beat note channel 1-16")
-    ap.add_argument("--midi-note", type=int, default=config.MIDI_NOTE, help="beat note number 0-127")
+    ap.add_argument("--midi-channel", type=int, default=config.MIDI_CHANNEL, help="beat note channel, 1..16")
+    ap.add_argument("--midi-note", type=int, default=config.MIDI_NOTE, help="beat note number, 0..127")
     ap.add_argument("--midi-port", default=config.MIDI_PORT_NAME, help="virtual MIDI port name")
-    ap.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    ap.add_argument("--curve-keys", default=None,
-                    help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback")
-    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--threads", type=int, default=1, help="inference threads")
+    ap.add_argument("--curve-keys", default=None, metavar="DIR",
+                    help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback "
+                    "(default: none, plain TCP on loopback)")
+    add_logging(ap)
+    ap.add_argument("--status-every", type=float, default=5.0, metavar="S",
+                    help="when stderr is not a terminal: seconds between plain status log lines (0: none)")
     from .bridge import add_arguments as add_bridge_arguments
 
     add_bridge_arguments(ap)  # --osc, --link, --link-mode, --link-quantum (server/bridge.py)
@@ -61,14 +68,28 @@ def parse_args(argv=None):
     if not 1 <= a.midi_channel <= 16 or not 0 <= a.midi_note <= 127:
         ap.error("--midi-channel must be 1..16 and --midi-note 0..127")
     if not config.HOP_MS_RANGE[0] <= a.hop <= config.HOP_MS_RANGE[1]:
-        ap.error(f"--hop must be within {config.HOP_MS_RANGE} ms")
+        ap.error(f"--hop must be within {config.HOP_MS_RANGE[0]}..{config.HOP_MS_RANGE[1]} ms")
     if not 1 <= a.k <= config.MAX_K:
         ap.error(f"--k must be 1..{config.MAX_K}")
+    if a.threads < 1:
+        ap.error("--threads must be >= 1")
+    if a.status_every < 0:
+        ap.error("--status-every must be >= 0")
     if not 20 <= a.min_bpm < a.max_bpm <= 400:
         ap.error("need 20 <= --min-bpm < --max-bpm <= 400")
+    for flag, addr in (("--pub", a.pub), ("--ctl", a.ctl)):
+        why = check_address(flag, addr)
+        if why:
+            ap.error(why)
+    if a.pub == a.ctl:
+        ap.error("--pub and --ctl must be different addresses")
     a.instrument_list = [s.strip() for s in a.instruments.split(",") if s.strip()]
     if not a.instrument_list:
         ap.error("--instruments is empty")
+    if len(a.instrument_list) > config.MAX_INSTRUMENTS:
+        ap.error(f"--instruments names {len(a.instrument_list)}; at most {config.MAX_INSTRUMENTS}")
+    a.model = a.model or str(config.DEFAULT_MODEL_DIR)
+    a.library = a.library or str(config.DEFAULT_LIBRARY)
     return a
 
 
@@ -186,16 +207,36 @@ def build_source(a):
         log.info("input: replaying %s (%.1f s) at %s", a.input, src.duration_s,
                  "full speed" if a.speed == 0 else f"{a.speed:g}x real time")
         return src, not a.loop
+    if looks_like_path(a.input):
+        from .app import ConfigError
+
+        raise ConfigError(f"--input {a.input}: no such file\n  give an audio file that exists, or a sound device "
+                          "by index or name (python -m sounddevice lists them)")
     dev = int(a.input) if a.input.isdigit() else a.input
     src = DeviceSource(dev)
     log.info("input: sound device %r at %g Hz", src.name, src.rate)
     return src, False
 
 
+def looks_like_path(text: str) -> bool:
+    """An --input that names a file (a separator, or an audio file extension), not a device."""
+    from engine.audio import AUDIO_EXTENSIONS
+
+    return "/" in text or "\\" in text or Path(text).suffix.lower() in AUDIO_EXTENSIONS or Path(text).exists()
+
+
+@guarded("python -m server")
 def main(argv=None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(a.log_level).upper(), logging.INFO),
-                        format="[%(name)s] %(message)s", stream=sys.stderr)
+    debug = getattr(a, "debug", False)
+    console = None
+    if not a.quiet:
+        from .console import StatusLine
+
+        console = StatusLine.for_stderr(every_s=a.status_every)
+    handler = console.log_handler() if console is not None else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    logging.basicConfig(level=log_level(a), handlers=[handler], force=True)
     from .app import ConfigError, Server
 
     stop_requested = []
@@ -232,21 +273,24 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted during start-up")
         return 0
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
-    except Exception as e:
-        log.error("cannot start: %s: %s", type(e).__name__, e)
-        return 1
+    except Exception as e:  # ConfigError and anything else: one line and a hint, exit 2
+        if debug:
+            raise
+        return report("python -m server", e)
     server_box.append(srv)
     try:
         srv.start()
-    except ConfigError as e:
-        log.error("%s", e)
+    except Exception as e:
         srv.close()
-        return 2
-    log.info("backend %s on %s; publishing on %s, control on %s; instruments %s, k=%d, hop %g ms",
-             backend_name, a.device, a.pub, a.ctl, a.instrument_list, a.k, a.hop)
+        if debug:
+            raise
+        return report("python -m server", e)
+    hop_ms = float(getattr(matcher, "hop_ms", a.hop) or a.hop)
+    rounded = f" (asked {a.hop:g} ms, rounded to 20-ms steps)" if abs(hop_ms - a.hop) > 1e-6 else ""
+    log.info("backend %s on %s; publishing on %s, control on %s; instruments %s, k=%d, hop %g ms%s",
+             backend_name, a.device, a.pub, a.ctl, a.instrument_list, a.k, hop_ms, rounded)
+    if console is not None:
+        console.start(a.pub, curve_keys=a.curve_keys)
     from .bridge import start as start_bridges
 
     try:
@@ -260,6 +304,8 @@ def main(argv=None) -> int:
             pass
     finally:
         bridges.stop()
+        if console is not None:
+            console.stop()
         srv.close()
     if stop_requested:
         log.info("stopped by signal; clean shutdown")

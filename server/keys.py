@@ -7,10 +7,12 @@ the folder to accept any client that knows the server key).
 """
 from __future__ import annotations
 
-import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
+
+from engine.cli import CliError, Parser, guarded
 
 from . import config
 
@@ -40,12 +42,20 @@ def load_client(d: str | Path) -> dict:
     return {"curve_serverkey": spub, "curve_publickey": cpub, "curve_secretkey": csec}
 
 
+@guarded("python -m server.keys")
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m server.keys", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dir")
-    ap.add_argument("--client-name", default="client")
+    ap = Parser(prog="python -m server.keys", description=__doc__)
+    ap.add_argument("dir", help="folder to write the keys into (created if missing)")
+    ap.add_argument("--client-name", default="client", help="file name of the client key pair")
     a = ap.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", a.client_name) or a.client_name in ("server", ".", ".."):
+        ap.error(f"--client-name {a.client_name!r}: use letters, digits, '.', '_' or '-' (and not 'server')")
+    d = Path(a.dir)
+    if d.exists() and not d.is_dir():
+        raise CliError(f"{d}: exists and is not a folder", "give a folder for the keys")
+    if (d / config.CURVE_SERVER_SECRET).exists():
+        raise CliError(f"{d}: already holds a server key ({config.CURVE_SERVER_SECRET}); not overwritten",
+                       "keep it, or give another folder (clients would need the new server key)")
     out = generate(a.dir, a.client_name)
     for k, v in out.items():
         print(f"{k}: {v}")

@@ -1,11 +1,12 @@
 """``python -m server.listen [ADDR] [--topics match,beat,status]``: watch the stream in a terminal.
 
-Per instrument: the top-k stems (score, stem, track, offset); the tempo, phase and next beat; a
-status line with counters and latency. Ctrl-C exits cleanly.
+Per instrument: the top-k stems (score, stem id, offset); the tempo, phase and next beat; a
+status line with counters and latency. ``--json``: exactly one JSON object per line on stdout
+(each message as sent; its ``topic`` field names the topic), everything else on stderr.
+Ctrl-C exits cleanly. Exit status: 0, 1 when --check found a message off the schema, 2 on an error.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -13,14 +14,17 @@ import time
 
 import zmq
 
+from engine.cli import CliError, Parser, guarded
+
 from . import config, protocol as P
+from .console import check_address
 
 
 def _fmt_match(d: dict, width: int = 3) -> list[str]:
     lines = [f"match  seq {d.get('seq')}  t={d.get('stream_time', 0):8.2f}s  latency {d.get('latency_ms', 0):6.1f} ms"]
     for inst in d.get("instruments", []):
         items = d.get("matches", {}).get(inst, [])[:width]
-        cells = "  ".join(f"{it['score']:+.2f} {it['track_id']}/{it['stem_id']}@{it['offset']:.1f}s" for it in items)
+        cells = "  ".join(f"{it['score']:+.2f} {it['stem_id']}@{it['offset']:.1f}s" for it in items)
         lines.append(f"  {inst[:18]:<18} {cells}")
     return lines
 
@@ -45,19 +49,30 @@ def _fmt_status(d: dict) -> str:
             f"lib {d.get('library', {}).get('stems')} stems")
 
 
+@guarded("python -m server.listen")
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m server.listen", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("addr", nargs="?", default=config.DEFAULT_PUB)
-    ap.add_argument("--topics", default="match,beat,status", help="comma-separated topics")
+    ap = Parser(prog="python -m server.listen", description=__doc__)
+    ap.add_argument("addr", nargs="?", default=config.DEFAULT_PUB, help="the server's PUB address")
+    ap.add_argument("--topics", default="match,beat,status", help="comma-separated topics (match, beat, status)")
     ap.add_argument("--k", type=int, default=3, help="matches shown per instrument")
-    ap.add_argument("--json", action="store_true", help="print raw JSON lines")
+    ap.add_argument("--json", action="store_true", help="print each message as one JSON line (JSON Lines)")
     ap.add_argument("--count", type=int, default=0, help="exit after this many messages (0: never)")
     ap.add_argument("--timeout", type=float, default=0, help="exit after this many seconds (0: never)")
-    ap.add_argument("--curve-keys", default=None, help="key directory (server.key + client key pair)")
+    ap.add_argument("--curve-keys", default=None, metavar="DIR",
+                    help="key directory (server.key + a client key pair) of a server bound beyond loopback "
+                    "(default: none, plain TCP)")
     ap.add_argument("--check", action="store_true", help="validate every message against the v1 schema")
     a = ap.parse_args(argv)
+    if a.k < 1 or a.count < 0 or a.timeout < 0:
+        ap.error("--k must be >= 1, --count and --timeout >= 0")
+    why = check_address("address", a.addr)
+    if why:
+        raise CliError(why, "give the address the server publishes on (its --pub), e.g. tcp://127.0.0.1:5555")
     topics = [t.strip() for t in a.topics.split(",") if t.strip()]
+    unknown = [t for t in topics if t not in ("match", "beat", "status")]
+    if unknown or not topics:
+        ap.error(f"--topics: unknown topic(s) {', '.join(unknown) or '(none given)'}; choose from match, beat, status")
+    info = sys.stderr if a.json else sys.stdout
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -72,7 +87,7 @@ def main(argv=None) -> int:
     sub.connect(a.addr)
     for t in topics:
         sub.subscribe(t.encode())
-    print(f"listening on {a.addr} topics {topics} (Ctrl-C to quit)", flush=True)
+    print(f"listening on {a.addr} topics {topics} (Ctrl-C to quit)", file=info, flush=True)
     n = bad = 0
     t_end = time.monotonic() + a.timeout if a.timeout else None
     try:
@@ -86,16 +101,18 @@ def main(argv=None) -> int:
             try:
                 d = json.loads(frames[1])
             except ValueError:
-                print(f"{topic}: undecodable message", flush=True)
+                print(f"{topic}: undecodable message", file=info, flush=True)
                 continue
             n += 1
             if a.check:
                 errs = P.validate_message(topic, d)
                 if errs:
                     bad += 1
-                    print(f"SCHEMA {topic}: {errs[:3]}", flush=True)
+                    print(f"SCHEMA {topic}: {errs[:3]}", file=info, flush=True)
             if a.json:
-                print(topic, json.dumps(d), flush=True)
+                if isinstance(d, dict):
+                    d.setdefault("topic", topic)
+                print(json.dumps(d), flush=True)
             elif topic == "match":
                 print("\n".join(_fmt_match(d, a.k)), flush=True)
             elif topic == "beat":

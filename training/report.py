@@ -12,7 +12,6 @@ track ids where the file records them; otherwise the report stops with the reaso
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import time
@@ -30,23 +29,29 @@ def _cmd(*parts) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training report")
-    ap.add_argument("--data", required=True)
+    from engine.cli import Parser
+
+    ap = Parser(prog="python -m training report",
+                description="Evaluate the default model and the two baselines on one split and write the report "
+                "(markdown, JSON, plots) into --out.")
+    ap.add_argument("--data", required=True, help="dataset folder in the layout of the README")
     ap.add_argument("--default", required=True, help="default model checkpoint (with beat head)")
-    ap.add_argument("--contrastive", required=True)
-    ap.add_argument("--class", dest="klass", required=True)
-    ap.add_argument("--split", default="validation")
-    ap.add_argument("--out", default="docs/report")
-    ap.add_argument("--max-chunks", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--train-times", help="JSON {run: seconds} to include")
+    ap.add_argument("--contrastive", required=True, help="contrastive-only baseline checkpoint")
+    ap.add_argument("--class", dest="klass", required=True, help="4-class Stem-JEPA baseline checkpoint")
+    ap.add_argument("--split", default="validation", help="split in DATA/splits.json")
+    ap.add_argument("--out", default="docs/report", help="report folder")
+    ap.add_argument("--max-chunks", type=int, default=4, help="8-s chunks per stem")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--train-times", help="JSON {run: seconds} to include (default: none)")
     ap.add_argument("--beat-tracks", type=int, default=40,
                     help="validation tracks for the beat evaluation (the causal one runs the encoder every hop)")
-    ap.add_argument("--note", default="", help="a paragraph added under the title (e.g. how the data was made)")
-    ap.add_argument("--note-file", help="markdown file added under the title (after --note)")
-    ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate (exactly those)")
+    ap.add_argument("--note", default="", help="a paragraph added under the title, e.g. how the data was made "
+                    "(default: none)")
+    ap.add_argument("--note-file", help="markdown file added under the title, after --note (default: none)")
+    ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate, exactly those (default: all)")
     ap.add_argument("--reuse", nargs="*", default=[], choices=[k for k, _ in MODELS if k != "default"],
-                    help="models whose retrieval JSON files in --out are reused (checked against the data)")
+                    help="models whose retrieval JSON files in --out are reused, checked against the data "
+                    "(default: none)")
     a = ap.parse_args(argv)
     if a.note_file:
         a.note = "\n\n".join(x for x in (a.note, Path(a.note_file).read_text().strip()) if x)

@@ -6,6 +6,7 @@
 //                            "instruments drums fretless bass" style shortcuts: "k 3", "pause", "resume"
 // In a terminal: node examples/max/subscriber.js [PUB_ADDR] [--ctl CTL_ADDR] [--count N] [--timeout S] [--json] [--validate [DIR]]
 //           prints one line per message (console.log), exits after N messages / S seconds.
+//           --json: "TOPIC {json}" per line (the message as sent).
 "use strict";
 
 const { Client } = require("./client");
@@ -67,7 +68,8 @@ function out(kind, obj) {
   } else if (kind === "match") {
     const parts = (obj.instruments || []).map((inst) => {
       const top = (obj.matches[inst] || [])[0];
-      return top ? `${inst}: ${top.track_id}/${top.stem_id} (${top.score.toFixed(2)})` : `${inst}: -`;
+      // stem_id is the library's unique id of the stem (TRACK/STEM for the dataset layout): shown as is
+      return top ? `${inst}: ${top.stem_id} (${top.score.toFixed(2)})` : `${inst}: -`;
     });
     console.log(`match seq=${obj.seq} t=${obj.stream_time.toFixed(2)} latency=${obj.latency_ms.toFixed(1)}ms ${parts.join("; ")}`);
   } else if (kind === "beat") {

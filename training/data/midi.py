@@ -299,14 +299,6 @@ def touhou_title(filename: str) -> str:
     return key or re.sub(r"[^0-9a-z]+", "", Path(filename).stem.lower())
 
 
-def corpus_of(path: Path) -> str:
-    parts = [p.lower() for p in path.parts]
-    for c in ("touhou", "pop909", "nottingham", "groove"):
-        if any(c in p for p in parts):
-            return c
-    return "midi"
-
-
 def group_of(corpus: str, path: Path) -> str:
     if corpus == "touhou":
         return "touhou:" + touhou_title(path.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import gm
-from .midi import MidiError, Song, corpus_of, group_of, read_pop909_beats, read_song, stable_hash
+from .midi import MidiError, Song, group_of, read_pop909_beats, read_song, stable_hash
 
 SR = 16000
 SILENT_RMS = 3e-4  # a stem quieter than this over the whole excerpt (about -70 dBFS) is dropped
@@ -27,6 +27,36 @@ PREROLL = 2.0  # seconds rendered before an excerpt so that sustained notes and 
 TAIL = 1.0  # seconds after the last note of a full-song render
 PEAK = 0.98  # stems are scaled together so that the mix stays below this peak
 ASSIGN_CORPORA = ("pop909", "nottingham")
+#: corpora with rules of their own; a folder is one of them only when declared (never by its name)
+CORPORA = ("touhou", "pop909", "nottingham", "groove")
+PLAIN = "midi"  # any other folder: no rules, instruments as the files say
+MANIFEST = "corpus.json"  # {"corpus": "pop909"} in a MIDI folder declares its corpus
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+class CorpusError(ValueError):
+    pass
+
+
+def declared_corpus(midi_dir: str | Path, corpus: str | None = None) -> str:
+    """The corpus of a MIDI folder: ``corpus`` when given, else the ``corpus`` field of
+    ``MIDI_DIR/corpus.json``, else :data:`PLAIN` (a folder's or a file's name never decides)."""
+    midi_dir = Path(midi_dir)
+    source = "--corpus"
+    if corpus is None:
+        m = midi_dir / MANIFEST
+        if not m.is_file():
+            return PLAIN
+        try:
+            doc = json.loads(m.read_text())
+            corpus = doc["corpus"] if isinstance(doc, dict) else None
+        except (OSError, ValueError, KeyError) as e:
+            raise CorpusError(f"{m}: unreadable corpus manifest ({e}); it must be {{\"corpus\": NAME}}") from e
+        source = str(m)
+    corpus = str(corpus).strip().lower()
+    if corpus not in CORPORA + (PLAIN,):
+        raise CorpusError(f"{source}: unknown corpus {corpus!r}; choose from {', '.join(CORPORA + (PLAIN,))}")
+    return corpus
 
 
 @dataclass
@@ -43,33 +73,50 @@ def slug(s: str, n: int = 40) -> str:
     return s[:n].strip("-") or "x"
 
 
-def find_jobs(midi_dir: str | Path, limit: int | None = None, seed: int = 0) -> list[Job]:
+def find_jobs(midi_dir: str | Path, limit: int | None = None, seed: int = 0, corpus: str | None = None,
+              left_out: list | None = None) -> list[Job]:
     """Every usable MIDI file under ``midi_dir`` (recursively), as render jobs.
 
-    Corpus rules: Nottingham's melody-only/chords-only folders are duplicates of ``MIDI/`` and are
-    left out; Groove (drums only, one stem) is left out. ``limit`` keeps the first N files of a
-    seeded shuffle (stable: the same seed and folder always give the same files).
+    The folder's corpus is declared (:func:`declared_corpus`: ``corpus``, or a ``corpus.json`` in
+    the folder), never guessed from names. Corpus rules: Nottingham's melody-only/chords-only
+    folders are duplicates of ``MIDI/`` and are left out; Groove (drums only, one stem) is left out
+    whole; POP909 and Nottingham get their instruments assigned, POP909 its beat annotations.
+    Every file left out is appended to ``left_out`` as ``{"track_id", "source", "reason"}``.
+    ``limit`` keeps the first N files of a seeded shuffle (stable: the same seed and folder always
+    give the same files).
     """
     midi_dir = Path(midi_dir)
     if not midi_dir.is_dir():
         raise FileNotFoundError(f"{midi_dir}: no such folder")
-    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+    corpus = declared_corpus(midi_dir, corpus)
+    files = sorted(p for p in midi_dir.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
     jobs = []
     for p in files:
-        corpus = corpus_of(p.resolve())
-        if corpus == "groove":
-            continue
-        if corpus == "nottingham" and p.parent.name.lower() in ("melody", "chords"):
-            continue
         parts = p.resolve().parts
-        idx = next((i for i, x in enumerate(parts) if corpus in x.lower()), None)
-        rel = "/".join(parts[idx:]) if idx is not None and corpus != "midi" else str(p.relative_to(midi_dir))
+        # ids: the path from the corpus folder (the first folder named like the declared corpus,
+        # as the shared corpora are laid out; else the MIDI folder itself) -- ids only, no rules
+        idx = next((i for i, x in enumerate(parts) if corpus in x.lower()), None) if corpus != PLAIN else None
+        rel = "/".join(parts[idx:]) if idx is not None else (
+            str(p.relative_to(midi_dir)) if corpus == PLAIN else f"{midi_dir.name}/{p.relative_to(midi_dir)}")
         tid = f"{corpus}-{slug(p.stem)}-{stable_hash(rel) % 16**6:06x}"
+        why = None
+        if corpus == "groove":
+            why = "corpus groove (declared): drums only, one stem, nothing to pair it with"
+        elif corpus == "nottingham" and p.parent.name.lower() in ("melody", "chords"):
+            why = f"corpus nottingham (declared): {p.parent.name}/ duplicates a file of MIDI/"
+        if why:
+            if left_out is not None:
+                left_out.append({"track_id": tid, "source": rel, "reason": why})
+            continue
         jobs.append(Job(str(p), corpus, rel, tid, group_of(corpus, p)))
     if limit is not None and limit < len(jobs):
         order = np.random.default_rng(seed).permutation(len(jobs))
         jobs = [jobs[i] for i in sorted(order[:limit])]
     return jobs
+
+
+def _per_folder(value, i: int):
+    return value[i] if isinstance(value, (list, tuple)) else value
 
 
 def load_song(job: Job) -> Song:
@@ -226,9 +273,11 @@ def is_complete(track_dir: Path) -> bool:
 
 def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: float | None = None,
                   limit: int | None = None, val_fraction: float = 0.08, seed: int = 0, progress: bool = True,
-                  only_ids: list[str] | None = None) -> dict:
+                  only_ids: list[str] | None = None, corpora=None) -> dict:
     """Render every MIDI file of ``midi_dirs`` into ``out_dir``; resumable; returns the report.
-    ``only_ids``: render just these track ids of the set (e.g. one validation list)."""
+    ``only_ids``: render just these track ids of the set (e.g. one validation list).
+    ``corpora``: the declared corpus of every folder (one name, or one per folder; None: each
+    folder's ``corpus.json``, else plain MIDI). ``skipped_tracks`` names every file left out."""
     from tqdm import tqdm
 
     if isinstance(midi_dirs, (str, Path)):
@@ -237,14 +286,15 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
     out_dir.mkdir(parents=True, exist_ok=True)
     if not Path(soundfont).is_file():
         raise FileNotFoundError(f"{soundfont}: no such soundfont")
-    all_jobs = []
+    all_jobs, left_out = [], []
     for i, d in enumerate(midi_dirs):  # limit: one int for every folder, or one per folder
-        all_jobs += find_jobs(d, limit[i] if isinstance(limit, (list, tuple)) else limit, seed)
+        all_jobs += find_jobs(d, _per_folder(limit, i), seed, _per_folder(corpora, i), left_out)
     if only_ids is not None:
         keep = set(only_ids)
         all_jobs = [j for j in all_jobs if j.track_id in keep]
+        left_out = []
     skipped_dir = out_dir / ".skipped"
-    todo, done, skipped = [], 0, []
+    todo, done, skipped = [], 0, list(left_out)
     for j in all_jobs:
         if is_complete(out_dir / j.track_id):
             done += 1
@@ -294,7 +344,8 @@ def render_corpus(midi_dirs, out_dir, soundfont: str, jobs: int = 1, excerpt: fl
     report = {
         "midi_dirs": [str(d) for d in midi_dirs], "soundfont": str(soundfont), "excerpt": excerpt, "limit": limit,
         "seed": seed, "val_fraction": val_fraction, "jobs": jobs,
-        "found": len(all_jobs), "already_done": done, "rendered": len(ok), "skipped": len(skipped),
+        "corpora": [declared_corpus(d, _per_folder(corpora, i)) for i, d in enumerate(midi_dirs)],
+        "found": len(all_jobs) + len(left_out), "already_done": done, "rendered": len(ok), "skipped": len(skipped),
         "elapsed_s": round(elapsed, 1),
         "speed_x_realtime": round(audio_s / elapsed, 1) if elapsed > 0 else None,
         "songs_per_s": round(len(ok) / elapsed, 3) if elapsed > 0 else None,
@@ -357,16 +408,15 @@ DEFAULT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.08
 
 
-def render_default(out_dir="/work/data/render", midi_root="/work/shared/data/midi",
-                   soundfont="/usr/share/sounds/sf2/FluidR3_GM.sf2", jobs: int = 2,
-                   only_ids: list[str] | None = None) -> dict:
-    """The default training set: :data:`DEFAULT_SET` songs of touhou + pop909 + nottingham, 30-s
-    excerpts, FluidR3_GM, 8 % validation by song. Restartable (finished tracks are kept)."""
+def render_default(out_dir, midi_root, soundfont, jobs: int = 2, only_ids: list[str] | None = None) -> dict:
+    """The default training set: :data:`DEFAULT_SET` songs of touhou + pop909 + nottingham
+    (``MIDI_ROOT/<corpus>/``, each folder declared as its corpus), 30-s excerpts, FluidR3_GM, 8 %
+    validation by song. Restartable (finished tracks are kept)."""
     from tqdm import tqdm  # noqa: F401  (fail early if missing)
 
     dirs = [Path(midi_root) / name for name in DEFAULT_SET]
     return render_corpus(dirs, out_dir, soundfont, jobs, DEFAULT_EXCERPT, list(DEFAULT_SET.values()),
-                         DEFAULT_VAL_FRACTION, DEFAULT_SEED, only_ids=only_ids)
+                         DEFAULT_VAL_FRACTION, DEFAULT_SEED, only_ids=only_ids, corpora=list(DEFAULT_SET))
 
 
 # ---- varied renders (training/data/vary.py) -------------------------------------------------------
@@ -446,12 +496,13 @@ def _run_varied_job(args) -> dict:
 
 def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limit=None, seed: int = 0,
                   val_fraction: float = DEFAULT_VAL_FRACTION, only_split: str | None = None,
-                  force_split: str | None = None, exclude_corpora=(), progress: bool = True) -> dict:
+                  force_split: str | None = None, exclude_corpora=(), progress: bool = True, corpora=None) -> dict:
     """Render ``variants`` of every song of ``midi_dirs`` with ``recipe`` (training/data/vary.py).
 
     ``only_split``: keep the songs whose song-group split (:func:`split_of`, the same hash as every
     other render with this seed and fraction) is this one. ``force_split``: write every track into
-    this split (a validation-only set). Resumable and deterministic like :func:`render_corpus`.
+    this split (a validation-only set). ``corpora``: as in :func:`render_corpus`. Resumable and
+    deterministic like :func:`render_corpus`.
     """
     from tqdm import tqdm
 
@@ -465,14 +516,16 @@ def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limi
         midi_dirs = [midi_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    all_jobs = []
+    all_jobs, left_out = [], []
     for i, d in enumerate(midi_dirs):
-        all_jobs += find_jobs(d, limit[i] if isinstance(limit, (list, tuple)) else limit, seed)
+        all_jobs += find_jobs(d, _per_folder(limit, i), seed, _per_folder(corpora, i), left_out)
+    left_out += [{"track_id": j.track_id, "source": j.rel, "reason": f"corpus {j.corpus} excluded"}
+                 for j in all_jobs if j.corpus in exclude_corpora]
     all_jobs = [j for j in all_jobs if j.corpus not in exclude_corpora]
     if only_split:
         all_jobs = [j for j in all_jobs if split_of(j.group, val_fraction, seed) == only_split]
     skipped_dir = out_dir / ".skipped"
-    todo, done, skipped = [], 0, []
+    todo, done, skipped = [], 0, list(left_out)
     for v in variants:
         for j in all_jobs:
             tid = f"{j.track_id}-v{v}"
@@ -524,7 +577,8 @@ def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limi
     report = {"recipe": recipe.name, "recipe_settings": {k: v for k, v in vars(recipe).items()},
               "midi_dirs": [str(d) for d in midi_dirs], "variants": list(variants), "seed": seed, "limit": limit,
               "only_split": only_split, "force_split": force_split, "exclude_corpora": list(exclude_corpora),
-              "found": len(all_jobs) * len(variants), "already_done": done, "rendered": len(ok),
+              "corpora": [declared_corpus(d, _per_folder(corpora, i)) for i, d in enumerate(midi_dirs)],
+              "found": len(all_jobs) * len(variants) + len(left_out), "already_done": done, "rendered": len(ok),
               "skipped": len(skipped), "elapsed_s": round(elapsed, 1),
               "audio_s_this_run": round(sum(r["seconds"] for r in ok), 1),
               "train": len(splits["train"]), "validation": len(splits["validation"]),
