@@ -117,7 +117,7 @@ class Conditioner:
             return np.array([self.class_of(n) for n in names], dtype=np.int64)
         from .text import normalise_name
 
-        missing = [n for n in {normalise_name(x) for x in names} if n not in self.cache.table]
+        missing = [n for n in {normalise_name(x) for x in names} if n not in self.cache]
         if missing:
             enc = self._text_encoder()
             if enc is not None:

@@ -422,12 +422,28 @@ class StemLibrary:
         return p
 
     @classmethod
-    def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> "StemLibrary":
+    def load(cls, path: str | Path, expect_fingerprint: str | None = None, *, max_bytes: int | None = None,
+             max_segments: int | None = None, max_stems: int | None = None) -> "StemLibrary":
         """Read an index written by :meth:`save`. ``expect_fingerprint``: the loading model's
-        fingerprint; an index built by another model is refused with :class:`LibraryError`."""
+        fingerprint; an index built by another model is refused with :class:`LibraryError`.
+        ``max_bytes`` (file size), ``max_segments`` and ``max_stems``: limits checked from the
+        file's size and its arrays' headers *before* anything is decompressed, so that a small file
+        that would expand to gigabytes is refused at no cost (None: no limit)."""
         p = _npz_path(path)
         if not p.is_file():
             raise LibraryError(f"{p}: no such stem library index")
+        if max_bytes is not None and p.stat().st_size > max_bytes:
+            raise LibraryError(f"{p}: {p.stat().st_size} bytes, more than the limit of {max_bytes}")
+        if max_segments is not None or max_stems is not None:
+            shapes = _npz_shapes(p)
+            n_seg = shapes.get("embeddings", (0,))[0]
+            for name in ("seg_stem", "seg_offset"):
+                n_seg = max(n_seg, shapes.get(name, (0,))[0])
+            if max_segments is not None and n_seg > max_segments:
+                raise LibraryError(f"{p}: {n_seg} segments, more than the limit of {max_segments}")
+            meta_bytes = int(np.prod(shapes.get("meta", (0,))))
+            if max_stems is not None and meta_bytes > 4096 * max_stems:  # a stem's entry is ~200 bytes
+                raise LibraryError(f"{p}: its stem table of {meta_bytes} bytes is larger than {max_stems} stems need")
         try:
             with np.load(p, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode("utf-8"))
@@ -449,11 +465,35 @@ class StemLibrary:
         e = arrays["embeddings"]
         if e.size == 0:
             e = e.reshape(0, int(meta.get("dim") or 0))
+        if max_stems is not None and len(meta.get("stems") or ()) > max_stems:
+            raise LibraryError(f"{p}: {len(meta['stems'])} stems, more than the limit of {max_stems}")
         lib = cls(e, arrays["seg_stem"], arrays["seg_offset"], meta["stems"], fingerprint=fp,
                   hop_s=meta.get("hop_s", 4.0), window_s=meta.get("window_s", 8.0), info=meta.get("info"),
                   normalise=False)
         lib.index_path = p
         return lib
+
+
+def _npz_shapes(p: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of every array in an ``.npz`` file, read from the ``.npy`` headers only (each
+    member is opened and its first bytes decompressed; nothing else is read)."""
+    import zipfile
+
+    out: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, _ = np.lib.format.read_array_header_2_0(f)
+                out[name] = tuple(int(x) for x in shape)
+    except Exception as e:
+        raise LibraryError(f"{p}: not a readable stem library index ({e})") from e
+    return out
 
 
 def _npz_path(path: str | Path) -> Path:
@@ -807,7 +847,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1 or args.batch < 1 or args.hop <= 0:
             ap.error("--threads and --batch must be >= 1, --hop > 0")
     try:
-
         if args.cmd == "info":
             print(json.dumps(StemLibrary.load(args.index).summary(), indent=1))
             return 0

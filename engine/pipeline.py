@@ -195,7 +195,12 @@ class Matcher:
     # ------------------------------------------------------------------ control
     def set_instruments(self, names) -> None:
         """Free-text instrument names (an empty list is allowed: no matches). Conditioning is
-        computed here, once per change."""
+        computed here, once per change: ``apply_instruments(prepare_instruments(names))``."""
+        self.apply_instruments(self.prepare_instruments(names))
+
+    def prepare_instruments(self, names) -> tuple[list[str], object]:
+        """The heavy half of :meth:`set_instruments` (text encoding), with no change of state, so
+        that a server can run it off the hop and control threads: ``(clean names, conditioning)``."""
         if isinstance(names, str):
             names = [names]
         clean: list[str] = []
@@ -211,7 +216,12 @@ class Matcher:
             raise
         except Exception as e:  # e.g. no text encoder for an unknown name: a bad argument here
             raise ValueError(f"cannot condition on {clean}: {e}") from e
-        self.instruments, self._cond = clean, cond
+        return clean, cond
+
+    def apply_instruments(self, prepared: tuple[list[str], object]) -> None:
+        """Swap in what :meth:`prepare_instruments` computed (cheap; between two hops)."""
+        clean, cond = prepared
+        self.instruments, self._cond = list(clean), cond
         self._update_categories()
 
     def set_k(self, k: int) -> None:
@@ -477,19 +487,23 @@ class Matcher:
 
     def _levels(self, x: np.ndarray, n_new: int) -> tuple[float, float]:
         """(window level, hop level) in dBFS after the ``n_new`` newest samples of ``x``; the
-        window keeps one mean square per 10-ms front-end hop for its W frames."""
+        window keeps one mean square per 10-ms front-end hop for its W frames. Each 10-ms block's
+        own mean is removed first, so a DC offset (a faulty interface, a stuck converter) is not
+        taken for signal: it is silence to the model's front end too."""
         h = self.fe.hop
         new = x[len(x) - n_new:] if n_new <= len(x) else x
         k = len(new) // h
         if k:
-            ms = np.einsum("ij,ij->i", new[-k * h:].reshape(k, h), new[-k * h:].reshape(k, h)) / h
+            blocks = new[-k * h:].reshape(k, h).astype(np.float64)
+            blocks = blocks - blocks.mean(axis=1, keepdims=True)
+            ms = np.einsum("ij,ij->i", blocks, blocks) / h
             if k >= self.W:
                 self._ms[:] = ms[-self.W:]
             else:
                 self._ms[:-k] = self._ms[k:]
                 self._ms[-k:] = ms
             self._ms_n = min(self.W, self._ms_n + k)
-        hop_ms = float(np.mean(new.astype(np.float64) ** 2)) if len(new) else 0.0
+        hop_ms = float(np.var(new.astype(np.float64))) if len(new) else 0.0
         win = float(self._ms[self.W - self._ms_n:].mean()) if self._ms_n else 0.0
         return float(10.0 * np.log10(win + 1e-12)), float(10.0 * np.log10(hop_ms + 1e-12))
 

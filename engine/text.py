@@ -16,6 +16,7 @@ Implementations (all offline; nothing is ever downloaded):
 """
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -191,27 +192,52 @@ class ClapText:
 
 
 class CachedText:
-    """Caches vectors per normalised name; ``encode`` accepts any free text."""
+    """Caches vectors per normalised name; ``encode`` accepts any free text.
 
-    def __init__(self, inner: TextEncoder):
+    Names given to :meth:`preload` (the training labels shipped with a model) stay; other names
+    are kept in a least-recently-used cache of ``max_size`` entries, so a client that sends new
+    names forever costs bounded memory."""
+
+    def __init__(self, inner: TextEncoder, max_size: int = 256):
         self.inner = inner
         self.name, self.dim = inner.name, inner.dim
-        self._cache: dict[str, np.ndarray] = {}
+        self.max_size = int(max_size)
+        self._pinned: dict[str, np.ndarray] = {}
+        self._cache: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
+
+    def _get(self, n: str) -> np.ndarray | None:
+        v = self._pinned.get(n)
+        if v is None:
+            v = self._cache.get(n)
+            if v is not None:
+                self._cache.move_to_end(n)
+        return v
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         names = [normalise_name(t) for t in texts]
-        todo = sorted({n for n in names if n not in self._cache})
+        got = {n: self._get(n) for n in dict.fromkeys(names)}
+        todo = sorted(n for n, v in got.items() if v is None)
         if todo:
             for n, v in zip(todo, self.inner.encode(todo)):
-                self._cache[n] = v.astype(np.float32)
+                got[n] = v.astype(np.float32)
+                self._cache[n] = got[n]
+            while len(self._cache) > self.max_size:
+                self._cache.popitem(last=False)
         if not names:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._cache[n] for n in names])
+        return np.stack([got[n] for n in names])
 
     def preload(self, table: dict[str, np.ndarray]) -> None:
         for k, v in table.items():
-            self._cache[normalise_name(k)] = np.asarray(v, dtype=np.float32)
+            self._pinned[normalise_name(k)] = np.asarray(v, dtype=np.float32)
+
+    def __contains__(self, name: str) -> bool:
+        n = normalise_name(name)
+        return n in self._pinned or n in self._cache
+
+    def __len__(self) -> int:
+        return len(self._pinned) + len(self._cache)
 
     @property
     def table(self) -> dict[str, np.ndarray]:
-        return dict(self._cache)
+        return {**self._pinned, **self._cache}

@@ -7,6 +7,7 @@ Ctrl-C / SIGTERM stop it cleanly (exit status 0).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +27,12 @@ def parse_args(argv=None):
                     help="model directory (default: the shipped model, engine/assets/model)")
     ap.add_argument("--library", default=None, metavar="PATH",
                     help="stem library index (default: the demo library, engine/assets/demo/library.npz)")
+    ap.add_argument("--library-root", action="append", default=[], metavar="DIR",
+                    help="a folder under which clients may open libraries with set_library (repeatable; the "
+                         "shipped demo's folder is always allowed; every other path is refused)")
+    ap.add_argument("--watchdog", type=float, default=config.WATCHDOG_S, metavar="S",
+                    help="a hop worker that makes no progress for S seconds makes status say \"stalled\"; after "
+                         f"2*S the server exits with status {config.EXIT_STALLED} (0: off) (default: %(default)s)")
     ap.add_argument("--input", default=None, metavar="DEVICE|FILE",
                     help="audio file to replay, or sound device (index or name) (default: the default input "
                          "device, else the demo track)")
@@ -73,6 +80,11 @@ def parse_args(argv=None):
         ap.error(f"--k must be 1..{config.MAX_K}")
     if a.threads < 1:
         ap.error("--threads must be >= 1")
+    if not (a.watchdog == 0 or 0.5 <= a.watchdog <= 3600):
+        ap.error("--watchdog must be 0 (off) or 0.5..3600 seconds")
+    for r in a.library_root:
+        if not Path(r).is_dir():
+            ap.error(f"--library-root {r}: not a folder")
     if a.status_every < 0:
         ap.error("--status-every must be >= 0")
     if not 20 <= a.min_bpm < a.max_bpm <= 400:
@@ -157,7 +169,7 @@ def build_engine(a):
     check_assets(model, lib_path)
     model = ensure_model_forms(model)
     from engine.backends import BackendError, load_backend
-    from engine.library import LibraryError, StemLibrary
+    from engine.library import LibraryError
     from engine.manifest import ModelDirError
     from engine.pipeline import Matcher
 
@@ -165,16 +177,18 @@ def build_engine(a):
         backend = load_backend(str(model), device=a.device, threads=a.threads)
     except (BackendError, ModelDirError) as e:
         raise ConfigError(f"cannot load the model directory {_rel(model)}: {e}")
-    fp = backend.manifest.fingerprint
+    from .app import library_loader
 
-    def loader(p):
-        return StemLibrary.load(p, expect_fingerprint=fp)
+    loader = library_loader(backend.manifest.fingerprint)
 
     try:
         lib = loader(str(lib_path))
     except LibraryError as e:
         raise ConfigError(f"cannot use the stem library {_rel(lib_path)}: {e}\n  Rebuild it with this model: "
                           f"python -m engine.library build STEMS_DIR {_rel(lib_path)} --model {_rel(model)}")
+    if not len(lib):
+        raise ConfigError(f"the stem library {_rel(lib_path)} holds no segments: there is nothing to match.\n"
+                          f"  Rebuild it from a folder of stems: python -m engine.library build STEMS_DIR {_rel(lib_path)}")
     try:
         m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
                     signal_threshold_db=a.signal_threshold,
@@ -266,9 +280,8 @@ def main(argv=None) -> int:
                 midi_error = str(e)
                 log.warning("MIDI unavailable, continuing without MIDI: %s", e)
         srv = Server(matcher, source, backend_name=backend_name, device=a.device, pub_addr=a.pub, ctl_addr=a.ctl,
-                     library_path=a.library, library_loader=loader,
-                     curve_keys=a.curve_keys, midi=midi, exit_at_end=exit_at_end, hop_ms=a.hop, k=a.k,
-                     instruments=a.instrument_list, restrict_category=a.restrict_category)
+                     library_path=a.library, library_loader=loader, library_roots=a.library_root,
+                     curve_keys=a.curve_keys, midi=midi, exit_at_end=exit_at_end, watchdog_s=a.watchdog)
         srv.midi_error = midi_error
     except KeyboardInterrupt:
         log.info("interrupted during start-up")
@@ -307,11 +320,17 @@ def main(argv=None) -> int:
         if console is not None:
             console.stop()
         srv.close()
-    if stop_requested:
+    if srv.stuck:  # a thread stuck in the engine: leave now, do not wait on it at interpreter exit
+        log.error("stopped: %s did not stop; exiting with status %d", ", ".join(srv.stuck), srv.exit_code)
+        logging.shutdown()
+        os._exit(srv.exit_code)
+    if srv.exit_code:
+        log.error("stopped: the hop worker stalled (exit status %d)", srv.exit_code)
+    elif stop_requested:
         log.info("stopped by signal; clean shutdown")
     else:
         log.info("finished: end of input")
-    return 0
+    return srv.exit_code
 
 
 if __name__ == "__main__":

@@ -1,23 +1,32 @@
-"""The server process: capture -> ring -> worker hops -> PUB; control on ROUTER; MIDI clock.
+"""The server process: capture -> ring -> worker hops -> XPUB; control on ROUTER; MIDI clock.
 
-Threads:
+Threads, and the socket each one owns (a socket is used and closed only by its owner):
 
 * the audio producer (PortAudio's callback or the file-replay thread) copies into a CaptureBuffer;
 * ``worker`` drains it into the matcher's ring, runs ``process_hop`` (latest wins: the matcher
   skips hops it is late for and counts them), publishes ``beat`` then ``match``, and ``status``
-  about every second; it owns the PUB socket;
-* ``control`` answers requests on the ROUTER socket; engine changes are applied under a lock that
-  the worker holds while it runs a hop, so a command lands between two hops;
+  about every second and at once to a new subscriber; it owns the XPUB socket;
+* ``control`` answers requests on the ROUTER socket; it never waits on slow work: a request that
+  loads a library or encodes instrument names is handed to ``loader``, and its reply is sent
+  when ``loader`` has finished; it owns the ROUTER socket (and the CURVE monitor sockets);
+* ``loader`` runs those slow requests one at a time, then swaps the new state into the matcher
+  under the hop lock, so it lands between two hops; a load that fails changes nothing;
+* ``watchdog`` notices a worker that makes no progress (status ``stalled``; the server exits
+  with status 3 when it does not recover) and supervises the sound card (stall, loss, return);
 * ``midi`` (optional) emits the clock.
 
 ``Server.run()`` blocks until ``stop()`` (called by the SIGINT/SIGTERM handler, by a finished file
-replay, or by a test), then joins every thread and closes every socket.
+replay, by the watchdog, or by a test), then joins every thread within ``config.SHUTDOWN_S`` and
+closes every socket. The limits are in ``server.config``; docs/reliability.md says what they cost.
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import ipaddress
 import logging
+import os
+import queue
 import threading
 import time
 import traceback
@@ -126,13 +135,22 @@ class _Percentiles:
 
 # ---------------------------------------------------------------------------- the server
 class Server:
+    """One running server around a :class:`engine.pipeline.Matcher`.
+
+    The matcher owns every engine setting (hop, k, instruments, category restriction); the
+    server reads them from it and never keeps copies. ``library_roots``: directories under which
+    ``set_library`` may open an index (the shipped demo's folder is always one); ``library_loader``:
+    ``path -> StemLibrary`` (see :func:`library_loader`); ``watchdog_s``: a worker that makes no
+    progress for this long is ``stalled``, and the server exits with ``config.EXIT_STALLED`` when
+    it has not recovered after twice as long (0: no watchdog)."""
+
     def __init__(self, matcher, source, *, backend_name: str = "?", device: str = "cpu",
                  pub_addr: str = config.DEFAULT_PUB, ctl_addr: str = config.DEFAULT_CTL,
                  library_path: str = "", library_loader: Callable[[str], Any] | None = None,
-                 curve_keys: str | Path | None = None, midi=None, context: zmq.Context | None = None,
-                 status_period: float = config.STATUS_PERIOD_S, exit_at_end: bool = True,
-                 hop_ms: float = config.DEFAULT_HOP_MS, k: int = config.DEFAULT_K,
-                 instruments: list | None = None, restrict_category: bool = False):
+                 library_roots=(), curve_keys: str | Path | None = None, midi=None,
+                 context: zmq.Context | None = None, status_period: float = config.STATUS_PERIOD_S,
+                 exit_at_end: bool = True, watchdog_s: float = config.WATCHDOG_S,
+                 shutdown_s: float = config.SHUTDOWN_S):
         self.matcher = matcher
         self.source = source
         self.backend_name = backend_name
@@ -140,13 +158,13 @@ class Server:
         self.pub_addr, self.ctl_addr = pub_addr, ctl_addr
         self.library_path = str(library_path)
         self.library_loader = library_loader
+        roots = [config.DEFAULT_LIBRARY.parent, *[Path(r) for r in library_roots]]
+        self.library_roots = list(dict.fromkeys(Path(os.path.realpath(r)) for r in roots))
         self.midi = midi
         self.status_period = status_period
         self.exit_at_end = exit_at_end
-        self.hop_ms = float(hop_ms)
-        self.k = int(k)
-        self.instruments = list(instruments or _get(matcher, "instruments", []) or [])
-        self.restrict_category = bool(restrict_category)
+        self.watchdog_s = float(watchdog_s)
+        self.shutdown_s = float(shutdown_s)
 
         for a in (pub_addr, ctl_addr):
             if not is_local_address(a) and curve_keys is None:
@@ -158,15 +176,20 @@ class Server:
 
         self._own_ctx = context is None
         self.ctx = context or zmq.Context()
-        self.lock = threading.RLock()  # held by the worker during a hop and by control mutations
+        self.lock = threading.RLock()  # held by the worker during a hop and by every state swap
         self.stopping = threading.Event()
         self.state = "running"
+        self.exit_code = 0
+        self.stuck: list[str] = []  # threads that did not stop within shutdown_s (set by close())
         self.t_start = time.time()
         self.seq = {t: 0 for t in P.TOPICS}
         self.n_ctl = 0
         self.n_ctl_err = 0
         self.hop_errors = 0
-        self.paused_hops = 0
+        self.stalls = 0
+        self.curve_denied = 0
+        self.busy = 0
+        self.subscriptions = 0
         self.lat = _Percentiles(config.LATENCY_WINDOW)
         self.timings: dict[str, collections.deque] = {}
         self.last_latency = None
@@ -180,9 +203,34 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._auth = None
         self.pub = self.ctl = None
+        self._monitors: list = []
+        self._jobs: queue.Queue = queue.Queue(maxsize=config.MAX_PENDING_JOBS)
+        self._replies: queue.SimpleQueue = queue.SimpleQueue()  # (envelope, reply) from loader to control
+        self._alive = time.monotonic()  # the worker's last sign of progress
+        self._status_now = threading.Event()  # ask the worker to publish status at its next turn
+        self._resync_now = threading.Event()  # the input came back after a gap: restart the stream
+        self._state_before_stall = "running"
+        self._last_trim = 0.0
         self.midi_error: str | None = None  # why MIDI is off although it was asked for
         self.on_hop: Callable | None = None  # test hook: called with each hop result
         self.cues = CuePlanner()  # playable fields of match items (server/cues.py)
+
+    # -- settings: owned by the matcher -----------------------------------------------------------
+    @property
+    def k(self) -> int:
+        return int(self.matcher.k)
+
+    @property
+    def hop_ms(self) -> float:
+        return float(self.matcher.hop_ms)
+
+    @property
+    def instruments(self) -> list[str]:
+        return list(self.matcher.instruments)
+
+    @property
+    def restrict_category(self) -> bool:
+        return bool(self.matcher.restrict_category)
 
     # -- sockets ----------------------------------------------------------------------------------
     def _secure(self, sock) -> None:
@@ -192,6 +240,9 @@ class Server:
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_server = True
+        # failed CURVE handshakes are counted and logged by the control thread
+        self._monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL))
 
     def _bind(self) -> None:
         if self.curve is not None:
@@ -204,9 +255,13 @@ class Server:
                 self._auth.configure_curve(domain="*", location=str(auth_dir))
             else:
                 self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
-        pub = self.ctx.socket(zmq.PUB)
+        # XPUB: a PUB that also hands us the subscriptions, so a new subscriber gets status at once
+        pub = self.ctx.socket(zmq.XPUB)
         pub.linger = 0
         pub.sndhwm = config.PUB_SNDHWM
+        pub.rcvhwm = config.PUB_RCVHWM
+        pub.sndbuf = config.PUB_SNDBUF
+        pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, from every peer
         # a subscription message is a topic prefix: one of a few bytes is all a client needs;
         # without a cap, one 8-MiB SUBSCRIBE grew the server by 700 MB and froze the hop worker
         pub.setsockopt(zmq.MAXMSGSIZE, config.MAX_SUB_WIRE_BYTES)
@@ -217,12 +272,16 @@ class Server:
         ctl.setsockopt(zmq.MAXMSGSIZE, config.MAX_CTL_WIRE_BYTES)
         ctl.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._secure(ctl)
+        for sock, addr in ((pub, self.pub_addr), (ctl, self.ctl_addr)):
+            if _is_ipv6(addr):
+                sock.ipv6 = True
         try:
             pub.bind(self.pub_addr)
             ctl.bind(self.ctl_addr)
         except zmq.ZMQError as e:
-            pub.close(0)
-            ctl.close(0)
+            for sck in (pub, ctl, *self._monitors):
+                sck.close(0)
+            self._monitors = []
             raise ConfigError(f"cannot bind ({e}); is another server running on {self.pub_addr} / {self.ctl_addr}?")
         self.pub, self.ctl = pub, ctl
         # wildcard ports ("tcp://127.0.0.1:*") resolve to the real endpoint
@@ -232,8 +291,11 @@ class Server:
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, start_source: bool = True) -> None:
         self._bind()
+        self._alive = time.monotonic()
         self._threads = [threading.Thread(target=self._worker_main, name="worker", daemon=True),
-                         threading.Thread(target=self._control_main, name="control", daemon=True)]
+                         threading.Thread(target=self._control_main, name="control", daemon=True),
+                         threading.Thread(target=self._loader_main, name="loader", daemon=True),
+                         threading.Thread(target=self._watchdog_main, name="watchdog", daemon=True)]
         for t in self._threads:
             t.start()
         if self.midi is not None:
@@ -249,40 +311,66 @@ class Server:
         return self.stopping.wait(timeout)
 
     def close(self) -> None:
+        """Stop and release everything within about ``shutdown_s``, whatever a thread is doing.
+        A thread that does not stop in time (a hop stuck in the engine) keeps its socket, and the
+        context is then left to the process's exit instead of waiting on it forever."""
         self.stop()
+        deadline = time.monotonic() + self.shutdown_s
         try:
             self.source.stop()
         except Exception:
             pass
         for t in self._threads:
-            t.join(timeout=5.0)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.midi is not None:
             self.midi.stop()
-        for s in (self.pub, self.ctl):
-            if s is not None:
-                s.close(0)
+        stuck = [t.name for t in self._threads if t.is_alive() and t.name in ("worker", "control")]
+        self.stuck = stuck
+        if not self._threads:  # never started: the sockets are still ours
+            for s in (self.pub, self.ctl, *self._monitors):
+                if s is not None:
+                    s.close(0)
         if self._auth is not None:
             self._auth.stop()
-        if self._own_ctx:
+        if stuck:
+            log.error("shutdown: %s did not stop within %.1f s; leaving its socket to the process exit",
+                      ", ".join(stuck), self.shutdown_s)
+            self.exit_code = self.exit_code or config.EXIT_STALLED
+        elif self._own_ctx:
             self.ctx.term()
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Start, serve until stopped, close; returns the exit status (0, or EXIT_STALLED)."""
         self.start()
         try:
             while not self.stopping.wait(0.2):
                 pass
         finally:
             self.close()
+        return self.exit_code
 
     # -- worker -----------------------------------------------------------------------------------
     def _worker_main(self) -> None:
+        try:
+            self._worker_loop()
+        finally:
+            self.pub.close(0)
+
+    def _worker_loop(self) -> None:
         cap = self.source.capture
         next_status = time.monotonic()
         fast = getattr(self.source, "speed", None) is not None and self.source.speed <= 0
         while not self.stopping.is_set():
+            self._alive = time.monotonic()
             timeout = max(0.0, min(0.05, next_status - time.monotonic()))
             cap.ready.wait(timeout)
             cap.ready.clear()
+            self._read_subscriptions()
+            if self._resync_now.is_set():
+                self._resync_now.clear()
+                with self.lock:
+                    self.feeder.pump(self.matcher.ring)
+                    self._resync()
             idle = done = False
             while not self.stopping.is_set():
                 with self.lock:
@@ -293,17 +381,20 @@ class Server:
                     else:
                         try:
                             res = self.matcher.process_hop()
+                            k_used = self.k  # the k of this hop (a set_k may land before it is published)
                         except Exception:
                             self.hop_errors += 1
                             log.error("hop failed:\n%s", traceback.format_exc())
                             res = None
+                self._alive = time.monotonic()
                 if res is None:
                     idle = True
                     break
-                self._publish_hop(res)
+                self._publish_hop(res, k_used)
             if fast and idle:
                 self.source.consumed.set()
-            if time.monotonic() >= next_status:
+            if time.monotonic() >= next_status or self._status_now.is_set():
+                self._status_now.clear()
                 self._publish("status", self.status_dict())
                 next_status = time.monotonic() + self.status_period
             if idle and done and cap.read_pos >= cap.written and not self.finished:
@@ -313,6 +404,41 @@ class Server:
                 log.info("end of input")
                 if self.exit_at_end:
                     self.stop()
+
+    def _read_subscriptions(self) -> None:
+        """Drain XPUB's (un)subscription messages: byte 1/0 + topic prefix. A subscription that
+        covers ``status`` gets the latest status at once; a departure returns freed memory."""
+        left = False
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+            if not msg:
+                continue
+            if msg[0] == 1:
+                self.subscriptions += 1
+                if b"status".startswith(msg[1:]):
+                    self._status_now.set()
+            elif msg[0] == 0:
+                self.subscriptions = max(0, self.subscriptions - 1)
+                left = True
+        if left:
+            self._trim_memory()
+
+    def _trim_memory(self) -> None:
+        """Give the C heap's free pages back to the system (glibc keeps them otherwise: a stalled
+        subscriber's queue stayed in RSS after it left). At most every 5 s."""
+        now = time.monotonic()
+        if now - self._last_trim < 5.0:
+            return
+        self._last_trim = now
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc
 
     def _publish(self, topic: str, msg: dict) -> None:
         msg["seq"] = self.seq[topic]
@@ -330,11 +456,11 @@ class Server:
                 return
             raise
         self.seq[topic] += 1
-        if topic == "beat":
+        if topic == "match":  # one per hop: the latency statistics cover every hop
             self.last_latency = msg.get("latency_ms")
             self.lat.add(self.last_latency)
 
-    def _publish_hop(self, res) -> None:
+    def _publish_hop(self, res, k: int | None = None) -> None:
         st = _num(_get(res, "stream_time")) or 0.0
         end = _get(res, "end_sample", None)
         if end is None:
@@ -356,7 +482,7 @@ class Server:
         beat = self._beat_msg(res, st, hop, arrival)
         if beat is not None:
             self._publish("beat", beat)
-        self._publish("match", self._match_msg(res, st, hop, arrival, timings))
+        self._publish("match", self._match_msg(res, st, hop, arrival, timings, self.k if k is None else k))
         if self.midi is not None and beat is not None:
             self.midi.update_from_beat(beat, getattr(self.source, "speed", None) or 1.0)
         if self.on_hop is not None:
@@ -366,7 +492,7 @@ class Server:
         return {"v": P.VERSION, "topic": topic, "seq": 0, "stream_time": st, "wall_time": 0.0,
                 "latency_ms": 0.0, "_arrival": arrival if arrival is not None else time.time()}
 
-    def _match_msg(self, res, st, hop, arrival, timings) -> dict:
+    def _match_msg(self, res, st, hop, arrival, timings, k: int) -> dict:
         m = self._header("match", st, arrival)
         matches = _get(res, "matches", None) or {}
         cues = self.cues.plan(res, st, arrival, getattr(self.source, "speed", None) or 1.0,
@@ -384,7 +510,7 @@ class Server:
         ready = bool(_get(res, "ready", True))
         signal = bool(_get(res, "signal", True))
         m.update({"hop": hop, "ready": ready, "signal": signal, "level_db": _level(_get(res, "level_db", None)),
-                  "k": self.k,
+                  "k": int(k),
                   "instruments": list(matches.keys()) or list(self.instruments),
                   "matches": out, "timings_ms": timings})
         return m
@@ -432,21 +558,17 @@ class Server:
 
     # -- status -----------------------------------------------------------------------------------
     def library_info(self) -> dict:
-        lib = _get(self.matcher, "library", None)
-        n = 0
+        """The library in use: ``stems`` (distinct stems) and ``segments`` (8-s windows indexed)
+        counted separately, ``tracks``, and the roots ``set_library`` may open."""
+        lib = self.matcher.library
+        stems = segments = 0
         tracks = None
         if lib is not None:
-            try:
-                n = len(lib)
-            except TypeError:
-                n = int(_get(lib, "n_stems", 0) or 0)
-            t = _get(lib, "n_tracks", None)
-            if t is None:
-                tids = _get(lib, "track_ids", None)
-                if tids is not None:
-                    t = len(set(np.asarray(tids).tolist()))
-            tracks = None if t is None else int(t)
-        return {"path": self.library_path, "stems": int(n), "tracks": tracks}
+            segments = len(lib)
+            stems = len(lib.stems)
+            tracks = len({str(s.get("track_id", "")) for s in lib.stems})
+        return {"path": self.library_path, "stems": int(stems), "segments": int(segments), "tracks": tracks,
+                "roots": [str(r) for r in self.library_roots]}
 
     def status_dict(self) -> dict:
         c = self.last_counters
@@ -454,31 +576,87 @@ class Server:
         midi = self.midi.info() if self.midi is not None else {
             "enabled": False, "port": None, "channel": config.MIDI_CHANNEL, "note": config.MIDI_NOTE,
             "clocks": 0, "notes": 0, "error": self.midi_error}
+        inp = getattr(self.source, "health", None)
+        inp = inp() if inp is not None else {}
         msg = {"v": P.VERSION, "topic": "status", "seq": 0, "stream_time": float(self.last_stream_time),
                "wall_time": 0.0, "latency_ms": self.last_latency, "state": self.state,
                "uptime_s": round(time.time() - self.t_start, 3), "backend": self.backend_name,
-               "device": self.device, "input": st, "instruments": list(self.instruments), "k": self.k,
+               "device": self.device, "input": st, "instruments": self.instruments, "k": self.k,
                "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "library": {**self.library_info(), "audio_root": library_root(_get(self.matcher, "library", None))},
                "counters": {"hops": int(c.get("hops", 0)), "drops": int(c.get("drops", 0)),
-                            "overruns": int(c.get("overruns", _get(self.matcher.ring, "overruns", 0))),
+                            "overruns": int(c.get("overruns", self.matcher.ring.overruns)),
                             "capture_overruns": int(self.source.capture.overruns),
                             "published": dict(self.seq), "ctl_requests": self.n_ctl,
                             "ctl_errors": self.n_ctl_err, "hop_errors": self.hop_errors,
-                            "nonfinite": int(c.get("nonfinite", 0)), "restarts": int(c.get("restarts", 0))},
+                            "nonfinite": int(c.get("nonfinite", 0)), "restarts": int(c.get("restarts", 0)),
+                            "stalls": self.stalls, "curve_denied": self.curve_denied, "busy": self.busy,
+                            "input_stalls": int(inp.get("stalls", 0)), "input_reopens": int(inp.get("reopens", 0)),
+                            "input_glitches": int(inp.get("glitches", 0))},
+               "subscriptions": self.subscriptions,
                "signal": self.last_signal, "level_db": self.last_level_db,
                "latency": self.lat.stats(),
                "timings_ms": {k: round(float(np.median(v)), 3) for k, v in list(self.timings.items()) if v},
                "midi": midi, "pub": self.pub_addr, "ctl": self.ctl_addr, "protocol": P.VERSION}
         return msg
 
+    # -- watchdog ---------------------------------------------------------------------------------
+    def _watchdog_main(self) -> None:
+        while not self.stopping.wait(0.25):
+            now = time.monotonic()
+            if self.watchdog_s > 0:
+                age = now - self._alive
+                if age > self.watchdog_s:
+                    if self.state != "stalled":
+                        self._state_before_stall, self.state = self.state, "stalled"
+                        self.stalls += 1
+                        log.error("watchdog: the hop worker has made no progress for %.1f s (a hop stuck in the "
+                                  "engine?); exiting with status %d if it does not recover within %.1f s",
+                                  age, config.EXIT_STALLED, self.watchdog_s)
+                    if age > 2 * self.watchdog_s:
+                        log.error("watchdog: no recovery after %.1f s; stopping the server", age)
+                        self.exit_code = config.EXIT_STALLED
+                        self.stop()
+                        return
+                elif self.state == "stalled":
+                    self.state = self._state_before_stall
+                    log.warning("watchdog: the hop worker recovered")
+                    self._status_now.set()
+            supervise = getattr(self.source, "supervise", None)
+            if supervise is not None:
+                for event in supervise(now):
+                    log.warning("input: %s", event)
+                    self._status_now.set()
+                    if event.startswith("resumed"):
+                        self._resync_now.set()  # the gap is not music: restart the stream after it
+                    self.source.capture.ready.set()
+
     # -- control ----------------------------------------------------------------------------------
     def _control_main(self) -> None:
+        try:
+            self._control_loop()
+        finally:
+            for s in (self.ctl, *self._monitors):
+                s.close(0)
+
+    def _control_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
+        for m in self._monitors:
+            poller.register(m, zmq.POLLIN)
         while not self.stopping.is_set():
+            self._send_replies()
             try:
-                if not dict(poller.poll(100)):
-                    continue
+                ready = dict(poller.poll(20))
+            except zmq.ZMQError:
+                if self.stopping.is_set():
+                    return
+                continue
+            for m in self._monitors:
+                if m in ready:
+                    self._read_monitor(m)
+            if self.ctl not in ready:
+                continue
+            try:
                 frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 continue
@@ -490,13 +668,42 @@ class Server:
                 envelope, body = _split_envelope(frames)
             except ValueError:
                 continue  # no identity frame: cannot answer (cannot happen on ROUTER)
-            reply = self.handle_frames(body)
-            try:
-                self.ctl.send_multipart(envelope + [P.dumps(reply)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # peer gone or its queue full: drop the reply, never block
+            reply = self.handle_frames(body, envelope)
+            if reply is not None:
+                self._send(envelope, reply)
 
-    def handle_frames(self, body: list[bytes]) -> dict:
+    def _send(self, envelope: list[bytes], reply: dict) -> None:
+        try:
+            self.ctl.send_multipart(envelope + [P.dumps(reply)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # peer gone or its queue full: drop the reply, never block
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                envelope, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._send(envelope, reply)
+
+    def _read_monitor(self, sock) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                ev = recv_monitor_message(sock, zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                return
+            self.curve_denied += 1
+            log.warning("CURVE: a peer failed the handshake on %s (%s); %d refused so far",
+                        ev.get("endpoint", b"?").decode(errors="replace"),
+                        "not authorised" if ev.get("event") == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "protocol error",
+                        self.curve_denied)
+
+    def handle_frames(self, body: list[bytes], envelope: list[bytes] | None = None) -> dict | None:
+        """One request's body frames -> its reply. A slow command (``SLOW``) is queued for the
+        loader thread when ``envelope`` is given, and None is returned: the loader sends the reply
+        through the control thread when it is done. Without an envelope it runs here."""
         self.n_ctl += 1
         req_id = None
         try:
@@ -504,10 +711,22 @@ class Server:
             req_id = req.get("id")
             if not (req_id is None or isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)):
                 req_id = None
-            reply = self.handle(req)
-            if req_id is not None:
-                reply["id"] = req_id
-            return reply
+            cmd = req["cmd"]
+            fn = getattr(self, "_cmd_" + cmd, None) if cmd in self.COMMANDS else None
+            if fn is None:
+                raise P.ProtocolError(P.E_UNKNOWN_CMD, f"unknown command {cmd[:64]!r}; known: {', '.join(self.COMMANDS)}")
+            out = fn(req)  # slow commands check their arguments here and return the work to do
+            if callable(out):
+                if envelope is None:
+                    return self._finish(cmd, req_id, out)
+                try:
+                    self._jobs.put_nowait((envelope, cmd, req_id, out))
+                except queue.Full:
+                    self.busy += 1
+                    raise P.ProtocolError(P.E_BUSY, f"{config.MAX_PENDING_JOBS} slow requests are already "
+                                                    "in progress; retry when one has been answered")
+                return None
+            return self._reply(cmd, req_id, out)
         except P.ProtocolError as e:
             self.n_ctl_err += 1
             return P.error_reply(e.code, e.message, req_id)
@@ -516,16 +735,43 @@ class Server:
             log.error("control command failed:\n%s", traceback.format_exc())
             return P.error_reply(P.E_INTERNAL, f"{type(e).__name__}: {e}", req_id)
 
+    @staticmethod
+    def _reply(cmd, req_id, out: dict) -> dict:
+        reply = {"ok": True, "cmd": cmd, **out}
+        if req_id is not None:
+            reply["id"] = req_id
+        return reply
+
+    def _finish(self, cmd, req_id, work: Callable[[], dict]) -> dict:
+        try:
+            return self._reply(cmd, req_id, work())
+        except P.ProtocolError as e:
+            self.n_ctl_err += 1
+            return P.error_reply(e.code, e.message, req_id)
+        except Exception as e:
+            self.n_ctl_err += 1
+            log.error("control command %s failed:\n%s", cmd, traceback.format_exc())
+            return P.error_reply(P.E_INTERNAL, f"{type(e).__name__}: {e}", req_id)
+
+    def _loader_main(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                envelope, cmd, req_id, work = self._jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._replies.put((envelope, self._finish(cmd, req_id, work)))
+
     COMMANDS = ("ping", "status", "get_instruments", "set_instruments", "get_k", "set_k", "set_library",
                 "set_hop", "restrict_category", "pause", "resume", "reset", "set_midi", "help")
 
     def handle(self, req: dict) -> dict:
+        """Run one parsed request here, slow ones included (tests, tools); raises ProtocolError."""
         cmd = req["cmd"]
         fn = getattr(self, "_cmd_" + cmd, None) if cmd in self.COMMANDS else None
         if fn is None:
             raise P.ProtocolError(P.E_UNKNOWN_CMD, f"unknown command {cmd[:64]!r}; known: {', '.join(self.COMMANDS)}")
         out = fn(req)
-        return {"ok": True, "cmd": cmd, **out}
+        return {"ok": True, "cmd": cmd, **(out() if callable(out) else out)}
 
     def _cmd_ping(self, req):
         return {"pong": True, "wall_time": time.time(), "protocol": P.VERSION}
@@ -539,12 +785,13 @@ class Server:
         return {"status": s}
 
     def _cmd_get_instruments(self, req):
-        return {"instruments": list(self.instruments)}
+        return {"instruments": self.instruments}
 
     def _cmd_get_k(self, req):
         return {"k": self.k}
 
     def _cmd_set_instruments(self, req):
+        """Slow: encoding new names runs on the loader thread, the swap between two hops."""
         names = P.arg(req, "instruments", list)
         if not 1 <= len(names) <= config.MAX_INSTRUMENTS:
             raise P.ProtocolError(P.E_BAD_ARGS, f'"instruments" needs 1..{config.MAX_INSTRUMENTS} names, got {len(names)}')
@@ -553,13 +800,17 @@ class Server:
             if not isinstance(n, str) or not n.strip() or len(n) > 200:
                 raise P.ProtocolError(P.E_BAD_ARGS, '"instruments" must be non-empty strings of at most 200 characters')
             clean.append(" ".join(n.split()))
-        with self.lock:
+
+        def work():
             try:
-                self.matcher.set_instruments(clean)
+                prepared = self.matcher.prepare_instruments(clean)
             except (ValueError, TypeError, KeyError) as e:
                 raise P.ProtocolError(P.E_BAD_ARGS, str(e))
-            self.instruments = clean
-        return {"instruments": clean}
+            with self.lock:
+                self.matcher.apply_instruments(prepared)
+            return {"instruments": self.instruments}
+
+        return work
 
     def _cmd_set_k(self, req):
         k = P.arg(req, "k", int, lo=1, hi=config.MAX_K)
@@ -568,8 +819,7 @@ class Server:
                 self.matcher.set_k(k)
             except (ValueError, TypeError) as e:
                 raise P.ProtocolError(P.E_BAD_ARGS, str(e))
-            self.k = k
-        return {"k": k}
+        return {"k": self.k}
 
     def _cmd_set_hop(self, req):
         ms = P.arg(req, "ms", float, lo=config.HOP_MS_RANGE[0], hi=config.HOP_MS_RANGE[1])
@@ -578,38 +828,59 @@ class Server:
                 self.matcher.set_hop(ms)
             except (ValueError, TypeError) as e:
                 raise P.ProtocolError(P.E_BAD_ARGS, str(e))
-            self.hop_ms = float(_get(self.matcher, "hop_ms", ms) or ms)
         return {"ms": self.hop_ms}
 
     def _cmd_restrict_category(self, req):
         on = P.arg(req, "enabled", bool)
         with self.lock:
-            fn = getattr(self.matcher, "set_restrict_category", None)
-            if fn is not None:
-                fn(on)
-            else:
-                self.matcher.restrict_category = on
-            self.restrict_category = on
-        return {"enabled": on}
+            self.matcher.set_restrict_category(on)
+        return {"enabled": self.restrict_category}
+
+    def resolve_library(self, path: str) -> Path:
+        """The index file ``path`` names, if it lies under one of ``library_roots`` (a file
+        ``*.npz``, or a folder holding ``library.npz``; relative paths are taken from each root
+        in turn). Every other path gets the same error, whether or not it exists, so that a
+        client cannot probe the file system."""
+        refused = P.ProtocolError(P.E_LIBRARY, f"{path[:200]}: not a stem library index under the allowed roots "
+                                               f"(the shipped demo and --library-root)")
+        if not path or len(path) > 4096 or "\x00" in path:
+            raise refused
+        cands = [Path(path)] if os.path.isabs(path) else [r / path for r in self.library_roots]
+        for c in cands:
+            real = Path(os.path.realpath(c))
+            if real.is_dir():
+                real = real / "library.npz"
+            if real.suffix != ".npz" or not real.is_file():
+                continue
+            if any(real.is_relative_to(r) for r in self.library_roots):
+                return real
+        raise refused
 
     def _cmd_set_library(self, req):
+        """Slow: the index is read on the loader thread and swapped in between two hops."""
         path = P.arg(req, "path", str)
         if self.library_loader is None:
             raise P.ProtocolError(P.E_UNAVAILABLE, "this server cannot load libraries")
-        if not path or len(path) > 4096 or "\x00" in path:
-            raise P.ProtocolError(P.E_BAD_ARGS, '"path" must be a file path')
-        if not Path(path).exists():
-            raise P.ProtocolError(P.E_NOT_FOUND, f"{path}: no such file")
-        try:
-            lib = self.library_loader(path)  # outside the lock: hops keep running while it loads
-        except P.ProtocolError:
-            raise
-        except Exception as e:
-            raise P.ProtocolError(P.E_LIBRARY, f"{type(e).__name__}: {e}")
-        with self.lock:
-            self.matcher.set_library(lib)
-            self.library_path = path
-        return {"library": self.library_info()}
+        real = self.resolve_library(path)
+
+        def work():
+            from engine.library import LibraryError
+
+            try:
+                lib = self.library_loader(str(real))
+            except Exception as e:
+                raise P.ProtocolError(P.E_LIBRARY, f"{type(e).__name__}: {e}")
+            if lib is None or not len(lib):
+                raise P.ProtocolError(P.E_LIBRARY, f"{path}: the library holds no segments; nothing to match")
+            with self.lock:
+                try:
+                    self.matcher.set_library(lib)
+                except LibraryError as e:
+                    raise P.ProtocolError(P.E_LIBRARY, str(e))
+                self.library_path = str(real)
+            return {"library": self.library_info()}
+
+        return work
 
     def _cmd_pause(self, req):
         with self.lock:
@@ -647,11 +918,30 @@ class Server:
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """ROUTER frames -> (reply envelope, body). REQ peers send ``[id, b"", body...]``; DEALER
-    peers may omit the empty delimiter."""
+    """ROUTER frames -> (reply envelope, body). The envelope is everything up to and including
+    the first empty delimiter frame: ``[id, b"", body]`` from REQ, ``[id, request-id, b"", body]``
+    from REQ with ZMQ_REQ_CORRELATE (the request id must come back), ``[id, body]`` from a DEALER
+    that sends no delimiter."""
     if not frames:
         raise ValueError("no frames")
-    ident, rest = frames[0], frames[1:]
-    if rest and rest[0] == b"":
-        return [ident, b""], rest[1:]
-    return [ident], rest
+    for i in range(1, len(frames)):
+        if frames[i] == b"":
+            return frames[:i + 1], frames[i + 1:]
+    return frames[:1], frames[1:]
+
+
+def _is_ipv6(addr: str) -> bool:
+    """A tcp:// address whose host is an IPv6 literal (libzmq binds it only with ZMQ_IPV6 on)."""
+    return addr.startswith("tcp://") and addr[len("tcp://"):].startswith("[")
+
+
+def library_loader(fingerprint: str | None) -> Callable[[str], Any]:
+    """``path -> StemLibrary`` for a server: the model's fingerprint and the size limits of
+    ``server.config`` are checked before anything large is read."""
+    from engine.library import StemLibrary
+
+    def load(path: str):
+        return StemLibrary.load(path, expect_fingerprint=fingerprint, max_bytes=config.MAX_LIBRARY_BYTES,
+                                max_segments=config.MAX_LIBRARY_SEGMENTS, max_stems=config.MAX_LIBRARY_STEMS)
+
+    return load

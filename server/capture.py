@@ -169,6 +169,8 @@ class FileSource:
         except Exception as e:
             raise AudioError(f"{path}: cannot read audio ({e})") from e
         self.data = check_finite(to_mono(data), self.path)
+        if len(self.data) == 0:
+            raise AudioError(f"{path}: the file holds no audio frames (an empty or truncated recording)")
         self.rate = float(rate)
         self.speed = float(speed)
         self.loop = bool(loop)
@@ -227,43 +229,123 @@ class FileSource:
 
 
 class DeviceSource:
-    """A sounddevice InputStream whose callback only copies into the CaptureBuffer."""
+    """A sound-card input stream whose callback only copies into the CaptureBuffer, supervised:
+    :meth:`supervise` (called by the server's watchdog a few times a second) notices a stream
+    that delivers nothing for ``config.INPUT_TIMEOUT_S`` ("stalled") or that PortAudio closed
+    (a device unplugged: "lost"), reopens it every ``config.INPUT_RETRY_S`` until audio flows
+    again ("resumed"), and counts PortAudio's overflow flags ("glitches").
+
+    ``stream_factory(callback, finished_callback)`` makes the stream (default: a sounddevice
+    ``InputStream`` on ``device``); tests pass one that drives the callback themselves."""
 
     kind = "device"
 
-    def __init__(self, device=None, rate: float | None = None, blocksize: int = config.DEVICE_BLOCKSIZE):
-        import sounddevice as sd  # raises OSError when PortAudio is missing
-
-        info = sd.query_devices(device, "input")  # raises when there is no input device
+    def __init__(self, device=None, rate: float | None = None, blocksize: int = config.DEVICE_BLOCKSIZE,
+                 stream_factory=None, name: str | None = None):
         self.device = device
-        self.name = str(info["name"])
-        self.rate = float(rate or info["default_samplerate"])
+        self.blocksize = blocksize
+        if stream_factory is None:
+            import sounddevice as sd  # raises OSError when PortAudio is missing
+
+            info = sd.query_devices(device, "input")  # raises when there is no input device
+            name = str(info["name"])
+            rate = float(rate or info["default_samplerate"])
+            stream_factory = self._sounddevice_stream
+        if rate is None:
+            raise ValueError("a stream factory needs an explicit rate")
+        self.name = str(name if name is not None else device)
+        self.rate = float(rate)
         self.capture = CaptureBuffer(self.rate)
         self.speed = None
         self.loop = False
-        self.status_flags = 0  # PortAudio input overflows reported to the callback
-        cap = self.capture
+        self.state = "ok"
+        self.stalls = self.reopens = 0
+        self.status_flags = 0  # PortAudio overflow/underflow flags reported to the callback
+        self._factory = stream_factory
+        self._lost = False
+        self._started = False
+        self._seen = 0  # capture.written at the last supervise()
+        self._last_audio = time.monotonic()
+        self._next_retry = 0.0
+        self._stream = self._factory(self._callback, self._finished)
 
-        def callback(indata, frames, t, status):  # PortAudio thread: copy only
-            if status:
-                self.status_flags += 1
-            cap.write(indata)
+    def _sounddevice_stream(self, callback, finished_callback):
+        import sounddevice as sd
 
-        self._stream = sd.InputStream(device=device, channels=1, samplerate=self.rate, dtype="float32",
-                                      blocksize=blocksize, latency="low", callback=callback)
+        return sd.InputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
+                              blocksize=self.blocksize, latency="low", callback=callback,
+                              finished_callback=finished_callback)
+
+    def _callback(self, indata, frames, t, status):  # PortAudio thread: copy only
+        if status:
+            self.status_flags += 1
+        self.capture.write(indata)
+
+    def _finished(self):  # PortAudio: the stream stopped by itself (device gone, host error)
+        if self._started:
+            self._lost = True
 
     def start(self) -> None:
+        self._started = True
+        self._last_audio = time.monotonic()
         self._stream.start()
 
     def stop(self) -> None:
+        self._started = False
         try:
             self._stream.stop()
             self._stream.close()
         except Exception:
             pass
 
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Check the stream; returns the events since the last call (each a line for the log)."""
+        now = time.monotonic() if now is None else now
+        events: list[str] = []
+        w = self.capture.written
+        if w != self._seen:
+            self._seen, self._last_audio = w, now
+            if self.state != "ok":
+                self.state = "ok"
+                self._lost = False
+                events.append(f"resumed: audio flows again from {self.name}")
+            return events
+        if not self._started:
+            return events
+        quiet = now - self._last_audio
+        if self.state == "ok" and (self._lost or quiet > config.INPUT_TIMEOUT_S):
+            self.state = "lost" if self._lost else "stalled"
+            self.stalls += 1
+            self._next_retry = now
+            events.append(f"{self.state}: no audio from {self.name} for {quiet:.1f} s; reopening it every "
+                          f"{config.INPUT_RETRY_S:g} s until it returns")
+        if self.state != "ok" and now >= self._next_retry:
+            self._next_retry = now + config.INPUT_RETRY_S
+            try:
+                self._reopen()
+                events.append(f"reopened the input stream of {self.name}")
+            except Exception as e:
+                events.append(f"cannot reopen {self.name} yet: {type(e).__name__}: {e}")
+        return events
+
+    def _reopen(self) -> None:
+        old, self._stream = self._stream, None
+        try:
+            old.abort() if hasattr(old, "abort") else old.stop()
+            old.close()
+        except Exception:
+            pass
+        self._lost = False
+        self._stream = self._factory(self._callback, self._finished)
+        self._stream.start()
+        self.reopens += 1
+
+    def health(self) -> dict:
+        return {"state": self.state, "stalls": self.stalls, "reopens": self.reopens, "glitches": self.status_flags}
+
     def info(self) -> dict:
-        return {"kind": "device", "name": self.name, "rate": self.rate, "speed": None, "loop": False}
+        return {"kind": "device", "name": self.name, "rate": self.rate, "speed": None, "loop": False,
+                "state": self.state}
 
 
 def find_input_device():

@@ -20,7 +20,13 @@ BPM_RANGE = (55.0, 215.0)  # beat tracker tempo range (engine.beats defaults); -
 
 DEFAULT_PUB = "tcp://127.0.0.1:5555"
 DEFAULT_CTL = "tcp://127.0.0.1:5556"
-PUB_SNDHWM = 1000  # messages queued per subscriber before PUB drops (never blocks)
+# A stalled subscriber costs at most PUB_SNDHWM messages in libzmq's queue plus PUB_SNDBUF bytes of
+# kernel buffer. The largest message is a match at MAX_K x MAX_INSTRUMENTS (about 0.3 MB), so the
+# bound is about 10 MB per subscriber at the extreme and about 0.3 MB at the defaults
+# (docs/reliability.md). 32 messages are 2-3 s of stream at the default hop.
+PUB_SNDHWM = 32
+PUB_SNDBUF = 256 * 1024  # bytes of kernel send buffer per TCP subscriber
+PUB_RCVHWM = 64  # subscription messages queued before libzmq stops reading a peer
 STATUS_PERIOD_S = 1.0
 LATENCY_WINDOW = 1000  # hops kept for the p50/p99 latency statistics
 
@@ -31,6 +37,17 @@ MAX_CTL_WIRE_BYTES = 1024 * 1024  # ZMQ_MAXMSGSIZE: peers sending more are disco
 MAX_INSTRUMENTS = 16
 MAX_K = 100
 HOP_MS_RANGE = (10, 2000)
+
+# reliability (docs/reliability.md)
+WATCHDOG_S = 5.0  # no worker progress for this long: status "stalled"; twice as long: exit code 3
+EXIT_STALLED = 3  # exit status of a server the watchdog stopped
+SHUTDOWN_S = 3.0  # close() returns within about this long, whatever a thread is doing
+INPUT_TIMEOUT_S = 1.0  # a sound card that delivers nothing for this long is "stalled"
+INPUT_RETRY_S = 2.0  # then the stream is reopened this often until audio flows again
+MAX_PENDING_JOBS = 2  # set_library / set_instruments queued off the control thread; more: "busy"
+MAX_LIBRARY_BYTES = 512 * 1024 * 1024  # a stem library index larger than this on disk is refused
+MAX_LIBRARY_SEGMENTS = 200_000  # ... or with more segments than this (about 200 MB at width 256)
+MAX_LIBRARY_STEMS = 50_000
 
 # audio capture
 CAPTURE_SECONDS = 4.0  # capacity of the capture buffer (device rate)

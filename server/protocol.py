@@ -25,9 +25,10 @@ E_NOT_FOUND = "not_found"  # a file named by the request does not exist
 E_LIBRARY = "library_error"  # library could not be loaded (corrupt, other model's fingerprint)
 E_UNAVAILABLE = "unavailable"  # feature not available in this server (e.g. MIDI off)
 E_INTERNAL = "internal"  # the engine raised; the server keeps running
+E_BUSY = "busy"  # too many slow requests (set_library / set_instruments) already in progress
 
 ERROR_CODES = (E_BAD_FRAMES, E_TOO_LARGE, E_BAD_JSON, E_BAD_REQUEST, E_UNKNOWN_CMD, E_BAD_ARGS,
-               E_NOT_FOUND, E_LIBRARY, E_UNAVAILABLE, E_INTERNAL)
+               E_NOT_FOUND, E_LIBRARY, E_UNAVAILABLE, E_INTERNAL, E_BUSY)
 
 
 class ProtocolError(Exception):
@@ -63,6 +64,11 @@ def _finite(x):
     return x
 
 
+def _no_constant(name: str):
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259); Python's parser accepts them by default."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_request(frames: list[bytes], max_bytes: int) -> dict:
     """Body frames of one control request -> the request object (raises ProtocolError)."""
     if len(frames) != 1:
@@ -71,7 +77,7 @@ def parse_request(frames: list[bytes], max_bytes: int) -> dict:
     if len(raw) > max_bytes:
         raise ProtocolError(E_TOO_LARGE, f"request of {len(raw)} bytes exceeds {max_bytes}")
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(E_BAD_JSON, f"request is not UTF-8 JSON: {str(e)[:120]}")
     if not isinstance(obj, dict):
@@ -311,6 +317,14 @@ _COUNTERS = Obj({
     "ctl_requests": Int(0),
     "ctl_errors": Int(0),
     "hop_errors": Int(0),
+    "nonfinite": Int(0),  # input samples that were NaN/Inf (zeroed)
+    "restarts": Int(0),  # front-end restarts after a gap in the input
+    "stalls": Int(0),  # times the watchdog found the hop worker stuck
+    "curve_denied": Int(0),  # peers that failed the CURVE handshake
+    "busy": Int(0),  # slow requests refused because MAX_PENDING_JOBS were in progress
+    "input_stalls": Int(0),  # times the sound card delivered nothing for INPUT_TIMEOUT_S
+    "input_reopens": Int(0),  # times the input stream was reopened after a stall or loss
+    "input_glitches": Int(0),  # PortAudio overflow / underflow flags seen by the callback
 }, extra=True)
 
 _LAT = Obj({"p50": Num(0, null=True), "p99": Num(0, null=True), "max": Num(0, null=True),
@@ -323,12 +337,16 @@ STATUS = Obj({
     "backend": Str(),
     "device": Str(),
     "input": Obj({"kind": Str(enum=("device", "file", "none")), "name": Str(), "rate": Num(0),
-                  "speed": Num(0, null=True), "loop": Bool()}),
+                  "speed": Num(0, null=True), "loop": Bool()},
+                 # a sound card: "ok", "stalled" (nothing for INPUT_TIMEOUT_S) or "lost" (stream closed)
+                 optional={"state": Str(enum=("ok", "stalled", "lost"))}),
     "instruments": List(Str()),
     "k": Int(1),
     "hop_ms": Num(0),
     "restrict_category": Bool(),
-    "library": Obj({"audio_root": Str(null=True), "path": Str(), "stems": Int(0), "tracks": Int(0, null=True)}),
+    "library": Obj({"audio_root": Str(null=True), "path": Str(), "stems": Int(0), "segments": Int(0), "tracks": Int(0, null=True),
+                    "roots": List(Str())}, extra=True),
+    "subscriptions": Int(0),  # live subscriptions on the PUB socket (a subscriber has one per topic)
     "counters": _COUNTERS,
     "latency_ms": Num(0, null=True),
     "signal": Bool(null=True),  # of the latest hop (null before the first)

@@ -43,3 +43,13 @@ def server_assets(tmp_path_factory):
     from server_assets import build_server_assets
 
     return build_server_assets(tmp_path_factory.mktemp("server_assets"))
+
+
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context for one test, destroyed (every socket closed, no linger) after it."""
+    import zmq
+
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)

@@ -101,7 +101,7 @@ def wait_ready(ctx, ctl, p, timeout=60):
 def test_e2e_replayed_track(assets):
     pub, ctl = addrs()
     args = ["--model", str(assets["model"]), "--library", str(assets["library"]), "--input", str(assets["track"]),
-            "--speed", str(assets["speed"]), "--instruments", ",".join(assets["instruments"]), "--k", "5",
+            "--library-root", str(Path(assets["library"]).parent), "--speed", str(assets["speed"]), "--instruments", ",".join(assets["instruments"]), "--k", "5",
             "--pub", pub, "--ctl", ctl, "--threads", "1"]
     ctx = zmq.Context()
     p = start_server(args)
@@ -119,9 +119,9 @@ def test_e2e_replayed_track(assets):
         r = R({"cmd": "set_k", "k": 3})
         assert r["ok"]
         n0 = len(sub.msgs)
-        sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and m["k"] == 3)
-        last = [m for m in sub.of("match") if m["ready"]][-1]
-        assert last["k"] == 3 and all(len(v) == 3 for v in last["matches"].values())
+        sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and m["signal"] and m["k"] == 3)
+        last = [m for m in sub.of("match") if m["ready"] and m["signal"]][-1]
+        assert last["k"] == 3 and all(len(v) == 3 for v in last["matches"].values()), {i: [m["stem_id"] for m in v] for i, v in last["matches"].items()}
         r = R({"cmd": "set_instruments", "instruments": assets["instruments"][:1]})
         assert r["ok"]
         sub.poll(3, until=lambda t, m: t == "match" and m["instruments"] == assets["instruments"][:1])

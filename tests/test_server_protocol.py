@@ -21,13 +21,6 @@ _ids = itertools.count()
 INSTRUMENTS = ["drums", "fretless bass"]
 
 
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 @pytest.fixture(scope="module")
 def engine(server_assets):
     """(backend, library loader) shared by the module's servers: one ONNX Runtime backend."""
@@ -54,7 +47,7 @@ def make_server(tmp_path, ctx, engine, server_assets, *, speed=0.0, seconds=4.0,
     src = FileSource(wav, speed=speed, loop=loop)
     m = make_matcher(engine, server_assets)
     opts = dict(backend_name=engine[0].name, pub_addr=f"inproc://pub{n}", ctl_addr=f"inproc://ctl{n}", context=ctx,
-                library_loader=engine[1], status_period=0.25, instruments=INSTRUMENTS, k=3,
+                library_loader=engine[1], status_period=0.25, library_roots=[server_assets.library.parent],
                 library_path=str(server_assets.library))
     opts.update(kw)
     return Server(m, src, **opts)
@@ -260,17 +253,23 @@ def test_control_commands_answered_and_obeyed(live, ctx, server_assets):
     sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and len(sub.of("match")) > 1)
     assert all(len(v) == 5 for v in sub.of("match")[-1]["matches"].values())
 
-    # set_library: a real index swaps in; a missing, unreadable or foreign one is refused
-    r = req(srv, ctx, {"cmd": "set_library", "path": "/nonexistent/lib.npz"})
-    assert not r["ok"] and r["error"]["code"] == "not_found"
-    r = req(srv, ctx, {"cmd": "set_library", "path": __file__})
-    assert not r["ok"] and r["error"]["code"] == "library_error"
+    # set_library: a real index swaps in; a missing, unreadable, foreign or out-of-root one is
+    # refused, and a path outside the roots gets the same answer whether or not it exists
+    missing = req(srv, ctx, {"cmd": "set_library", "path": "/nonexistent/lib.npz"})
+    assert not missing["ok"] and missing["error"]["code"] == "library_error"
+    for path in (__file__, "/etc/passwd", "/etc", "/etc/nonexistent"):
+        r = req(srv, ctx, {"cmd": "set_library", "path": path})
+        assert not r["ok"] and r["error"]["code"] == "library_error"
+        assert r["error"]["message"].replace(path, "P") == missing["error"]["message"].replace("/nonexistent/lib.npz", "P")
     r = req(srv, ctx, {"cmd": "set_library", "path": str(server_assets.other_model_library)})
     assert not r["ok"] and r["error"]["code"] == "library_error" and "another model" in r["error"]["message"]
     assert srv.library_path == str(server_assets.library)
     small = str(server_assets.library_small)
     r = req(srv, ctx, {"cmd": "set_library", "path": small})
-    assert r["ok"] and srv.library_path == small and r["library"] == {"path": small, "stems": 6, "tracks": 2}
+    lib_small = srv.matcher.library
+    assert r["ok"] and srv.library_path == small
+    assert {k: r["library"][k] for k in ("path", "stems", "segments", "tracks")} == {
+        "path": small, "stems": len(lib_small.stems), "segments": len(lib_small), "tracks": 2}
     assert req(srv, ctx, {"cmd": "status"})["status"]["library"]["path"] == small
     sub.msgs.clear()
     sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and len(sub.of("match")) > 1)
@@ -313,7 +312,7 @@ def test_control_commands_answered_and_obeyed(live, ctx, server_assets):
     (b'{"cmd": "set_k", "k": true}', "bad_args"),
     (b'{"cmd": "set_k", "k": 0}', "bad_args"),
     (b'{"cmd": "set_k", "k": 1e9}', "bad_args"),
-    (b'{"cmd": "set_hop", "ms": NaN}', "bad_args"),
+    (b'{"cmd": "set_hop", "ms": NaN}', "bad_json"),  # NaN is not JSON
     (b'{"cmd": "set_hop", "ms": -5}', "bad_args"),
     (b'{"cmd": "set_instruments", "instruments": "drums"}', "bad_args"),
     (b'{"cmd": "set_instruments", "instruments": []}', "bad_args"),
@@ -498,6 +497,11 @@ def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_asset
                          curve_secretkey=sk)
         bad.poll(0.5)
         assert not bad.msgs
+        # each refused handshake is counted (and logged at WARNING by the control thread)
+        t_end = time.monotonic() + 2.0
+        while srv.status_dict()["counters"]["curve_denied"] < 1 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert srv.status_dict()["counters"]["curve_denied"] >= 1
         for s in (good, plain, bad):
             s.close()
     finally:
