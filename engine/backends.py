@@ -218,8 +218,10 @@ class OnnxBackend:
     def _step(self, graph, logmel, k_cache, v_cache, past_age):
         if self.stream is None:
             raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
-        return self.sessions[graph].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32),
-                                               "k_cache": k_cache, "v_cache": v_cache, "past_age": past_age})
+        feeds = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32), "past_age": past_age}
+        feeds.update({f"k_cache_{i}": k for i, k in enumerate(k_cache)})  # views of the ring: no copy
+        feeds.update({f"v_cache_{i}": v for i, v in enumerate(v_cache)})
+        return self.sessions[graph].run(None, feeds)
 
     def encode_step(self, logmel, k_cache, v_cache, past_age):
         """``(B, 80, 16 c)``, caches ``(L, B, H, S, d/H)``, ``(S,)`` -> tokens ``(B, 5 c, d)``,

@@ -18,8 +18,10 @@ Graphs (written by ``python -m export`` for causal models, listed under the mani
 ``"stream"`` entry, docs/model_dir.md):
 
 * ``encoder_step`` / ``target_encoder_step``: ``logmel (B, 80, 16 c)`` raw log-mel of the new
-  columns, ``k_cache``, ``v_cache (L, B, H, S, d/H)``, ``past_age (S,)`` float32 (columns between
-  each cached token's column and the first new one; ``>= max_columns`` = empty) ->
+  columns, ``past_age (S,)`` float32 (columns between each cached token's column and the first
+  new one; ``>= max_columns`` = empty), ``k_cache_0 .. k_cache_{L-1}``, ``v_cache_0 ..``
+  ``(B, H, S, d/H)`` every layer's ring (separate inputs: views of the engine's ``(L, ...)`` ring,
+  never copied) ->
   ``tokens (B, 5 c, d)``, ``k_new``, ``v_new (L, B, H, 5 c, d/H)``: the cache is explicit input and
   output; the caller writes the new keys / values into the ring (no copy of the cache per hop);
 * ``predictor_code``: ``cond (N, C) | (N,)`` -> ``code (N, K)``: what the predictor takes from a
@@ -57,8 +59,8 @@ def stream_io(config: dict) -> dict[str, dict]:
     def t(shape, dtype="float32"):
         return {"shape": list(shape), "dtype": dtype}
 
-    step = {"inputs": {"logmel": t(["B", f, "T"]), "k_cache": t([layers, "B", h, "S", dh]),
-                       "v_cache": t([layers, "B", h, "S", dh]), "past_age": t(["S"])},
+    caches = {f"{kv}_cache_{i}": t(["B", h, "S", dh]) for kv in ("k", "v") for i in range(layers)}
+    step = {"inputs": {"logmel": t(["B", f, "T"]), "past_age": t(["S"]), **caches},
             "outputs": {"tokens": t(["B", "P", d]), "k_new": t([layers, "B", h, "P", dh]),
                         "v_new": t([layers, "B", h, "P", dh])}}
     film = config["conditioning"] == "film"

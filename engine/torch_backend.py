@@ -96,11 +96,11 @@ class TorchBackend:
 
     def encode_step(self, logmel, k_cache, v_cache, past_age):
         self._need_stream()
-        return self._run("encoder_step", np.asarray(logmel, dtype=np.float32), k_cache, v_cache, past_age)
+        return self._run("encoder_step", np.asarray(logmel, dtype=np.float32), past_age, *k_cache, *v_cache)
 
     def encode_target_step(self, logmel, k_cache, v_cache, past_age):
         self._need_stream()
-        return self._run("target_encoder_step", np.asarray(logmel, dtype=np.float32), k_cache, v_cache, past_age)
+        return self._run("target_encoder_step", np.asarray(logmel, dtype=np.float32), past_age, *k_cache, *v_cache)
 
     def predict_code(self, cond):
         self._need_stream()

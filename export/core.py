@@ -212,7 +212,9 @@ def _parity(ref: np.ndarray, got: np.ndarray, precision: str, graph: str) -> dic
     ref = ref.reshape(ref.shape[0], -1).astype(np.float64)
     got = got.reshape(got.shape[0], -1).astype(np.float64)
     max_abs = float(np.abs(ref - got).max())
-    cos = np.sum(ref * got, 1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-12)
+    nr, ng = np.linalg.norm(ref, axis=1), np.linalg.norm(got, axis=1)
+    cos = np.sum(ref * got, 1) / np.maximum(nr * ng, 1e-12)
+    cos[(nr < 1e-12) & (ng < 1e-12)] = 1.0  # two zero rows agree (e.g. FiLM codes at their zero init)
     out = {"max_abs": max_abs, "min_cos": float(cos.min())}
     if graph == "beat_head":
         tol = {"max_abs": BEAT_TOLERANCES[precision], "min_cos": None}

@@ -105,17 +105,21 @@ class PredictorTokensGraph(PredictorGraph):
 
 class EncoderStepGraph(nn.Module):
     """Streaming step of a causal encoder (``training.model.Encoder.step``), normalisation inside:
-    raw log-mel ``(B, 80, 16 c)`` of the new columns, ``k_cache, v_cache (L, B, H, S, d/H)``,
-    ``past_age (S,)`` -> ``tokens (B, 5 c, d)``, ``k_new, v_new (L, B, H, 5 c, d/H)``."""
+    raw log-mel ``(B, 80, 16 c)`` of the new columns, ``past_age (S,)``, then every layer's cached
+    keys ``k_cache_0 .. k_cache_{L-1}`` and values ``v_cache_0 ..`` ``(B, H, S, d/H)`` as separate
+    inputs (ONNX Runtime copies any slice of an input, so one stacked cache input would be copied
+    whole every hop) -> ``tokens (B, 5 c, d)``, ``k_new, v_new (L, B, H, 5 c, d/H)``."""
 
     def __init__(self, encoder: nn.Module, mean: float, std: float):
         super().__init__()
         self.encoder = encoder
+        self.layers = len(encoder.blocks)
         self.mean = float(mean)
         self.inv_std = 1.0 / float(std)
 
-    def forward(self, logmel, k_cache, v_cache, past_age):
-        return self.encoder.step((logmel - self.mean) * self.inv_std, k_cache, v_cache, past_age)
+    def forward(self, logmel, past_age, *caches):
+        n = self.layers
+        return self.encoder.step((logmel - self.mean) * self.inv_std, caches[:n], caches[n:], past_age)
 
 
 class BeatGraph(nn.Module):

@@ -4,7 +4,7 @@
 keys/values out), ``predictor_code`` (a condition's code) and ``predictor_tokens`` (the predictor
 per token) go to ONNX at every exported
 precision and to TorchScript fp32 / bf16, each checked against PyTorch eager fp32 on a dummy step
-(2 streams, 2 new columns, a ring of 250 tokens in shuffled slot order with empty slots) and, for
+(2 streams, 2 new columns, a ring of 250 tokens per layer in shuffled slot order with empty slots) and, for
 the TorchScript files, on other shapes (one stream, 1 and 50 new columns; 1 and 250 tokens
 through the predictor), with the tolerances of ``export.core``. The manifest's ``"stream"`` entry
 lists them; a failed check fails the export.
@@ -19,14 +19,13 @@ import numpy as np
 
 from engine.stream import STREAM_VERSION, stream_io
 
-DYNAMIC_AXES = {
-    "encoder_step": {"logmel": {0: "B", 2: "T"}, "k_cache": {1: "B", 3: "S"}, "v_cache": {1: "B", 3: "S"},
-                     "past_age": {0: "S"}, "tokens": {0: "B", 1: "P"}, "k_new": {1: "B", 3: "P"},
-                     "v_new": {1: "B", 3: "P"}},
-    "predictor_code": {"cond": {0: "N"}, "code": {0: "N"}},
-    "predictor_tokens": {"tokens": {1: "P"}, "code": {0: "N"}, "out": {0: "N", 1: "P"}},
-}
-DYNAMIC_AXES["target_encoder_step"] = DYNAMIC_AXES["encoder_step"]
+def dynamic_axes(layers: int) -> dict:
+    step = {"logmel": {0: "B", 2: "T"}, "past_age": {0: "S"}, "tokens": {0: "B", 1: "P"},
+            "k_new": {1: "B", 3: "P"}, "v_new": {1: "B", 3: "P"},
+            **{f"{kv}_cache_{i}": {0: "B", 2: "S"} for kv in ("k", "v") for i in range(layers)}}
+    return {"encoder_step": step, "target_encoder_step": step,
+            "predictor_code": {"cond": {0: "N"}, "code": {0: "N"}},
+            "predictor_tokens": {"tokens": {1: "P"}, "code": {0: "N"}, "out": {0: "N", 1: "P"}}}
 
 
 def ring_ages(cfg, filled_columns: int, seed: int = 0):
@@ -48,10 +47,10 @@ def dummy_inputs(cfg, norm: dict, batch: int = 2, columns: int = 2, filled: int 
 
     g = torch.Generator().manual_seed(seed)
     s = cfg.max_columns * cfg.freq_patches
-    shape = (cfg.depth, batch, cfg.heads, s, cfg.d_model // cfg.heads)
+    shape = (batch, cfg.heads, s, cfg.d_model // cfg.heads)
     step = {"logmel": norm["mean"] + norm["std"] * torch.randn(batch, cfg.n_mels, columns * cfg.patch, generator=g),
-            "k_cache": torch.randn(shape, generator=g), "v_cache": torch.randn(shape, generator=g),
-            "past_age": ring_ages(cfg, filled, seed)}
+            "past_age": ring_ages(cfg, filled, seed),
+            **{f"{kv}_cache_{i}": torch.randn(shape, generator=g) for kv in ("k", "v") for i in range(cfg.depth)}}
     if cfg.conditioning == "film":
         cond = torch.nn.functional.normalize(torch.randn(3, cfg.text_dim, generator=g), dim=-1)
     else:
@@ -111,7 +110,7 @@ def export_stream_graphs(model, norm: dict, tmp: Path, precisions, log) -> dict:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(mod, tuple(inputs.values()), str(fp32_path), dynamo=False, opset_version=17,
-                              input_names=list(inputs), output_names=outs, dynamic_axes=DYNAMIC_AXES[name],
+                              input_names=list(inputs), output_names=outs, dynamic_axes=dynamic_axes(cfg.depth)[name],
                               do_constant_folding=True)
         _materialise_shared_initializers(fp32_path, name, cfg.to_dict(), exp=io[name])
         onnx_entries[name] = {}

@@ -89,8 +89,8 @@ def _stream_profile(name: str, cfg: dict) -> dict:
     dh = d // h
     if name in ("encoder_step", "target_encoder_step"):
         def shapes(b, c):
-            return (f"logmel:{b}x{f}x{c * cfg['patch']},k_cache:{L}x{b}x{h}x{s}x{dh},"
-                    f"v_cache:{L}x{b}x{h}x{s}x{dh},past_age:{s}")
+            caches = ",".join(f"{kv}_cache_{i}:{b}x{h}x{s}x{dh}" for kv in "kv" for i in range(L))
+            return f"logmel:{b}x{f}x{c * cfg['patch']},past_age:{s},{caches}"
         return {"trt_profile_min_shapes": shapes(1, 1), "trt_profile_opt_shapes": shapes(1, 1),
                 "trt_profile_max_shapes": shapes(8, cols)}
     film = cfg["conditioning"] == "film"

@@ -325,3 +325,41 @@ def test_matcher_streaming_catches_up_after_dropped_hops(model_dir):
             np.testing.assert_allclose(m.last_query, every[r.hop_index], atol=1e-5)
             seen += 1
     assert seen > 8 and m.drops > 20 and m.restarts == 0
+
+
+def test_parity_of_zero_outputs_agrees():
+    """A graph whose output is exactly zero (a random-init predictor_code: FiLM starts at zero)
+    agrees with a zero reference; a zero output against a non-zero reference does not."""
+    from export.core import _parity
+
+    z = np.zeros((3, 8), np.float32)
+    assert _parity(z, z, "fp32", "predictor_code")["ok"]
+    assert not _parity(np.ones((3, 8), np.float32), z, "fp32", "predictor_code")["ok"]
+
+
+def test_bench_streaming_rows(model_dir, tmp_path):
+    """python -m export.bench on a causal model: the full recompute, the full encoder and the
+    streaming encoder rows in one run, with p50 and p99 ratios, the streaming arithmetic and the
+    streaming rows' agreement (fresh streams through the step graphs) with the fp32 reference."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "export.bench", "--model", str(model_dir / "model"), "--hops", "4",
+                        "--warmup", "1", "--library-size", "200", "--instruments", "2", "--agree-windows", "2",
+                        "--backends", "torch-fp32-full,onnx-fp32,onnx-fp32-stream,onnx-int8-stream",
+                        "--json", str(out)], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    j = json.loads(out.read_text())
+    rows = {b["name"]: b for b in j["backends"]}
+    assert set(rows) == {"torch-fp32-full", "onnx-fp32", "onnx-fp32-stream", "onnx-int8-stream"}
+    assert rows["onnx-fp32-stream"]["encoder"] == "streaming" and rows["onnx-fp32"]["encoder"] == "full"
+    assert j["flops"]["stream_total_gflop"] * 10 < j["flops"]["total_gflop"]
+    assert j["peak_gflop_per_s"] > 0
+    for b in rows.values():
+        assert b["speedup_p99"] > 0 and b["peak_fraction"] > 0
+    assert rows["onnx-fp32-stream"]["agreement"]["min_cos"] > 0.9999
+    assert "streaming hop (1 new column)" in r.stdout

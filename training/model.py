@@ -195,7 +195,8 @@ class Encoder(nn.Module):
         """One streaming step over ``c`` new columns (``1 <= c <= max_columns``).
 
         ``x (B, F, 16 c)`` normalised log-mel of the new columns; ``k_cache, v_cache (L, B, H, S,
-        d/H)`` every layer's cached keys / values of ``S`` earlier tokens (a ring: any slot order);
+        d/H)`` (or sequences of L ``(B, H, S, d/H)`` tensors) every layer's cached keys / values of
+        ``S`` earlier tokens (a ring: any slot order);
         ``past_age (S,)`` float: columns between each cached token's column and the first new one
         (>= 1; ``>= max_columns`` for empty slots). Returns ``tokens (B, 5 c, d)`` and the new
         tokens' ``k, v (L, B, H, 5 c, d/H)`` for the caller to write into the ring."""
