@@ -46,7 +46,13 @@ def _fmt_status(d: dict) -> str:
     return (f"status {d.get('state')}  {d.get('backend')}  up {d.get('uptime_s', 0):.0f}s  hops {c.get('hops')} "
             f"drops {c.get('drops')} overruns {c.get('overruns')}  latency p50 "
             f"{'-' if p50 is None else f'{p50:.1f}'} p99 {'-' if p99 is None else f'{p99:.1f}'} ms  "
-            f"lib {d.get('library', {}).get('stems')} stems")
+            + _fmt_library(d.get("library") or {}))
+
+
+def _fmt_library(lib: dict) -> str:
+    """``lib 30 stems`` (and ``, 178 segments`` when the status counts them separately)."""
+    out = f"lib {lib.get('stems')} stems"
+    return out + (f", {lib['segments']} segments" if lib.get("segments") is not None else "")
 
 
 @guarded("python -m server.listen")

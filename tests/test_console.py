@@ -44,7 +44,7 @@ def _messages(stem, seq=0):
     match = {**common, "topic": "match", "hop": seq, "ready": True, "signal": True, "level_db": -18.4, "k": 1,
              "instruments": ["upright bass", "theremin"], "matches": {"upright bass": [item], "theremin": []}}
     status = {**common, "topic": "status", "state": "running", "counters": {"hops": 40, "drops": 3},
-              "latency": {"p50": 14.25, "p99": 19.75}, "library": {"stems": 30}}
+              "latency": {"p50": 14.25, "p99": 19.75}, "library": {"stems": 30, "segments": 178}}
     return [("beat", beat), ("match", match), ("status", status)]
 
 
@@ -155,6 +155,9 @@ def test_listen_json_is_json_lines_and_human_form_shows_the_stem_id(pub, capsys)
     stem = pub.stem
     assert re.search(rf"^  upright bass +\+0\.71 {re.escape(stem['stem_id'])}@4\.0s", out, re.M), out
     assert f"{stem['track_id']}/{stem['stem_id']}" not in out
+    assert main([pub.addr, "--count", "2", "--timeout", "10", "--topics", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "drops 3" in out and "latency p50 14.2 p99 19.8 ms" in out and "lib 30 stems, 178 segments" in out
 
 
 def test_protocol_doc_uses_the_library_stem_id_form():
