@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .categories import category_of
 from .manifest import Manifest, ModelDirError, load_manifest
 from .stream import STREAM_GRAPHS, stream_info
 
@@ -67,13 +68,7 @@ def pool(tokens: np.ndarray) -> np.ndarray:
 class Conditioner:
     """``condition(names)``: film models look names up in ``conditioning.npz`` (vectors of the
     training labels) and encode any other name with the ONNX text encoder (cached); class models
-    map names to the 4 classes by keyword (unknown -> "other")."""
-
-    KEYWORDS = {
-        "bass": ("bass",),
-        "drums": ("drum", "kick", "snare", "hi-hat", "hihat", "cymbal", "percussion", "tom", "beat"),
-        "vocals": ("vocal", "voice", "singer", "sing", "choir", "rap", "vox"),
-    }
+    map names to the 4 classes by keyword (engine.categories; unknown -> "other")."""
 
     def __init__(self, manifest: Manifest, threads: int = 1):
         self.m = manifest
@@ -131,10 +126,7 @@ class Conditioner:
         classes = self.m.classes
         if n in classes:
             return classes.index(n)
-        for cls, words in self.KEYWORDS.items():
-            if any(w in n for w in words):
-                return classes.index(cls)
-        return classes.index("other")
+        return classes.index(category_of(n))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from .categories import category_of
 from .cli import Parser, guarded, report
 from .frontend import FrontEndConfig, LogMel
 
@@ -115,14 +116,6 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-_CATEGORY_WORDS = (
-    ("drums", ("drum", "percussion", "kick", "snare", "hat", "cymbal", "perc", "shaker", "tambourine",
-               "conga", "bongo", "clap", "cajon")),
-    ("bass", ("bass",)),
-    ("vocals", ("vocal", "voice", "vox", "sing", "choir", "lead vocal", "backing vocal")),
-)
-
-
 def label_from_filename(name: str) -> str:
     """``"Electric_Bass-02.wav"`` -> ``"electric bass"``."""
     stem = Path(name).stem.lower()
@@ -132,12 +125,8 @@ def label_from_filename(name: str) -> str:
 
 
 def category_from_label(label: str) -> str:
-    """Coarse category (bass, drums, vocals, other) from a free-text label by keywords."""
-    low = label.lower()
-    for cat, words in _CATEGORY_WORDS:
-        if any(w in low for w in words):
-            return cat
-    return "other"
+    """Coarse category (bass, drums, vocals, other) from a free-text label (engine.categories)."""
+    return category_of(label)
 
 
 class StemLibrary:
@@ -268,14 +257,17 @@ class StemLibrary:
         return sorted(self._cat_range)
 
     def category_of(self, name: str) -> str | None:
-        """Category for an instrument name: the category of a stem with exactly that label, or
-        the name itself when it is a category of this library; else None (no restriction)."""
+        """Category for an instrument name: the category of a stem with exactly that label, the
+        name itself when it is a category of this library, or the category its words name
+        (engine.categories: "fretless bass" -> bass) when this library has stems of it; else None
+        (no restriction)."""
         n = " ".join(str(name).strip().lower().split())
         if n in self._labels:
             return self._labels[n]
         if n in self._cat_range:
             return n
-        return None
+        cat = category_of(n)
+        return cat if cat != "other" and cat in self._cat_range else None
 
     def summary(self) -> dict:
         return {"segments": len(self), "stems": self.n_stems, "tracks": self.n_tracks,

@@ -92,7 +92,9 @@ class Manifest:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.data.get("classes", ["bass", "drums", "vocals", "other"]))
+        from .categories import CATEGORIES
+
+        return list(self.data.get("classes", CATEGORIES))
 
     @property
     def graphs(self) -> dict:

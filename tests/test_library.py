@@ -196,3 +196,23 @@ def test_cli_info(tmp_path, capsys):
 def test_match_is_plain_data():
     m = Match("a", "t", "bass", "bass", 4.0, 0.5)
     assert json.loads(json.dumps(m.to_dict()))["offset"] == 4.0
+
+
+def test_one_category_vocabulary_for_library_conditioning_and_training():
+    """engine.categories is the one table: the library's labels, the 4-class conditioning and
+    training's classes agree on every name, and names are matched by word, not by substring."""
+    from engine.categories import CATEGORIES, category_of
+    from engine.library import category_from_label
+    from training.config import CLASSES, class_index
+
+    assert tuple(CLASSES) == CATEGORIES
+    expect = {"tom": "drums", "floor toms": "drums", "shaker": "drums", "tambourine": "drums", "cajon": "drums",
+              "Hi-Hat_02": "drums", "hihat": "drums", "kick drum": "drums", "fretless bass": "bass",
+              "synthbass": "bass", "double bass": "bass", "lead vocals": "vocals", "choir": "vocals",
+              "custom pad": "other", "bassoon": "other", "upbeat piano": "other", "atmosphere": "other",
+              "warm synth pad": "other", "stomp box guitar": "other"}
+    for name, cat in expect.items():
+        assert category_of(name) == cat, name
+        assert category_from_label(name) == cat, name
+        assert CATEGORIES[class_index(cat)] == cat
+    assert class_index("not a category") == CATEGORIES.index("other")

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-# The four classes of the Stem-JEPA baseline (ISMIR 2024). Any category not listed maps to "other".
-CLASSES = ("bass", "drums", "vocals", "other")
-
-
-def class_index(category: str) -> int:
-    """Index of a dataset category in :data:`CLASSES` (unknown categories are "other")."""
-    c = category.strip().lower()
-    return CLASSES.index(c) if c in CLASSES else CLASSES.index("other")
+# The four classes of the Stem-JEPA baseline (ISMIR 2024): the project's one category vocabulary
+# (engine/categories.py). Any category not listed maps to "other".
+from engine.categories import CATEGORIES as CLASSES, class_index  # noqa: E402,F401
 
 
 @dataclass(frozen=True)
