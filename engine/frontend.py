@@ -1,6 +1,6 @@
 """Log-mel front end, the one place where audio becomes model input.
 
-Parameters (DESIGN.md): 16 kHz mono, n_fft 400 (25 ms), hop 160 (10 ms), 80 mel bins
+Parameters (docs/architecture.md, "The front end"): 16 kHz mono, n_fft 400 (25 ms), hop 160 (10 ms), 80 mel bins
 spanning 50-8000 Hz, ``log(power + eps)``. Frames are *not* centred: frame ``i`` covers samples
 ``[i*hop, i*hop + n_fft)``, so a streaming front end can emit it as soon as its last sample has
 arrived, and whole-signal and streaming computation give the same frames bit for bit.

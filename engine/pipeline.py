@@ -1,4 +1,4 @@
-"""The live hop (DESIGN.md, "A live hop"): ring buffer -> log-mel -> encoder -> predictor ->
+"""The live hop (docs/architecture.md, "A live hop"): ring buffer -> log-mel -> encoder -> predictor ->
 stem-library search, and encoder tokens -> beat head -> causal beat tracker.
 
 ::

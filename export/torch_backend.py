@@ -4,7 +4,7 @@ Export-time / tooling only (``export.trt``, comparisons against eager): rebuilds
 ``model.pt`` with ``training.checkpoint.load_model`` and runs the same wrapper modules the ONNX
 graphs were exported from (``export.graphs``), in eager mode. The engine's torch kinds do NOT use
 this module: ``engine.torch_backend`` loads the model directory's self-contained TorchScript files
-and imports neither ``training`` nor ``export`` (DESIGN.md, "The parts").
+and imports neither ``training`` nor ``export`` (docs/architecture.md).
 """
 from __future__ import annotations
 

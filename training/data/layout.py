@@ -1,4 +1,4 @@
-"""The dataset layout (DESIGN.md) and its loader.
+"""The dataset layout (training/data/README.md, "Layout and loaders") and its loader.
 
 ::
 

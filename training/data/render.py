@@ -1,6 +1,6 @@
 """Render MIDI corpora into the dataset layout (one stem per GM family, drums = channel 10).
 
-Layout written (DESIGN.md): ``OUT/<track_id>/<stem_id>.wav`` (16 kHz mono 16-bit) and
+Layout written (training/data/README.md): ``OUT/<track_id>/<stem_id>.wav`` (16 kHz mono 16-bit) and
 ``OUT/<track_id>/track.json``; plus ``OUT/splits.json`` (song-grouped train/validation) and
 ``OUT/render_report.json`` (what was rendered, what was skipped and why).
 """
