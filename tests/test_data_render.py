@@ -220,7 +220,7 @@ def test_cli_render_with_limit_and_excerpt(tmp_path, capsys):
 
 
 def test_in_process_render_matches_fluidsynth_cli(tmp_path, renderer):
-    """The in-process event scheduler plays the file as FluidSynth's own MIDI player (its command
+    """The in-process event scheduler plays the file as FluidSynth's own MIDI player (its
     command line), up to the player's one-block (64-sample) start latency."""
     import shutil
     import subprocess
