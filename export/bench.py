@@ -654,7 +654,8 @@ def main(argv=None) -> int:
                     help="also bench the paper-size base config (causal, random weights): full recompute vs the "
                          "streaming encoder; exported to a temporary directory, or DIR (an export of such a model, "
                          "e.g. from a previous --base-export DIR) (default: off)")
-    ap.add_argument("--base-export", metavar="DIR", help="with --base: keep the base export in DIR for later runs (default: none, a temporary directory)")
+    ap.add_argument("--base-export", metavar="DIR",
+                    help="with --base: keep the base export in DIR for later runs (default: none, a temporary directory)")
     ap.add_argument("--base-hops", type=int, default=60, help="timed hops per backend for --base")
     a = ap.parse_args(argv)
     for name in ("instruments", "library_size", "hops", "threads", "k", "agree_windows"):
