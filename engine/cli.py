@@ -27,9 +27,14 @@ class CliError(Exception):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps descriptions as written and appends ``(default: X)`` to every option help that does
+    """Keeps multi-line descriptions as written (wraps one-paragraph ones) and appends ``(default: X)`` to every option help that does
     not already say its default. Flags (``store_true``) and options without a default value show
     none; their help says what happens without them."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():  # a docstring laid out by hand: as written
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)  # one paragraph: wrapped
 
     def _get_help_string(self, action):
         text = action.help or ""
