@@ -13,7 +13,8 @@ Two modes (``--link-mode``):
   every message) the tracker's tempo range is narrowed to that tempo +-3 % (a new
   :class:`engine.beats.CausalBeatTracker`, swapped in between two hops). The beat phase still
   comes from the audio; the session's tempo decides the tempo octave and keeps the tracker from
-  wandering.
+  wandering. The live beats are numbered like the session's (each beat gets the number of the
+  session beat nearest to it), so the cues' downbeats fall on the session's bar starts.
 
 ``aalink`` needs a running asyncio loop: the Link object lives in its own thread's loop, and every
 call into it is made in that loop.
@@ -108,7 +109,8 @@ class LinkSink:
         self.phase_errors_ms: list[float] = []  # session beat vs live beat at each live beat, before correction
         self.lead_tempo: float | None = None
         self.recent = collections.deque(maxlen=TEMPO_MEDIAN_OF)  # tracked tempos of the latest beat messages
-        self.clock = BeatClock(scheduler, self._on_beat)
+        self.renumbered = 0  # lead: live beat numbering moved onto the session's bars
+        self.clock = BeatClock(scheduler, self._on_beat if mode == "follow" else self._on_beat_lead)
 
     def handle(self, topic: str, m: dict) -> None:
         if self.mode == "follow":
@@ -120,6 +122,10 @@ class LinkSink:
                 self.clock.on_beat_msg(m)
         else:
             self._follow_session()
+            if topic == "match":
+                self.clock.on_match(m)
+            elif topic == "beat":
+                self.clock.on_beat_msg(m)
 
     # -- follow: the session follows the tracker -------------------------------------------------
     def _on_beat(self, n: int, wall: float, stream_time: float, tempo: float) -> None:
@@ -161,6 +167,21 @@ class LinkSink:
         self.retunes += 1
         log.info("Link lead: tracker tempo range %.1f-%.1f BPM (session %.2f BPM)",
                  tempo * (1 - LEAD_RANGE), tempo * (1 + LEAD_RANGE), tempo)
+
+    def _on_beat_lead(self, n: int, wall: float, stream_time: float, tempo: float) -> None:
+        """Lead: number the live beats like the session's (nearest session beat), so that the cues'
+        downbeats are the session's bar starts."""
+        b = self.peer.call(lambda link: float(link.beat) + (wall - time.time()) * float(link.tempo) / 60.0)
+        k = int(round(b))
+        bars = getattr(getattr(self.server, "cues", None), "bars", None)
+        if bars is None or k == n:
+            return
+        with self.server.lock:  # between two hops
+            if bars.last_beat is not None:
+                bars.last_number += k - n
+                self.renumbered += 1
+        if self.clock.anchor is not None:  # until the next match message brings the new numbering
+            self.clock.anchor = (self.clock.anchor[0], self.clock.anchor[1] + k - n)
 
     def info(self) -> dict:
         return self.peer.call(lambda link: {"peers": int(link.num_peers), "tempo": float(link.tempo),
