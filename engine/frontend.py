@@ -46,6 +46,12 @@ class FrontEndConfig:
             return 0
         return 1 + (n_samples - self.n_fft) // self.hop
 
+    def frames_centre_s(self, n_frames: int = 2) -> float:
+        """Time (s) of the centre of the first ``n_frames`` frames together: where a value
+        computed from frames ``0..n_frames-1`` sits (a 50-Hz beat activation frame spans 2
+        log-mel frames: 0.0175 s at the default parameters)."""
+        return self.n_samples(n_frames) / 2.0 / self.sample_rate
+
     def n_samples(self, n_frames: int) -> int:
         """Samples needed to produce ``n_frames`` frames."""
         return 0 if n_frames <= 0 else self.n_fft + (n_frames - 1) * self.hop

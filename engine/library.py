@@ -51,13 +51,13 @@ import numpy as np
 
 from .audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from .categories import category_of
+from .manifest import DEFAULT_MODEL_DIR
 from .cli import Parser, guarded, report
 from .frontend import FrontEndConfig, LogMel
 
 FORMAT = "stemjepa-library"
 VERSION = 1
 FAISS_MIN_SEGMENTS = 100_000
-DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "model"
 
 
 class LibraryError(ValueError):
@@ -834,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the audio folder the index was built from (default: the index's audio root)")
     args = ap.parse_args(argv)
     if args.cmd == "build":
-        args.model = args.model or str(DEFAULT_MODEL)
+        args.model = args.model or str(DEFAULT_MODEL_DIR)
         args.threads = args.threads or max(1, os.cpu_count() or 1)
         if args.threads < 1 or args.batch < 1 or args.hop <= 0:
             ap.error("--threads and --batch must be >= 1, --hop > 0")

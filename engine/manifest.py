@@ -18,6 +18,8 @@ VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_GRAPHS = ("encoder", "target_encoder", "predictor", "beat_head")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+#: the shipped model directory: the default of every command that loads a model
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "model"
 
 
 class ModelDirError(ValueError):

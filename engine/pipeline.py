@@ -305,7 +305,7 @@ class Matcher:
     def act_time(self, m: int) -> float:
         """Time (s) of 50-Hz activation frame ``m`` of the current stream."""
         fpa = self.frames_per_act * self.fe.hop
-        return (self._origin + m * fpa + (self.fe.n_fft + self.fe.hop) / 2.0) / self.sr
+        return (self._origin + m * fpa) / self.sr + self.fe.frames_centre_s(self.frames_per_act)
 
     def pending_hops(self) -> int:
         """Complete hops waiting (0 when ``process_hop`` would return None)."""

@@ -144,7 +144,3 @@ class RingBuffer:
             except RingOverwritten:
                 continue
         raise RingOverwritten("producer kept overwriting the requested range")
-
-    def reset_counters(self) -> None:
-        self.overruns = 0
-        self.overrun_samples = 0

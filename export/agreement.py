@@ -16,6 +16,7 @@ import numpy as np
 from engine.audio import load_audio
 from engine.backends import ALL_KINDS, BackendError, load_backend, pool
 from engine.frontend import LogMel
+from engine.manifest import DEFAULT_MODEL_DIR
 
 
 def _windows(x: np.ndarray, win: int, max_chunks: int) -> list[np.ndarray]:
@@ -58,7 +59,8 @@ def _finish(e: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.agreement")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--model", default="engine/assets/model")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                    help="model directory (default: the shipped model, engine/assets/model)")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--max-tracks", type=int, default=40)
     ap.add_argument("--kinds", nargs="+", default=None)

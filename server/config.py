@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import engine
+from engine.manifest import DEFAULT_MODEL_DIR as _DEFAULT_MODEL_DIR
 
 #: shipped assets (produced by export/ and engine/library; may be absent in a fresh checkout)
 ASSETS_DIR = Path(engine.__file__).resolve().parent / "assets"
-DEFAULT_MODEL_DIR = ASSETS_DIR / "model"
+DEFAULT_MODEL_DIR = _DEFAULT_MODEL_DIR  # one owner: engine.manifest
 DEFAULT_LIBRARY = ASSETS_DIR / "demo" / "library.npz"
 DEMO_TRACK = ASSETS_DIR / "demo" / "demo_track.flac"
 

@@ -316,7 +316,9 @@ def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=2, m
 
     from engine.beats import offline_beats
 
-    from .fit import BEAT_FRAME_OFFSET_S
+    from engine.frontend import FrontEndConfig
+
+    BEAT_FRAME_OFFSET_S = FrontEndConfig().frames_centre_s(2)  # centre of activation frame 0
 
     emb = Embedder(ckpt, threads=threads)
     tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)

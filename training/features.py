@@ -26,7 +26,3 @@ class TorchLogMel(torch.nn.Module):
         power = spec.real**2 + spec.imag**2  # (B, T, n_fft//2+1)
         mel = power @ self.fb  # (B, T, n_mels)
         return torch.log(mel + c.eps).transpose(1, 2)
-
-
-def normalise(logmel: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (logmel - mean) / std

@@ -40,7 +40,7 @@ from .schedules import ema_tau_at, lr_at
 
 PHASES = ("contrastive", "jepa", "beats")
 GROUP_BY = ("category", "song", "mixed")
-BEAT_FRAME_OFFSET_S = 0.0175  # centre of activation frame 0: (n_fft/2 + hop/2) / sr
+BEAT_FRAME_OFFSET_S = FrontEndConfig().frames_centre_s(2)  # centre of activation frame 0 (engine.frontend)
 
 
 @dataclass
