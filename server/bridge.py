@@ -149,13 +149,15 @@ class BeatClock:
 class CueWatcher:
     """``on_play(instrument, item)`` at the cue's wall time whenever an instrument's top match
     changes (another stem, or another segment of it). Until it fires, every new match message
-    reschedules it to that message's cue (the newest forecast of the downbeat)."""
+    reschedules it to that message's cue, and every beat message to its forecast of that
+    downbeat (the newest estimate wins)."""
 
     def __init__(self, scheduler: Scheduler, on_play: Callable[[str, dict], None]):
         self.sched = scheduler
         self.on_play = on_play
         self.current: dict[str, tuple] = {}  # instrument -> (stem_id, offset) cued
         self.beat: dict[str, int] = {}  # instrument -> live beat number of its cue
+        self.item: dict[str, dict] = {}  # instrument -> the match item of the pending play
 
     def on_match(self, msg: dict) -> None:
         if not msg.get("signal"):
@@ -177,7 +179,24 @@ class CueWatcher:
             # its forecast every hop until the downbeat comes)
             self.current[inst] = key
             self.beat[inst] = top["cue"]["beat"]
+            self.item[inst] = top
             self.sched.at(top["cue"]["wall_time"], lambda inst=inst, top=top: self.on_play(inst, top), key=("play", inst))
+
+    def on_beat_msg(self, msg: dict) -> None:
+        """The last ~150 ms before a cue no match message announces it again (cues stay
+        ``LEAD_S`` ahead): the beat forecasts of that downbeat keep refining it until it comes."""
+        if not msg.get("signal") or not msg.get("tempo"):
+            return
+        half = 30.0 / msg["tempo"]
+        now = time.time()
+        for inst, top in list(self.item.items()):
+            when = self.sched.pending(("play", inst))
+            if when is None:
+                continue
+            for w in msg.get("next_beats_wall") or []:
+                if abs(w - when) < half and w > now + 0.003:
+                    self.sched.at(w, lambda inst=inst, top=top: self.on_play(inst, top), key=("play", inst))
+                    break
 
 
 class Bridge:

@@ -62,6 +62,7 @@ class OscSink:
             if m.get("tempo"):
                 self.send(f"{PREFIX}/tempo", m["tempo"])
             self.clock.on_beat_msg(m)
+            self.cues.on_beat_msg(m)
         elif topic == "match":
             self.clock.on_match(m)
             self.send(f"{PREFIX}/level", m["level_db"], int(bool(m.get("signal"))))

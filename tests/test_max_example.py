@@ -165,7 +165,9 @@ def test_player_script_under_node_plays_on_the_reported_downbeat():
         assert 0.7 <= rate < 1.42 and pos_ms >= 0
         # the cue was announced in a match item, and it is one of the server's beat forecasts
         cues = [it["cue"] for m in matches for its in m["matches"].values() for it in its[:1] if it["cue"]]
-        assert any(abs(c["stream_time"] - cue_st) < 1e-4 and c["beat"] % 4 == 0 for c in cues)
+        # (the final forecast of that downbeat may have moved it by a few ms since the last announcement)
+        assert any(abs(c["stream_time"] - cue_st) < 0.1 and c["beat"] % 4 == 0 for c in cues)
+        assert np.min(np.abs(forecasts - cue_wall)) < 1e-3  # started on one of the server's beat forecasts
         # ... and on the beat grid the server reported (some beat message's next_beats + k periods)
         assert any(abs(((cue_st - m["next_beats"][0]) * m["tempo"] / 60 + 0.5) % 1 - 0.5) * 60 / m["tempo"] < 0.002
                    for m in sub.of("beat") if m["tempo"] and m["next_beats"]), cue_st

@@ -8,7 +8,7 @@
 //     tempo <bpm>                               live tempo, every beat message with a tempo
 //     beat <n> <wall_time>                      at each live beat (scheduled on next_beats_wall)
 //     load <file>                               a new top match for the playing instrument: read it into buffer~
-//     play <position_ms> <rate> <stream_time> <wall_time>
+//     play <position_ms> <rate> <stream_time> <wall_time>   (the final forecast of the cue's downbeat)
 //                                               at the cue's wall time: start groove~ at position_ms (in the
 //                                               file) at that rate; the cue's stream and wall time follow
 //     stop                                      the input went silent: stop groove~
@@ -69,6 +69,7 @@ let beatAt = null; // wall s of the scheduled beat
 let beatCount = 0;
 let lastFired = -Infinity; // wall s of the latest beat emitted
 function onBeat(msg) {
+  refineCue(msg);
   if (msg.tempo != null) emit("tempo", Math.round(msg.tempo * 100) / 100);
   const half = 0.5 * (msg.period_s || 0.5);
   const next = (msg.next_beats_wall || []).find((w) => w > Date.now() / 1000 + 0.005 && w > lastFired + half);
@@ -122,12 +123,30 @@ function onMatch(msg) {
   const cue = top.cue;
   cueBeat = cue.beat;
   const rate = top.stretch == null ? 1.0 : top.stretch;
-  cueTimer = at(cue.wall_time, () => {
+  pendingCue = { pos: cue.stem_pos, rate, stream: cue.stream_time };
+  schedulePlay(cue.wall_time, cue.stream_time);
+}
+
+// the pending start; the beat forecasts of its downbeat refine it in the last ~150 ms, where
+// no match message announces that cue again
+let pendingCue = null;
+let cueAt = null;
+function schedulePlay(wall, stream) {
+  if (cueTimer) clearTimeout(cueTimer);
+  cueAt = wall;
+  pendingCue.stream = stream;
+  cueTimer = at(wall, () => {
     cueTimer = null;
-    emit("play", Math.round(cue.stem_pos * 1e6) / 1e3, rate, cue.stream_time, cue.wall_time);
+    emit("play", Math.round(pendingCue.pos * 1e6) / 1e3, pendingCue.rate, pendingCue.stream, wall);
     plays += 1;
     if (maxPlays && plays >= maxPlays) shutdown(0);
   });
+}
+function refineCue(msg) {
+  if (!cueTimer || !msg.signal || !msg.tempo) return;
+  const half = 30 / msg.tempo;
+  const i = (msg.next_beats_wall || []).findIndex((w) => Math.abs(w - cueAt) < half && w > Date.now() / 1000 + 0.003);
+  if (i >= 0) schedulePlay(msg.next_beats_wall[i], msg.next_beats[i]);
 }
 
 function onStatus(msg) {
