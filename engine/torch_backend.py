@@ -9,10 +9,18 @@ The bf16 files hold bfloat16 Linear weights and the autocast casts recorded at e
 pass float32 and get float32, as with every other backend. Graphs run with TorchScript's
 optimising executor off (``torch.jit.optimized_execution(False)``): same speed here, and no
 profiling runs (100+ ms) on the first calls of each new input shape.
+
+Why TorchScript stays although ``torch.jit`` is deprecated upstream (torch 2.13 warns on
+``torch.jit.load``; the warning is not silenced here): the graphs must take any window from one
+160-ms column (T = 16 frames) to 50, and the streaming step one new column per hop. ``torch.export``
+specialises a dynamic size of 1: with ``T = 16 * cols``, ``cols >= 1``, it refines ``cols`` to
+>= 2, and with ``backed_size_oblivious`` the export fails its guard ``16 * max(1, T // 16) != 16``
+(checked with 2.13). A file per window length would be 50 exported programs per graph. The
+ONNX kinds, the default on every device, do not use torch at all; the torch kinds move to
+``torch.export`` when it keeps a size-1 dynamic dimension.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -51,10 +59,8 @@ class TorchBackend:
         self.cond_is_int = manifest.conditioning == "class"
 
     def _load(self, path):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-                return torch.jit.load(str(path), map_location=self.device).eval()
+        try:  # torch.jit.load's deprecation warning is left alone (module docstring: why TorchScript stays)
+            return torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as e:  # noqa: BLE001 - report which file, whatever torch raised
             raise ModelDirError(f"{self.manifest.root}: {path.name} is not a loadable TorchScript file ({e})") from e
 

@@ -23,6 +23,10 @@ rows then tell the whole story in one run: the reference-style full recompute
 streaming encoder (``KIND-stream``). ``--base`` adds the same for the paper-size ``base`` config
 at random weights (timings only), exported to a temporary directory.
 
+Rows are timed in rotating blocks: ``BLOCK`` (20) hops of one backend after ``BLOCK_WARM`` (2)
+untimed ones, then the next backend's, round and round (slow changes of the machine's load hit
+every row alike; each row is timed warm, as the one path a live server runs).
+
 Backends: ``torch-fp32-full`` (PyTorch fp32 -- the TorchScript files, eager arithmetic -- + full-window front end = the baseline), then
 every backend available on the device with the streaming front end (torch-fp32, torch-bf16,
 onnx-fp32/fp16/int8 on CPU; onnx-cuda, trt on CUDA). Each runs ``--warmup`` hops, then ``--hops``
@@ -72,6 +76,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "assets" / "mod
 SCHEMA = "stemjepa-bench/1"
 TARGET_SPEEDUP = 1.5
 STAGES = ("frontend", "encoder", "predictor", "search", "beats")
+BLOCK, BLOCK_WARM = 20, 2  # timed hops per backend in a row, untimed hops before each such block
 INSTRUMENTS = ["bass", "drums", "piano", "warm synth pad", "electric guitar", "vocals", "violin", "trumpet"]
 
 
@@ -464,7 +469,8 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
                            "leave --backends out to run every backend this machine offers")
     hop_s = cfg["patch"] * manifest.frontend.get("hop", 160) / manifest.frontend.get("sample_rate", 16000)
     chunk = int(round(hop_s * manifest.frontend.get("sample_rate", 16000)))
-    audio = synth_audio(8.2 + (n_hops + n_warmup + 1) * hop_s, seed=1)
+    blocks = -(-(n_hops + n_warmup) // BLOCK)
+    audio = synth_audio(8.2 + (n_hops + n_warmup + blocks * BLOCK_WARM + 1) * hop_s, seed=1)
     log(f"bench: model {model_dir} ({cfg['name']}, d={cfg['d_model']}, depth={cfg['depth']}, {manifest.conditioning}), "
         f"fingerprint {manifest.fingerprint[:12]}{'  [FALLBACK: random weights]' if fallback else ''}")
     log(f"bench: device {a.device}, threads {a.threads}, {a.instruments} instruments, library {a.library_size} segments, "
@@ -498,15 +504,22 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
             hop = BenchHop(b, library, names, k=a.k, full_recompute=full)
         hop.prime(audio)
         hops.append((label, kind, full, stream, hop))
-    # interleaved: hop i of every backend runs before hop i+1 of any, so load from other processes
-    # on this shared machine spreads evenly over the backends being compared
+    # interleaved in blocks: BLOCK timed hops of one backend, then the next backend's, round and
+    # round, so load from other processes on this shared machine spreads evenly over the backends
+    # compared; each block starts with BLOCK_WARM untimed hops, so that every backend is timed with
+    # its own weights in the caches, as in a live server (which runs one path), not just after
+    # another backend's 100 MB swept them out (that cost a streaming hop ~5 ms here)
     pos0 = len(hops[0][-1].audio) if hops else 0
     if use_matcher:  # the Matcher's hop grid: its first full hop ends n_fft - hop samples later
         pos0 = hops[0][-1].n_window if hops else 0
-    for i in range(n_warmup + n_hops):
-        pos = pos0 + i * chunk
-        for *_, hop in hops:
-            hop.process(audio[pos:pos + chunk], record=i >= n_warmup)
+    done = [0] * len(hops)  # hops processed per backend (its position in the audio)
+    for b0 in range(0, n_warmup + n_hops, BLOCK):
+        for j, (*_, hop) in enumerate(hops):
+            n = min(BLOCK, n_warmup + n_hops - b0)
+            for k in range(BLOCK_WARM + n):
+                pos = pos0 + done[j] * chunk
+                hop.process(audio[pos:pos + chunk], record=k >= BLOCK_WARM and b0 + k - BLOCK_WARM >= n_warmup)
+                done[j] += 1
     for label, kind, full, stream, hop in hops:
         ms = _pct(hop.total)
         stages = {s: float(np.percentile(hop.times[s], 50)) for s in STAGES}
