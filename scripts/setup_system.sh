@@ -8,18 +8,20 @@ pkgs="fluidsynth fluid-soundfont-gm timgm6mb-soundfont libportaudio2 jackd2 libs
 if [ "${1:-}" = "render" ]; then
   pkgs="$pkgs csound-soundfont opl3-soundfont avldrums.lv2-soundfont hydrogen-drumkits"
 fi
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+updated=""
+apt_update() { [ -n "$updated" ] || { $SUDO apt-get update -qq && updated=1; }; }
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
+  apt_update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
 # Node.js (for the Max/MSP example subscriber, examples/max) and its npm `zeromq` package.
 # Node is taken from Debian only when none is installed; failure here only disables that example's test.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  apt_update || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm \
     || echo "setup: could not install Node.js; the Node subscriber test will be skipped" >&2
 fi
@@ -30,7 +32,7 @@ if command -v npm >/dev/null 2>&1 && { [ ! -d "$(dirname "$0")/../examples/max/n
 fi
 # Chromium, headless, for the live page's test (tests/test_web.py); failure here only disables that test.
 if ! command -v chromium >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  apt_update || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium \
     || echo "setup: could not install Chromium; the live page test will be skipped" >&2
 fi
