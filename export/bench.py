@@ -71,8 +71,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.cli import CliError, Parser, guarded
+from engine.manifest import DEFAULT_MODEL_DIR
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
 SCHEMA = "stemjepa-bench/1"
 TARGET_SPEEDUP = 1.5
 STAGES = ("frontend", "encoder", "predictor", "search", "beats")
@@ -100,7 +100,7 @@ def predictor_flops(cfg: dict, n: int) -> float:
     if cfg["conditioning"] == "film":
         first = p * d * hdim  # computed once, shared by the N instruments
         rest = n * p * ((layers - 2) * hdim * hdim + hdim * d)
-        film = n * layers * 0 + n * (layers - 1) * cfg["text_dim"] * 2 * hdim
+        film = n * (layers - 1) * cfg["text_dim"] * 2 * hdim
         return 2.0 * (first + rest + film)
     return 2.0 * n * p * (2 * d * hdim + (layers - 2) * hdim * hdim + hdim * d)
 
@@ -210,9 +210,10 @@ class BenchHop:
         self.audio[-n:] = chunk
         if self.full:
             self.window[0] = self.lm.offline(self.audio)[:, -self.frames:]
-            self.stream.push(chunk)  # keep both paths in step (not part of the baseline's cost)
             t1 = time.perf_counter()
-            t0 += 0.0
+            self.stream.push(chunk)  # keeps the streaming front end in step: not charged to the baseline
+            t0 += time.perf_counter() - t1
+            t1 = time.perf_counter()
         else:
             f = self.stream.push(chunk)
             t = f.shape[1]
@@ -229,8 +230,6 @@ class BenchHop:
         act = self.backend.beats(tokens[:, -self.rows:])
         beat = self.tracker.process(act[0])
         t5 = time.perf_counter()
-        if self.full:  # the streaming push above is bookkeeping only: do not charge it
-            pass
         if record:
             for s, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 self.times[s].append(dt * 1e3)
@@ -250,7 +249,7 @@ def _pct(x: list[float]) -> dict:
 
 def resolve_model(path: str | None, log) -> tuple[Path, bool, tempfile.TemporaryDirectory | None]:
     """The model directory to bench; falls back to a freshly initialised `tiny` export (loudly)."""
-    p = Path(path) if path else DEFAULT_MODEL
+    p = Path(path) if path else DEFAULT_MODEL_DIR
     if (p / "packed.json").is_file() and not (p / "manifest.json").is_file():
         from .cache import ensure_built
 
@@ -350,15 +349,6 @@ class MatcherHop:
             self.total.append(total)
         self.last = r
         return r
-
-
-def _pipeline_available() -> bool:
-    try:
-        from engine.pipeline import Matcher
-
-        return hasattr(Matcher, "process_hop")
-    except Exception:
-        return False
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -483,7 +473,7 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
             f"{fl['total_gflop'] / fl['stream_total_gflop']:.0f}x less arithmetic than the full recompute")
     log(f"bench: this CPU's measured peak: {peak:.1f} GFLOP/s (fp32 sgemm, {a.threads} thread(s))")
 
-    use_matcher = _pipeline_available() and not a.own_hop
+    use_matcher = not a.own_hop
     hop_impl = "engine.pipeline.Matcher" if use_matcher else "export.bench.BenchHop"
     log(f"bench: hop code: {hop_impl}")
     results = []
