@@ -127,7 +127,12 @@ def test_bad_options_are_refused(dataset, tmp_path):
 
 def test_ddp_two_cpu_processes(dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+    import socket
+
+    with socket.socket() as s:  # a port free now (a fixed one collides with a parallel run)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "training", "fit", f"data={dataset}", f"out={tmp_path / 'ddp'}", "model=micro", "frames=160",
            "batch_size=2", "steps=3", "threads=1", "norm_samples=4", "phase=jepa", "conditioning=class"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
