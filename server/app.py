@@ -712,10 +712,7 @@ class Server:
             if not (req_id is None or isinstance(req_id, (str, int, float)) and not isinstance(req_id, bool)):
                 req_id = None
             cmd = req["cmd"]
-            fn = getattr(self, "_cmd_" + cmd, None) if cmd in self.COMMANDS else None
-            if fn is None:
-                raise P.ProtocolError(P.E_UNKNOWN_CMD, f"unknown command {cmd[:64]!r}; known: {', '.join(self.COMMANDS)}")
-            out = fn(req)  # slow commands check their arguments here and return the work to do
+            out = self._command(cmd)(req)  # slow commands check their arguments here and return the work to do
             if callable(out):
                 if envelope is None:
                     return self._finish(cmd, req_id, out)
@@ -764,13 +761,17 @@ class Server:
     COMMANDS = ("ping", "status", "get_instruments", "set_instruments", "get_k", "set_k", "set_library",
                 "set_hop", "restrict_category", "pause", "resume", "reset", "set_midi", "help")
 
-    def handle(self, req: dict) -> dict:
-        """Run one parsed request here, slow ones included (tests, tools); raises ProtocolError."""
-        cmd = req["cmd"]
+    def _command(self, cmd: str) -> Callable[[dict], Any]:
+        """The handler of a command name (raises ProtocolError for any other name)."""
         fn = getattr(self, "_cmd_" + cmd, None) if cmd in self.COMMANDS else None
         if fn is None:
             raise P.ProtocolError(P.E_UNKNOWN_CMD, f"unknown command {cmd[:64]!r}; known: {', '.join(self.COMMANDS)}")
-        out = fn(req)
+        return fn
+
+    def handle(self, req: dict) -> dict:
+        """Run one parsed request here, slow ones included (tests, tools); raises ProtocolError."""
+        cmd = req["cmd"]
+        out = self._command(cmd)(req)
         return {"ok": True, "cmd": cmd, **(out() if callable(out) else out)}
 
     def _cmd_ping(self, req):
