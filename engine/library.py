@@ -15,11 +15,16 @@ tokens ``(P, d)`` -> mean over patches -> layer norm (no affine, eps 1e-5) -> L2
 * ``info["audio_root"]``: the audio folder relative to the index file's folder, so an index and
   its audio can move together; :attr:`StemLibrary.audio_root` is its absolute form and
   :meth:`StemLibrary.stem_file` a stem's absolute path;
+* ``keytempo`` ``(S, 188)`` float32: each segment's tempo + key descriptor
+  (:mod:`engine.keytempo`), unit rows, or absent in an index built before them;
 * the fingerprint of the model that built it, ``hop_s``, ``window_s``.
 
 Search (:meth:`StemLibrary.search`) is exact: one matmul of the queries against the embeddings
 (cosine similarity; on unit vectors it ranks exactly like the Euclidean distance of the
-reference code) and ``argpartition``. Segments are stored sorted by category so that a
+reference code) and ``argpartition``. With a live descriptor and a weight ``a`` (``search(..., keytempo=kq,
+keytempo_weight=a)``) a segment scores ``(1 - a) * cos(query, embedding) + a * cos(kq, keytempo)``:
+the model says what fits in kind, the descriptor whether it shares the key and the pulse
+(docs/keytempo.md). Segments are stored sorted by category so that a
 category-restricted query multiplies a contiguous slice (a view, no copy). **Results hold at
 most one match per stem** (its best segment, whose offset is reported), so the ``k`` results
 name ``k`` different stems; ``unique="segment"`` returns raw segments instead. When the optional
@@ -33,7 +38,8 @@ Files: ``save(path)`` writes one ``.npz`` (arrays + the metadata as a JSON strin
 CLI: ``python -m engine.library build AUDIO_DIR OUT [--model DIR] [--device cpu] [--hop S]``,
 ``python -m engine.library info OUT`` and ``python -m engine.library grid OUT [--audio-dir DIR]``
 (re-estimate the stems' beat grids and rewrite their paths relative to the audio root, keeping
-the embeddings: for an index built before grids existed).
+the embeddings: for an index built before grids existed), ``python -m engine.library keytempo
+OUT`` (add the key/tempo descriptors to an index built before them).
 """
 from __future__ import annotations
 
@@ -54,6 +60,8 @@ from .categories import category_of
 from .manifest import DEFAULT_MODEL_DIR
 from .cli import Parser, guarded, report
 from .frontend import FrontEndConfig, LogMel
+from .keytempo import DIM as KEYTEMPO_DIM
+from .keytempo import describe as keytempo_describe
 
 FORMAT = "stemjepa-library"
 VERSION = 1
@@ -135,12 +143,13 @@ class StemLibrary:
     Attributes: ``embeddings (S, d)`` float32 unit rows (sorted by category), ``seg_stem (S,)``
     int32 index into ``stems``, ``seg_offset (S,)`` float32 seconds, ``stems`` list of dicts
     (``stem_id, track_id, label, category, path``), ``fingerprint`` (str or None), ``hop_s``,
-    ``window_s``, ``info`` (free dict: build report etc.).
+    ``window_s``, ``info`` (free dict: build report etc.), ``keytempo`` ``(S, 188)`` float32
+    unit rows in the same order, or None (an index built before the descriptors).
     """
 
     def __init__(self, embeddings: np.ndarray, seg_stem: np.ndarray, seg_offset: np.ndarray, stems: list[dict],
                  *, fingerprint: str | None = None, hop_s: float = 4.0, window_s: float = 8.0,
-                 info: dict | None = None, normalise: bool = True):
+                 info: dict | None = None, normalise: bool = True, keytempo: np.ndarray | None = None):
         e = np.asarray(embeddings, dtype=np.float32)
         if e.ndim != 2:
             raise LibraryError(f"embeddings must be (S, d), got shape {e.shape}")
@@ -154,10 +163,18 @@ class StemLibrary:
             raise LibraryError("embeddings contain non-finite values")
         if normalise:
             e = _l2(e)
+        kt = None
+        if keytempo is not None:
+            kt = np.asarray(keytempo, dtype=np.float32)
+            if kt.shape != (len(e), KEYTEMPO_DIM):
+                raise LibraryError(f"keytempo must be ({len(e)}, {KEYTEMPO_DIM}), got shape {kt.shape}")
+            if not np.all(np.isfinite(kt)):
+                raise LibraryError("keytempo descriptors contain non-finite values")
         self.stems = [dict(s) for s in stems]
         cats = np.array([self.stems[i]["category"] for i in seg_stem], dtype=object)
         order = np.lexsort((seg_offset, seg_stem, cats.astype(str))) if len(e) else np.zeros(0, dtype=np.int64)
         self.embeddings = np.ascontiguousarray(e[order])
+        self.keytempo = None if kt is None else np.ascontiguousarray(kt[order])
         self.seg_stem = seg_stem[order]
         self.seg_offset = seg_offset[order]
         self.fingerprint = fingerprint
@@ -215,10 +232,11 @@ class StemLibrary:
     def from_arrays(cls, embeddings: np.ndarray, stem_ids: Sequence[str], *, track_ids: Sequence[str] | None = None,
                     labels: Sequence[str] | None = None, categories: Sequence[str] | None = None,
                     offsets: Sequence[float] | None = None, fingerprint: str | None = None,
-                    hop_s: float = 4.0, window_s: float = 8.0) -> "StemLibrary":
+                    hop_s: float = 4.0, window_s: float = 8.0, keytempo: np.ndarray | None = None) -> "StemLibrary":
         """Library from per-segment arrays (benches, tests): ``embeddings (S, d)`` (normalised
         here), ``stem_ids (S,)``; optional per-segment ``track_ids``, ``labels``, ``categories``
-        (default: the stem id, label = stem id, category from the label) and ``offsets`` (s)."""
+        (default: the stem id, label = stem id, category from the label), ``offsets`` (s) and
+        ``keytempo (S, 188)`` descriptors."""
         n = len(stem_ids)
         stems: list[dict] = []
         index: dict[str, int] = {}
@@ -234,7 +252,8 @@ class StemLibrary:
                               "path": ""})
             seg_stem[i] = index[sid]
         off = np.zeros(n, dtype=np.float32) if offsets is None else np.asarray(offsets, dtype=np.float32)
-        return cls(embeddings, seg_stem, off, stems, fingerprint=fingerprint, hop_s=hop_s, window_s=window_s)
+        return cls(embeddings, seg_stem, off, stems, fingerprint=fingerprint, hop_s=hop_s, window_s=window_s,
+                   keytempo=keytempo)
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -272,7 +291,8 @@ class StemLibrary:
     def summary(self) -> dict:
         return {"segments": len(self), "stems": self.n_stems, "tracks": self.n_tracks,
                 "dim": self.dim if len(self) else None, "categories": {c: b - a for c, (a, b) in self._cat_range.items()},
-                "fingerprint": self.fingerprint, "hop_s": self.hop_s, "window_s": self.window_s}
+                "fingerprint": self.fingerprint, "hop_s": self.hop_s, "window_s": self.window_s,
+                "keytempo": self.keytempo is not None}
 
     # ------------------------------------------------------------------ search
     def _faiss_index(self):
@@ -320,14 +340,18 @@ class StemLibrary:
         return res
 
     def search(self, queries: np.ndarray, k: int = 5, categories: Sequence[str | None] | None = None,
-               unique: str | None = "stem") -> list[list[Match]]:
+               unique: str | None = "stem", keytempo: np.ndarray | None = None,
+               keytempo_weight: float = 0.0) -> list[list[Match]]:
         """Top-``k`` matches for each query.
 
         ``queries``: ``(N, d)`` (or ``(d,)``) float, normalised here. ``categories``: None, or a
         list of N entries, each a category name restricting that query (a category the library
         does not hold gives no matches) or None. ``unique``: ``"stem"`` (default) keeps only each
         stem's best segment; None returns raw segments. Returns N lists of :class:`Match`, best
-        first (score descending).
+        first (score descending). ``keytempo``: the ``(188,)`` descriptor of what is playing (one
+        for all queries) and ``keytempo_weight`` ``a`` in [0, 1]: segments score ``(1 - a) *
+        cos(query, embedding) + a * cos(keytempo, segment descriptor)``; ignored (the model
+        alone) when the library has no descriptors, when ``a`` is 0 or the descriptor is None.
         """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -345,6 +369,14 @@ class StemLibrary:
         if len(categories) != nq:
             raise ValueError(f"{nq} queries but {len(categories)} categories")
         q = _l2(q)
+        a = float(keytempo_weight)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"keytempo_weight must be in [0, 1], got {keytempo_weight}")
+        kq = None
+        if keytempo is not None and a > 0.0 and self.keytempo is not None:
+            kq = np.asarray(keytempo, dtype=np.float32).reshape(-1)
+            if kq.shape != (KEYTEMPO_DIM,) or not np.all(np.isfinite(kq)):
+                raise LibraryError(f"keytempo must be a finite ({KEYTEMPO_DIM},) vector, got shape {kq.shape}")
         results: list[list[Match]] = [[] for _ in range(nq)]
         if nq == 0 or len(self) == 0 or k <= 0:
             return results
@@ -353,12 +385,12 @@ class StemLibrary:
             groups.setdefault(None if c is None else str(c), []).append(i)
         for cat, idx in groups.items():
             if cat is None:
-                a, b = 0, len(self)
+                lo, hi = 0, len(self)
             elif cat in self._cat_range:
-                a, b = self._cat_range[cat]
+                lo, hi = self._cat_range[cat]
             else:
                 continue
-            if cat is None and len(self) > FAISS_MIN_SEGMENTS and self._faiss_index():
+            if kq is None and cat is None and len(self) > FAISS_MIN_SEGMENTS and self._faiss_index():
                 m = min(len(self), max(4 * k, k + 16) if unique == "stem" else k)
                 sc, ix = self._faiss.search(q[idx], m)
                 rest = []
@@ -369,9 +401,11 @@ class StemLibrary:
                 idx = rest
                 if not idx:
                     continue
-            scores = (self.embeddings[a:b] @ q[idx].T).T  # (n, b - a) cosine similarities
+            scores = (self.embeddings[lo:hi] @ q[idx].T).T  # (n, hi - lo) cosine similarities
+            if kq is not None:  # fused: (1 - a) cos_model + a cos_keytempo
+                scores = (1.0 - a) * scores + a * (self.keytempo[lo:hi] @ kq)[None, :]
             for r, i in enumerate(idx):
-                results[i] = self._select(scores[r], a, k, unique)
+                results[i] = self._select(scores[r], lo, k, unique)
         return results
 
     def _select_from(self, ix: np.ndarray, sc: np.ndarray, k: int, unique: str | None) -> list[Match]:
@@ -404,7 +438,9 @@ class StemLibrary:
         meta = self._meta()
         blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, embeddings=self.embeddings, seg_stem=self.seg_stem, seg_offset=self.seg_offset, meta=blob)
+        extra = {} if self.keytempo is None else {"keytempo": self.keytempo}
+        np.savez(tmp, embeddings=self.embeddings, seg_stem=self.seg_stem, seg_offset=self.seg_offset, meta=blob,
+                 **extra)
         os.replace(tmp, p)
         side = p.with_suffix(".json")
         tmpj = side.with_name(side.name + ".tmp")
@@ -429,7 +465,7 @@ class StemLibrary:
         if max_segments is not None or max_stems is not None:
             shapes = _npz_shapes(p)
             n_seg = shapes.get("embeddings", (0,))[0]
-            for name in ("seg_stem", "seg_offset"):
+            for name in ("seg_stem", "seg_offset", "keytempo"):
                 n_seg = max(n_seg, shapes.get(name, (0,))[0])
             if max_segments is not None and n_seg > max_segments:
                 raise LibraryError(f"{p}: {n_seg} segments, more than the limit of {max_segments}")
@@ -440,6 +476,7 @@ class StemLibrary:
             with np.load(p, allow_pickle=False) as z:
                 meta = json.loads(bytes(z["meta"]).decode("utf-8"))
                 arrays = {k: z[k] for k in ("embeddings", "seg_stem", "seg_offset")}
+                arrays["keytempo"] = z["keytempo"] if "keytempo" in z.files else None
         except LibraryError:
             raise
         except Exception as e:
@@ -461,7 +498,7 @@ class StemLibrary:
             raise LibraryError(f"{p}: {len(meta['stems'])} stems, more than the limit of {max_stems}")
         lib = cls(e, arrays["seg_stem"], arrays["seg_offset"], meta["stems"], fingerprint=fp,
                   hop_s=meta.get("hop_s", 4.0), window_s=meta.get("window_s", 8.0), info=meta.get("info"),
-                  normalise=False)
+                  normalise=False, keytempo=arrays["keytempo"])
         lib.index_path = p
         return lib
 
@@ -574,8 +611,9 @@ def segment_frames(n_frames: int, window: int, hop: int, patch: int = 16, min_fr
 
 
 def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop: int, batch: int = 8,
-               min_rms_db: float = -60.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """One stem's segments -> (embeddings (n, d), offsets (n,) s, silent segments skipped)."""
+               min_rms_db: float = -60.0) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """One stem's segments -> (embeddings (n, d), offsets (n,) s, silent segments skipped,
+    key/tempo descriptors (n, 188))."""
     cfg = logmel.cfg
     # pad n_fft - hop zeros so that S samples give exactly S // hop frames: an 8.00-s stem then
     # holds one full 800-frame window (the last frame reaches 15 ms past the end)
@@ -593,6 +631,8 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
             continue
         keep.append((s, t))
     embs, offs = [], []
+    # the descriptor sees the segment's window of audio (a short stem: all of it), as add_keytempo does
+    kts = [keytempo_describe(samples[s * cfg.hop:(s + window) * cfg.hop]) for s, _ in keep]
     for i in range(0, len(keep), batch):
         group = keep[i:i + batch]
         t = group[0][1]
@@ -601,8 +641,10 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
         embs.append(pool_tokens(tokens))
         offs += [s * cfg.hop / cfg.sample_rate for s, _ in group]
     if not embs:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32), silent
-    return np.concatenate(embs).astype(np.float32), np.asarray(offs, dtype=np.float32), silent
+        return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32), silent,
+                np.zeros((0, KEYTEMPO_DIM), dtype=np.float32))
+    return (np.concatenate(embs).astype(np.float32), np.asarray(offs, dtype=np.float32), silent,
+            np.stack(kts).astype(np.float32))
 
 
 class GridEstimator:
@@ -689,6 +731,34 @@ def add_grids(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=None
     return lib
 
 
+def add_keytempo(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=None) -> StemLibrary:
+    """Compute every segment's key/tempo descriptor from its stem's audio (``audio_dir``, default
+    the library's audio root) for an index built before them; embeddings are kept. The library is
+    saved back to its index file. Returns it."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if lib.index_path is None:
+        raise LibraryError("add_keytempo needs a library loaded from (or saved to) an index file")
+    root = Path(audio_dir) if audio_dir is not None else lib.audio_root
+    found = {s.stem_id: s.path for s in find_stems(root)} if root is not None and root.is_dir() else {}
+    win = int(round(lib.window_s * 16000))
+    kt = np.zeros((len(lib), KEYTEMPO_DIM), np.float32)
+    for si, st in enumerate(lib.stems):
+        rows = np.flatnonzero(lib.seg_stem == si)
+        if not len(rows):
+            continue
+        f = found.get(st["stem_id"]) or lib.stem_file(st)
+        if f is None or not Path(f).is_file():
+            raise LibraryError(f"stem {st['stem_id']!r}: no audio file (pass the audio folder the index was built from)")
+        x = load_audio(f, 16000)
+        for r in rows:
+            a = int(round(float(lib.seg_offset[r]) * 16000))
+            kt[r] = keytempo_describe(x[a:a + win])
+    lib.keytempo = kt
+    lib.save(lib.index_path)
+    log(f"key/tempo descriptors for {len(lib)} segments of {lib.n_stems} stems -> {lib.index_path}")
+    return lib
+
+
 def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, resume: bool = True, *,
           window_s: float = 8.0, batch: int = 8, min_rms_db: float = -60.0, progress: bool = True,
           checkpoint_every: int = 25, log=None) -> StemLibrary:
@@ -717,6 +787,7 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
     embs: list[np.ndarray] = []
     seg_stem: list[np.ndarray] = []
     seg_off: list[np.ndarray] = []
+    kts: list[np.ndarray] = []
     stem_meta: list[dict] = []
     done: set[str] = set()
     empty: list[str] = []
@@ -730,10 +801,14 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
             raise LibraryError(f"{out_p}: this index predates beat grids and audio roots; add them with "
                                f"'python -m engine.library grid {out_p} --audio-dir {audio_dir}' first, "
                                f"or rebuild with --no-resume")
+        if len(old) and old.keytempo is None:
+            log(f"{out_p}: adding the key/tempo descriptors this index predates")
+            add_keytempo(old, audio_dir, log=log)
         if len(old):
             embs.append(old.embeddings)
             seg_stem.append(old.seg_stem)
             seg_off.append(old.seg_offset)
+            kts.append(old.keytempo)
         empty = list(old.info.get("empty", []))
         done = {s["stem_id"] for s in stem_meta} | set(empty)
         log(f"resuming {out_p}: {len(done)} stems already done")
@@ -749,6 +824,7 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
         lib = StemLibrary(e, np.concatenate(seg_stem) if seg_stem else np.zeros(0, np.int32),
                           np.concatenate(seg_off) if seg_off else np.zeros(0, np.float32), stem_meta,
                           fingerprint=fp, hop_s=hop_s, window_s=window_s, normalise=False,
+                          keytempo=np.concatenate(kts) if kts else np.zeros((0, KEYTEMPO_DIM), np.float32),
                           info={"audio_dir": str(audio_dir), "audio_root": _audio_root_info(audio_dir, out_p),
                                 "failed": failed, "empty": empty,
                                 "min_rms_db": min_rms_db, "backend": getattr(backend, "name", None)})
@@ -768,7 +844,8 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
     for st in todo:
         try:
             x = load_audio(st.path, fe.sample_rate)
-            e, off, silent = embed_stem(backend, x, lm, window=window, hop=hop, batch=batch, min_rms_db=min_rms_db)
+            e, off, silent, kt = embed_stem(backend, x, lm, window=window, hop=hop, batch=batch,
+                                            min_rms_db=min_rms_db)
             extras = grids(st, x) if len(e) else {}
         except AudioError as err:
             failed.append({"stem_id": st.stem_id, "path": str(st.path), "error": str(err)})
@@ -783,6 +860,7 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
                 embs.append(e)
                 seg_stem.append(np.full(len(e), idx, dtype=np.int32))
                 seg_off.append(off)
+                kts.append(kt)
             else:
                 empty.append(st.stem_id)
         n_new += 1
@@ -832,6 +910,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("index", help="index file (.npz)")
     g.add_argument("--audio-dir", default=None,
                    help="the audio folder the index was built from (default: the index's audio root)")
+    kt = sub.add_parser("keytempo", help="add the key/tempo descriptors to an index built before them",
+                        description="Compute every segment's tempo + key descriptor from the stems' audio "
+                        "(engine/keytempo.py), keeping the embeddings.")
+    kt.add_argument("index", help="index file (.npz)")
+    kt.add_argument("--audio-dir", default=None,
+                    help="the audio folder the index was built from (default: the index's audio root)")
     args = ap.parse_args(argv)
     if args.cmd == "build":
         args.model = args.model or str(DEFAULT_MODEL_DIR)
@@ -844,6 +928,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "grid":
             add_grids(StemLibrary.load(args.index), args.audio_dir)
+            return 0
+        if args.cmd == "keytempo":
+            add_keytempo(StemLibrary.load(args.index), args.audio_dir)
             return 0
         from .backends import load_backend  # type: ignore
 

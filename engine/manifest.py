@@ -85,6 +85,13 @@ class Manifest:
         return self.data.get("text", {})
 
     @property
+    def ranking(self) -> dict:
+        """How this model's matches are ranked: ``{"keytempo_weight": a, ...}`` (engine/keytempo.py);
+        empty for a directory exported before the fused ranking."""
+        r = self.data.get("ranking")
+        return dict(r) if isinstance(r, dict) else {}
+
+    @property
     def fingerprint(self) -> str:
         return self.data["fingerprint"]
 

@@ -24,7 +24,10 @@ Then: ``backend.encode`` -> tokens ``(1, P, d)``; one ``backend.predict`` for al
 (conditioning from ``backend.condition``, cached until the instruments change) -> ``(N, d)``;
 ``library.search`` top-k per instrument (one match per stem; restricted to the instrument's
 category when ``restrict_category`` and the library knows the category, see
-:meth:`StemLibrary.category_of`); ``backend.beats(tokens)`` -> the window's 50 Hz activation, of
+:meth:`StemLibrary.category_of`), each segment scored by the model's cosine fused with the
+tempo + key descriptor's (a :class:`KeyTempoStream` over the input, about 1 ms a hop;
+``keytempo_weight``, default the model's own, 0 for the model alone; docs/keytempo.md);
+``backend.beats(tokens)`` -> the window's 50 Hz activation, of
 which the values not yet seen (8 per 160 ms) go to the :class:`CausalBeatTracker`.
 
 **Streaming** (``stream=None``, the default, picks it whenever the backend has the streaming
@@ -57,6 +60,8 @@ import numpy as np
 
 from .beats import BeatState, CausalBeatTracker
 from .frontend import FrontEndConfig, StreamingLogMel
+from .keytempo import DEFAULT_WEIGHT as KEYTEMPO_DEFAULT_WEIGHT
+from .keytempo import KeyTempoStream
 from .library import LibraryError, Match, StemLibrary, set_blas_threads
 from .ring import RingBuffer, RingOverwritten
 
@@ -123,7 +128,10 @@ class Matcher:
     ``tracker_kw``: extra arguments for :class:`CausalBeatTracker`; ``signal_threshold_db``:
     the window level (RMS, dBFS) below which the input counts as silence (default -60 dBFS:
     digital silence, a muted input or hum well below playing level); ``stream``: the streaming
-    path (module docstring; None: whenever the backend can, False: full recompute every hop).
+    path (module docstring; None: whenever the backend can, False: full recompute every hop);
+    ``keytempo_weight``: weight of the tempo + key descriptor in the ranking, in [0, 1] (None: the
+    model directory's ``ranking.keytempo_weight``, else :data:`engine.keytempo.DEFAULT_WEIGHT`; a
+    library without descriptors ranks by the model alone).
     ``last_query``: the ``(N, d)`` query embeddings of the latest hop (None when not computed).
     """
 
@@ -131,7 +139,8 @@ class Matcher:
                  hop_ms: float = 160, window_s: float = 8.0, restrict_category: bool = False, *,
                  ring_s: float = 30.0, min_window_s: float = 1.0, drop_late: bool = True,
                  blas_threads: int | None = 1, tracker_kw: dict | None = None, beats: bool = True,
-                 signal_threshold_db: float = -60.0, stream: bool | None = None):
+                 signal_threshold_db: float = -60.0, stream: bool | None = None,
+                 keytempo_weight: float | None = None):
         self.backend = backend
         if not np.isfinite(signal_threshold_db):
             raise ValueError(f"signal_threshold_db must be finite, not {signal_threshold_db}")
@@ -183,6 +192,11 @@ class Matcher:
             self._spred = StreamingPredictor(backend.predict_tokens, cfg, window_columns=self.W // self.patch,
                                              code_fn=backend.predict_code)
             self._sact = np.zeros(self.W // self.patch * self.beat_probes, np.float32)  # the window's activation
+        self._keytempo = KeyTempoStream(window_s)
+        if keytempo_weight is None:
+            keytempo_weight = (_manifest_get(backend, "ranking") or {}).get("keytempo_weight", KEYTEMPO_DEFAULT_WEIGHT)
+        self.keytempo_weight = 0.0
+        self.set_keytempo_weight(keytempo_weight)
         self.set_k(k)
         self.set_library(library)
         self.set_instruments(instruments)
@@ -243,6 +257,22 @@ class Matcher:
         self.library = library
         self._update_categories()
 
+    def set_keytempo_weight(self, weight: float) -> None:
+        """Weight ``a`` of the tempo + key descriptor: segments score ``(1 - a) * cos_model +
+        a * cos_keytempo`` (0: the model alone, 1: the heuristic alone)."""
+        a = float(weight)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"keytempo_weight must be in [0, 1], got {weight}")
+        self.keytempo_weight = a
+
+    @property
+    def ranking(self) -> str:
+        """How matches are ranked now: ``"model+keytempo"``, or ``"model"`` (weight 0, or a
+        library without descriptors)."""
+        lib = self.library
+        fused = self.keytempo_weight > 0.0 and lib is not None and getattr(lib, "keytempo", None) is not None
+        return "model+keytempo" if fused else "model"
+
     def set_restrict_category(self, on: bool) -> None:
         self.restrict_category = bool(on)
 
@@ -280,6 +310,8 @@ class Matcher:
         self._hop_index = -1
         self._act_next: int | None = None
         self.tracker.reset(0.0)
+        self._keytempo.reset()
+        self._kt_pos = self._origin  # stream position the key/tempo descriptor has reached
         # mean square of the audio per 10-ms front-end hop, for the newest W frames (the window)
         self._ms = np.zeros(self.W, dtype=np.float64)
         self._ms_n = 0
@@ -365,6 +397,12 @@ class Matcher:
             self.nonfinite += int(bad.sum())
             x[bad] = 0.0
         level_db, hop_level_db = self._levels(x, end - need)
+        t1 = time.perf_counter()
+        if need != self._kt_pos:  # a restart: the descriptor starts again on what is read now
+            self._keytempo.reset(need - self._origin)  # the same frame grid, from where the read starts
+        self._keytempo.push(x)
+        self._kt_pos = end
+        tm["keytempo"] = (time.perf_counter() - t1) * 1e3
         signal = bool(level_db >= self.signal_threshold_db)
         tm["read"] = (time.perf_counter() - t0) * 1e3
 
@@ -412,7 +450,9 @@ class Matcher:
             t0 = time.perf_counter()
             if emb is not None:
                 cats = self._cats if self.restrict_category else None
-                found = self.library.search(emb, self.k, categories=cats)
+                kq = self._keytempo.describe(T / self.frames_per_s) if self.ranking != "model" else None
+                found = self.library.search(emb, self.k, categories=cats, keytempo=kq,
+                                            keytempo_weight=self.keytempo_weight)
                 matches = {n: r for n, r in zip(self.instruments, found)}
             else:
                 matches = {n: [] for n in self.instruments}

@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-checkpoint-copy", action="store_true",
                     help="do not write model.pt (only the torch-tensorrt route of --trt needs it)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads during export (default 1)")
+    ap.add_argument("--keytempo-weight", type=float, default=None, metavar="A",
+                    help="the fused ranking's key/tempo weight in [0, 1], written into the manifest (default: the "
+                    "checkpoint's, else the engine default; choose it with python -m training.fusion)")
     a = ap.parse_args(argv)
     if a.threads < 1:
         ap.error("--threads must be >= 1")
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
 
     try:
         export_model(a.checkpoint, a.out_dir, a.precision, text=not a.no_text, text_from=a.text_from,
-                     overwrite=a.overwrite, checkpoint_copy=not a.no_checkpoint_copy)
+                     overwrite=a.overwrite, checkpoint_copy=not a.no_checkpoint_copy,
+                     keytempo_weight=a.keytempo_weight)
     except ExportError as e:
         raise CliError(f"export failed (nothing written): {e}") from e
     if a.trt:

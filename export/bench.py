@@ -49,7 +49,7 @@ JSON (``--json OUT``), schema ``stemjepa-bench/1``::
                    "ms": {"p50", "p95", "p99", "mean", "max"}, "hops_per_s",
                    "speedup", "speedup_p99",   # baseline p50 / p50, baseline p99 / p99
                    "peak_fraction",
-                   "stages_ms": {"frontend", "encoder", "predictor", "search", "beats"},  # p50
+                   "stages_ms": {"frontend", "keytempo", "encoder", "predictor", "search", "beats"},  # p50
                    "encoder_gflop_per_s", "total_gflop_per_s",
                    "agreement": {"top1", "mean_cos", "min_cos", "queries"}}],
      "skipped": {"kind": "reason"},
@@ -71,11 +71,14 @@ from pathlib import Path
 import numpy as np
 
 from engine.cli import CliError, Parser, guarded
+from engine.keytempo import DEFAULT_WEIGHT as KEYTEMPO_DEFAULT_WEIGHT
+from engine.keytempo import DIM as KEYTEMPO_DIM
+from engine.keytempo import KeyTempoStream
 from engine.manifest import DEFAULT_MODEL_DIR
 
 SCHEMA = "stemjepa-bench/1"
 TARGET_SPEEDUP = 1.5
-STAGES = ("frontend", "encoder", "predictor", "search", "beats")
+STAGES = ("frontend", "keytempo", "encoder", "predictor", "search", "beats")
 BLOCK, BLOCK_WARM = 20, 2  # timed hops per backend in a row, untimed hops before each such block
 INSTRUMENTS = ["bass", "drums", "piano", "warm synth pad", "electric guitar", "vocals", "violin", "trumpet"]
 
@@ -191,6 +194,8 @@ class BenchHop:
         self.window = np.zeros((1, cfg["n_mels"], self.frames), np.float32)
         self.audio = np.zeros(self.fe.n_samples(self.frames), np.float32)  # last 8 s (+ n_fft - hop)
         self.cond = backend.condition(instruments)
+        self.keytempo = KeyTempoStream(self.frames / 100.0)
+        self.kt_weight = KEYTEMPO_DEFAULT_WEIGHT
         self.tracker = CausalBeatTracker(fps=cfg["beat_probes"] / (cfg["patch"] * self.fe.hop / self.fe.sample_rate))
         self.times = {s: [] for s in STAGES}
         self.total = []
@@ -200,6 +205,7 @@ class BenchHop:
         """Fill the window with the first 8 s (not timed)."""
         a = audio[: len(self.audio)]
         self.audio[:] = a
+        self.keytempo.push(a)
         f = self.stream.push(a)
         self.window[0, :, -f.shape[1]:] = f[:, -self.frames:]
 
@@ -221,17 +227,20 @@ class BenchHop:
                 self.window[0, :, :-t] = self.window[0, :, t:]
                 self.window[0, :, -t:] = f
             t1 = time.perf_counter()
+        self.keytempo.push(chunk)
+        kq = self.keytempo.describe()
+        tk = time.perf_counter()
         tokens = self.backend.encode(self.window)
         t2 = time.perf_counter()
         emb = self.backend.predict(tokens, self.cond)
         t3 = time.perf_counter()
-        matches = self.library.search(emb, k=self.k)
+        matches = self.library.search(emb, k=self.k, keytempo=kq, keytempo_weight=self.kt_weight)
         t4 = time.perf_counter()
         act = self.backend.beats(tokens[:, -self.rows:])
         beat = self.tracker.process(act[0])
         t5 = time.perf_counter()
         if record:
-            for s, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            for s, dt in zip(STAGES, (t1 - t0, tk - t1, t2 - tk, t3 - t2, t4 - t3, t5 - t4)):
                 self.times[s].append(dt * 1e3)
             self.total.append((t5 - t0) * 1e3)
         self.last = (emb, matches, beat)
@@ -285,11 +294,14 @@ def _library(manifest, size: int, seed: int = 0):
     d = int(manifest.config["d_model"])
     rng = np.random.default_rng(seed)
     e = rng.standard_normal((size, d)).astype(np.float32)
+    kt = rng.standard_normal((size, KEYTEMPO_DIM)).astype(np.float32)
+    kt /= np.linalg.norm(kt, axis=1, keepdims=True)
     per_stem = 20  # 20 segments (80 s at a 4-s hop) per stem
     ids = [f"stem{i // per_stem:05d}" for i in range(size)]
     cats = ["bass", "drums", "vocals", "other"]
     return StemLibrary.from_arrays(e, ids, categories=[cats[(i // per_stem) % 4] for i in range(size)],
-                                   offsets=[4.0 * (i % per_stem) for i in range(size)], fingerprint=manifest.fingerprint)
+                                   offsets=[4.0 * (i % per_stem) for i in range(size)], fingerprint=manifest.fingerprint,
+                                   keytempo=kt)
 
 
 class MatcherHop:
@@ -343,7 +355,8 @@ class MatcherHop:
             fe = fe_full
             self.full_window = full
         if record:
-            for s, v in zip(STAGES, (fe, tm.get("encode", 0.0), tm.get("predict", 0.0), tm.get("search", 0.0),
+            for s, v in zip(STAGES, (fe, tm.get("keytempo", 0.0), tm.get("encode", 0.0), tm.get("predict", 0.0),
+                                     tm.get("search", 0.0),
                                      tm.get("beat_head", 0.0) + tm.get("tracker", 0.0))):
                 self.times[s].append(v)
             self.total.append(total)
@@ -551,12 +564,12 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
     best = max((r for r in results if r is not base), key=lambda r: r["speedup"], default=base)
     log("")
     log(f"{'backend':17s} {'front':9s} {'encoder':9s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'hops/s':>7s} "
-        f"{'x p50':>6s} {'x p99':>6s}  {'fe':>5s} {'enc':>6s} {'pred':>6s} {'search':>6s} {'beat':>5s}  "
+        f"{'x p50':>6s} {'x p99':>6s}  {'fe':>5s} {'kt':>5s} {'enc':>6s} {'pred':>6s} {'search':>6s} {'beat':>5s}  "
         f"{'enc GF/s':>8s} {'%peak':>5s}  {'top1':>5s} {'cos':>7s}")
     for r in results:
         s, m, ag = r["stages_ms"], r["ms"], r.get("agreement", {})
         log(f"{r['name']:17s} {r['frontend']:9s} {r['encoder']:9s} {m['p50']:8.2f} {m['p95']:8.2f} {m['p99']:8.2f} "
-            f"{r['hops_per_s']:7.1f} {r['speedup']:6.2f} {r['speedup_p99']:6.2f}  {s['frontend']:5.2f} {s['encoder']:6.2f} "
+            f"{r['hops_per_s']:7.1f} {r['speedup']:6.2f} {r['speedup_p99']:6.2f}  {s['frontend']:5.2f} {s['keytempo']:5.2f} {s['encoder']:6.2f} "
             f"{s['predictor']:6.2f} {s['search']:6.2f} {s['beats']:5.2f}  {r['encoder_gflop_per_s']:8.1f} "
             f"{100 * (r['peak_fraction'] or 0):5.1f}  {ag.get('top1', float('nan')):5.2f} {ag.get('mean_cos', float('nan')):7.4f}")
     for k, why in skipped.items():

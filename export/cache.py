@@ -33,9 +33,12 @@ PACK_FILES = ("text_encoder.onnx", "tokenizer.json", "conditioning.npz")
 
 
 def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32", "int8"),
-               text_from: str | Path, overwrite: bool = False, log=print) -> dict:
+               text_from: str | Path, overwrite: bool = False, keytempo_weight: float | None = None,
+               log=print) -> dict:
     """Write the packed directory of ``checkpoint``; ``text_from``: a model directory (full or
-    packed) whose text encoder, tokenizer and conditioning cache are copied. Returns packed.json."""
+    packed) whose text encoder, tokenizer and conditioning cache are copied; ``keytempo_weight``:
+    the fused ranking's weight, kept in the weights file (None: the checkpoint's own). Returns
+    packed.json."""
     import torch
 
     from training.checkpoint import load_model
@@ -52,9 +55,11 @@ def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32
     st = strip_checkpoint(state)
     st["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in st["model"].items()}
     st["weights_dtype"] = "float16"
-    for k in ("phase", "step"):
+    for k in ("phase", "step", "ranking"):
         if k in state:
             st[k] = state[k]
+    if keytempo_weight is not None:
+        st["ranking"] = {"keytempo_weight": float(keytempo_weight)}
     src_text = {}
     for m in (text_from / MANIFEST, text_from / PACKED):
         if m.is_file():
@@ -75,7 +80,7 @@ def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32
                "precisions": list(dict.fromkeys(["fp32", *precisions])),
                "config": rebuilt.cfg.to_dict(), "norm": st["norm"], "text": st["text"],
                "source": {"checkpoint": Path(checkpoint).name, "step": state.get("step"), "phase": state.get("phase")},
-               "labels": len(st.get("labels") or [])}
+               "labels": len(st.get("labels") or []), "ranking": dict(st.get("ranking") or {})}
         (tmp / PACKED).write_text(json.dumps(doc, indent=1))
         publish_dir(tmp, out_dir)
     except BaseException:
@@ -159,10 +164,14 @@ def main(argv=None) -> int:
         ap.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "fp16", "int8", "bf16"],
                         help="ONNX precisions the build writes (default: fp32 int8)")
         ap.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+        ap.add_argument("--keytempo-weight", type=float, default=None, metavar="A",
+                        help="the fused ranking's key/tempo weight in [0, 1] (default: the checkpoint's, else the "
+                        "engine default; choose it with python -m training.fusion)")
         a = ap.parse_args(argv[1:])
         a.text_from = a.text_from or str(DEFAULT_DIR)
         try:
-            pack_model(a.checkpoint, a.out_dir, precisions=a.precision, text_from=a.text_from, overwrite=a.overwrite)
+            pack_model(a.checkpoint, a.out_dir, precisions=a.precision, text_from=a.text_from, overwrite=a.overwrite,
+                       keytempo_weight=a.keytempo_weight)
         except (ExportError, ModelDirError) as e:
             print(f"export.cache: {e}", file=sys.stderr)
             return 2

@@ -276,11 +276,23 @@ def _export_torchscript(name: str, mod, inputs: dict, ref: np.ndarray, tmp: Path
 
 def strip_checkpoint(state: dict) -> dict:
     """Keep what rebuilding the model for inference needs (no optimizer, rng, train args)."""
-    keep = ("format", "version", "config", "frontend", "norm", "text", "labels")
+    keep = ("format", "version", "config", "frontend", "norm", "text", "labels", "ranking")
     out = {k: state[k] for k in keep if k in state}
     out["model"] = {k: v.detach().clone() for k, v in state["model"].items()}
     out["stripped"] = True
     return out
+
+
+def _ranking(state: dict, keytempo_weight: float | None) -> dict:
+    """The model directory's ``ranking`` entry: the weight given, else the checkpoint's, else the default."""
+    from engine.keytempo import DEFAULT_WEIGHT
+
+    own = state.get("ranking") if isinstance(state.get("ranking"), dict) else {}
+    w = keytempo_weight if keytempo_weight is not None else own.get("keytempo_weight", DEFAULT_WEIGHT)
+    if not 0.0 <= float(w) <= 1.0:
+        raise ExportError(f"keytempo_weight must be in [0, 1], got {w}")
+    src = "given" if keytempo_weight is not None else ("checkpoint" if "keytempo_weight" in own else "default")
+    return {"keytempo_weight": float(w), "source": src}
 
 
 def publish_dir(tmp: Path, out_dir: Path) -> None:
@@ -302,7 +314,7 @@ def _text_source_ok(d: Path) -> bool:
 def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32",), *, text: bool = True,
                  text_from: str | Path | None = None, overwrite: bool = False, checkpoint_copy: bool = True,
                  conditioning_from: str | Path | None = None, text_info_extra: dict | None = None,
-                 log=print) -> dict:
+                 keytempo_weight: float | None = None, log=print) -> dict:
     """Export ``checkpoint`` to ``out_dir``; returns the manifest dict. Raises :class:`ExportError`.
 
     ``precisions``: any of fp32, fp16, int8, bf16 (fp32 is always written). A precision the CPU
@@ -311,6 +323,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
     (e.g. another model directory) to copy instead of exporting MiniLM again.
     ``checkpoint_copy``: also write ``model.pt`` (the stripped checkpoint; only the torch-tensorrt
     route of ``--trt`` reads it). Off for the shipped model, to keep the repository small.
+    ``keytempo_weight``: the fused ranking's weight written as ``ranking.keytempo_weight``
+    (engine/keytempo.py; None: the checkpoint's own ``ranking``, else the engine default).
     ``conditioning_from``: a ``conditioning.npz`` to copy instead of encoding the labels again
     (building a packed model: export.cache). ``text_info_extra``: fields added to ``text``.
     """
@@ -453,6 +467,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32"
         }
         if stream_entry is not None:
             manifest["stream"] = stream_entry
+        manifest["ranking"] = _ranking(state, keytempo_weight)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=_jsonable))
         try:  # the directory must pass its own validation before it is published
             load_manifest(tmp)

@@ -50,6 +50,9 @@ def parse_args(argv=None):
                     help="fastest tempo the beat tracker considers; a narrower range "
                          "avoids half/double-tempo errors when the style is known")
     ap.add_argument("--restrict-category", action="store_true", help="only return stems of the queried category")
+    ap.add_argument("--keytempo-weight", type=float, default=None, metavar="A",
+                    help="weight of the tempo + key descriptor in the ranking, 0..1: a stem scores (1 - A) x the "
+                    "model's cosine + A x the descriptor's (default: the model's own; 0: the model alone)")
     ap.add_argument("--pub", default=config.DEFAULT_PUB, metavar="ADDR", help="PUB address")
     ap.add_argument("--ctl", default=config.DEFAULT_CTL, metavar="ADDR", help="control ROUTER address")
     ap.add_argument("--speed", type=float, default=1.0,
@@ -193,6 +196,7 @@ def build_engine(a):
         m = Matcher(backend, lib, instruments=a.instrument_list, k=a.k, hop_ms=a.hop,
                     signal_threshold_db=a.signal_threshold,
                     window_s=config.DEFAULT_WINDOW_S, restrict_category=a.restrict_category,
+                    keytempo_weight=a.keytempo_weight,
                     tracker_kw={"min_bpm": a.min_bpm, "max_bpm": a.max_bpm})
     except ValueError as e:  # e.g. an instrument name the model cannot condition on (no text encoder)
         raise ConfigError(f"cannot start the matcher: {e}")

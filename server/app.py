@@ -232,6 +232,12 @@ class Server:
     def restrict_category(self) -> bool:
         return bool(self.matcher.restrict_category)
 
+    @property
+    def ranking(self) -> dict:
+        """How matches are ranked: ``{"mode": "model" | "model+keytempo", "keytempo_weight": a}``."""
+        return {"mode": str(getattr(self.matcher, "ranking", "model")),
+                "keytempo_weight": float(getattr(self.matcher, "keytempo_weight", 0.0))}
+
     # -- sockets ----------------------------------------------------------------------------------
     def _secure(self, sock) -> None:
         if self.curve is None:
@@ -582,7 +588,8 @@ class Server:
                "wall_time": 0.0, "latency_ms": self.last_latency, "state": self.state,
                "uptime_s": round(time.time() - self.t_start, 3), "backend": self.backend_name,
                "device": self.device, "input": st, "instruments": self.instruments, "k": self.k,
-               "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "library": {**self.library_info(), "audio_root": library_root(_get(self.matcher, "library", None))},
+               "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "ranking": self.ranking,
+               "library": {**self.library_info(), "audio_root": library_root(_get(self.matcher, "library", None))},
                "counters": {"hops": int(c.get("hops", 0)), "drops": int(c.get("drops", 0)),
                             "overruns": int(c.get("overruns", self.matcher.ring.overruns)),
                             "capture_overruns": int(self.source.capture.overruns),
@@ -759,7 +766,7 @@ class Server:
             self._replies.put((envelope, self._finish(cmd, req_id, work)))
 
     COMMANDS = ("ping", "status", "get_instruments", "set_instruments", "get_k", "set_k", "set_library",
-                "set_hop", "restrict_category", "pause", "resume", "reset", "set_midi", "help")
+                "set_hop", "restrict_category", "set_ranking", "pause", "resume", "reset", "set_midi", "help")
 
     def _command(self, cmd: str) -> Callable[[dict], Any]:
         """The handler of a command name (raises ProtocolError for any other name)."""
@@ -836,6 +843,12 @@ class Server:
         with self.lock:
             self.matcher.set_restrict_category(on)
         return {"enabled": self.restrict_category}
+
+    def _cmd_set_ranking(self, req):
+        a = P.arg(req, "keytempo_weight", float, lo=0.0, hi=1.0)
+        with self.lock:
+            self.matcher.set_keytempo_weight(a)
+        return {"ranking": self.ranking}
 
     def resolve_library(self, path: str) -> Path:
         """The index file ``path`` names, if it lies under one of ``library_roots`` (a file

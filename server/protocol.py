@@ -344,6 +344,8 @@ STATUS = Obj({
     "k": Int(1),
     "hop_ms": Num(0),
     "restrict_category": Bool(),
+    # "model+keytempo": the model's cosine fused with the tempo + key descriptor's at keytempo_weight
+    "ranking": Obj({"mode": Str(enum=("model", "model+keytempo")), "keytempo_weight": Num(0, 1)}),
     "library": Obj({"audio_root": Str(null=True), "path": Str(), "stems": Int(0), "segments": Int(0), "tracks": Int(0, null=True),
                     "roots": List(Str())}, extra=True),
     "subscriptions": Int(0),  # live subscriptions on the PUB socket (a subscriber has one per topic)

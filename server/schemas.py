@@ -48,6 +48,7 @@ REPLY_FIELDS = {
     "set_hop": {"ms": Num(0)},
     "set_library": {"library": _LIBRARY},
     "restrict_category": {"enabled": Bool()},
+    "set_ranking": {"ranking": Obj({"mode": Str(enum=("model", "model+keytempo")), "keytempo_weight": Num(0, 1)})},
     "pause": {"state": _STATE},
     "resume": {"state": _STATE},
     "reset": {"state": _STATE},

@@ -31,6 +31,7 @@ CLIS = {
     "engine.library": [[]],
     "training": [["fit"], ["eval"], ["report"]],
     "training.data": [[]],
+    "training.fusion": [[]],
 }
 
 

@@ -188,6 +188,35 @@ def test_class_model_without_labels(tmp_path):
     assert e.shape == (4, 64)
 
 
+def test_ranking_weight_travels_from_export_to_the_matcher(tmp_path):
+    """The fused ranking's weight is the model directory's (one owner), written by export: given,
+    else the checkpoint's, else the engine default; the matcher starts with it."""
+    from engine.backends import load_backend
+    from engine.keytempo import DEFAULT_WEIGHT
+    from engine.pipeline import Matcher
+    from export.core import ExportError, export_model
+    from training.checkpoint import save_checkpoint
+    from training.config import get_config
+    from training.model import StemJEPA
+
+    m = StemJEPA(get_config("micro", conditioning="class"))
+    save_checkpoint(tmp_path / "c.pt", m, norm={"mean": 0.0, "std": 1.0}, text={"encoder": "none", "dim": 384})
+    man = export_model(tmp_path / "c.pt", tmp_path / "a", ("fp32",), checkpoint_copy=False, log=lambda m: None)
+    assert man["ranking"] == {"keytempo_weight": DEFAULT_WEIGHT, "source": "default"}
+    man = export_model(tmp_path / "c.pt", tmp_path / "b", ("fp32",), checkpoint_copy=False, keytempo_weight=0.3,
+                       log=lambda m: None)
+    assert man["ranking"] == {"keytempo_weight": 0.3, "source": "given"}
+    assert load_manifest(tmp_path / "b").ranking["keytempo_weight"] == 0.3
+    b = load_backend(tmp_path / "b", kind="onnx-fp32")
+    assert Matcher(b, None, instruments=["bass"]).keytempo_weight == 0.3
+    assert Matcher(b, None, instruments=["bass"], keytempo_weight=0.0).keytempo_weight == 0.0
+    with pytest.raises(ValueError):
+        Matcher(b, None, instruments=["bass"], keytempo_weight=2.0)
+    with pytest.raises(ExportError):
+        export_model(tmp_path / "c.pt", tmp_path / "c", ("fp32",), checkpoint_copy=False, keytempo_weight=-1,
+                     log=lambda m: None)
+
+
 def test_text_encoder_matches_sentence_transformers(micro_dir):
     from engine.text import MiniLMText, OnnxText
     from export.text import CHECK_NAMES

@@ -3,7 +3,7 @@ ranks the stem that shares both first."""
 import numpy as np
 import pytest
 
-from training import heuristic as h
+from engine import keytempo as h
 
 SR = 16000
 

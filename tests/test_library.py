@@ -216,3 +216,26 @@ def test_one_category_vocabulary_for_library_conditioning_and_training():
         assert category_from_label(name) == cat, name
         assert CATEGORIES[class_index(cat)] == cat
     assert class_index("not a category") == CATEGORIES.index("other")
+
+
+def test_build_stores_key_tempo_descriptors_and_adds_them_to_an_older_index(tmp_path, backend):
+    from engine import keytempo
+    from engine.library import add_keytempo
+
+    ds = write_dataset(tmp_path / "ds", n_tracks=2, seconds=12.0)
+    lib = build(ds, backend, tmp_path / "idx", hop_s=4.0, progress=False, log=lambda m: None)
+    assert lib.keytempo is not None and lib.keytempo.shape == (len(lib), keytempo.DIM)
+    i = int(np.flatnonzero(lib.seg_offset == 4.0)[0])
+    x = load_audio(ds / f"{lib.stems[lib.seg_stem[i]]['stem_id']}.wav")
+    assert np.allclose(lib.keytempo[i], keytempo.describe(x[4 * 16000:12 * 16000]), atol=1e-6)
+    built = lib.keytempo.copy()
+    lib.keytempo = None  # an index from before the descriptors
+    lib.save(tmp_path / "idx")
+    assert StemLibrary.load(tmp_path / "idx").keytempo is None
+    again = add_keytempo(StemLibrary.load(tmp_path / "idx"), log=lambda m: None)
+    assert np.allclose(again.keytempo, built, atol=1e-6)
+    assert np.allclose(StemLibrary.load(tmp_path / "idx").keytempo, built, atol=1e-6)
+    lib.save(tmp_path / "idx")  # a resumed build fills them in too
+    logs = []
+    resumed = build(ds, backend, tmp_path / "idx", hop_s=4.0, progress=False, log=logs.append)
+    assert np.allclose(resumed.keytempo, built, atol=1e-6) and any("key/tempo" in m for m in logs)

@@ -249,6 +249,18 @@ def test_control_commands_answered_and_obeyed(live, ctx, server_assets):
     assert [it["category"] for it in m["matches"]["drums"]] == ["drums"] * 3  # 3 drum stems in the library
     assert [it["category"] for it in m["matches"]["electric bass"]] == ["bass"] * 3
     assert req(srv, ctx, {"cmd": "restrict_category", "enabled": False})["ok"]
+
+    # set_ranking: the tempo + key descriptor's weight in the ranking; 0 is the model alone
+    st = req(srv, ctx, {"cmd": "status"})["status"]["ranking"]
+    assert st["mode"] == "model+keytempo" and 0 < st["keytempo_weight"] <= 1  # the library has descriptors
+    r = req(srv, ctx, {"cmd": "set_ranking", "keytempo_weight": 0})
+    assert r["ok"] and r["ranking"] == {"mode": "model", "keytempo_weight": 0.0}
+    assert srv.matcher.keytempo_weight == 0.0
+    for bad in (-0.1, 1.5, "0.5", None):
+        r = req(srv, ctx, {"cmd": "set_ranking", "keytempo_weight": bad})
+        assert not r["ok"] and r["error"]["code"] == "bad_args"
+    assert req(srv, ctx, {"cmd": "status"})["status"]["ranking"]["keytempo_weight"] == 0.0
+    assert req(srv, ctx, {"cmd": "set_ranking", "keytempo_weight": st["keytempo_weight"]})["ok"]
     sub.msgs.clear()
     sub.poll(3, until=lambda t, m: t == "match" and m["ready"] and len(sub.of("match")) > 1)
     assert all(len(v) == 5 for v in sub.of("match")[-1]["matches"].values())

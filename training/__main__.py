@@ -107,6 +107,10 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("--max-chunks", type=int, default=4, help="8-s chunks per stem")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: with the other core busy, 2 threads ran 12x slower)")
+    ap.add_argument("--keytempo-weight", type=float, default=None,
+                    help="retrieval: rank by the model fused with the tempo + key descriptor at this weight in [0, 1], "
+                    "as the engine does (default: the model alone)")
+    ap.add_argument("--save-embeddings", help="retrieval: write the queries and candidates here (.npz; suite: a folder; default: not written)")
     ap.add_argument("--json", help="write the results here (default: not written)")
     ap.add_argument("--plot", help="recall-at-k plot (PNG), retrieval only (default: none)")
     a = ap.parse_args(rest)
@@ -114,6 +118,8 @@ def _eval(rest: list[str]) -> int:
         raise CliError(f"--model {a.model}: no such checkpoint",
                        "give a training checkpoint (.pt), 'heuristic', or rebuild one from a model directory: "
                        "python -m export.recover MODEL_DIR OUT.pt")
+    if a.keytempo_weight is not None and not 0.0 <= a.keytempo_weight <= 1.0:
+        raise CliError(f"--keytempo-weight {a.keytempo_weight}: out of range", "give a weight in [0, 1], e.g. 0.5")
     if not Path(a.data).is_dir():
         raise CliError(f"--data {a.data}: no such folder", "give a dataset folder (python -m training.data stats DIR)")
     if a.track_list and not Path(a.track_list).is_file():
@@ -125,11 +131,12 @@ def _eval(rest: list[str]) -> int:
     if a.track_list and a.what != "suite":
         tracks = ev.read_tracks(a.data, split, None, None, only=ev.read_track_list(a.track_list))
     if a.what == "suite":
-        r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks)
+        r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks,
+                              a.keytempo_weight, a.save_embeddings)
         ev.print_suite(r)
     elif a.what == "retrieval":
         r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads,
-                                  tracks=tracks)
+                                  tracks=tracks, keytempo_weight=a.keytempo_weight, save=a.save_embeddings)
         ev.print_retrieval(r)
         if a.plot:
             ev.plot_recall({f"{r['phase']}/{r['model_conditioning']} ({a.conditioning})": r}, a.plot)

@@ -165,32 +165,55 @@ def _finish(e: torch.Tensor) -> np.ndarray:
     return retrieval_normalise(e).numpy()
 
 
-HEURISTIC = "heuristic"  # --model value of the tempo + key baseline (training/heuristic.py)
+HEURISTIC = "heuristic"  # --model value of the tempo + key baseline (engine/keytempo.py)
 
 
-def _heuristic_embed(wins: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _heuristic_embed(wins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(n_stems, chunks, S)`` windows -> (queries, candidates) ``(n_stems, D)`` of the heuristic:
     the mix without stem i against stem i, averaged over chunks."""
-    from .heuristic import describe
+    from engine.keytempo import describe
 
     n, c, _ = wins.shape
     mix_wo = wins.sum(0, keepdims=True) - wins
     q = np.stack([np.mean([describe(mix_wo[i, j]) for j in range(c)], axis=0) for i in range(n)])
     t = np.stack([np.mean([describe(wins[i, j]) for j in range(c)], axis=0) for i in range(n)])
-    return torch.from_numpy(q).float(), torch.from_numpy(t).float()
+    return q, t
 
 
-def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
-                       max_tracks=None, threads=2, tracks=None) -> dict:
-    """Retrieval figures of a checkpoint, or of the tempo + key heuristic (``ckpt="heuristic"``)."""
+@dataclass
+class RetrievalEmbeddings:
+    """What a retrieval is ranked from: one query and one candidate per stem, unit vectors.
+
+    ``Q``, ``C``: ``(n_stems, D)``, the model's (layer-normed, L2) or the heuristic's (L2);
+    ``meta``: ``(track_id, stem_id, label, category)`` per row; query i's own stem is candidate i.
+    """
+    Q: np.ndarray
+    C: np.ndarray
+    meta: list[tuple[str, str, str, str]]
+    system: str
+    phase: str
+    model_conditioning: str
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, Q=self.Q, C=self.C, meta=np.array(self.meta, dtype=object),
+                            info=np.array([self.system, self.phase, self.model_conditioning]))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RetrievalEmbeddings":
+        z = np.load(path, allow_pickle=True)
+        return cls(z["Q"], z["C"], [tuple(m) for m in z["meta"]], *[str(x) for x in z["info"]])
+
+
+def embed_retrieval(ckpt, tracks: list[EvalTrack], conditioning="label", max_chunks=4,
+                    threads=2) -> RetrievalEmbeddings:
+    """Queries and candidates of every stem of ``tracks``, for a checkpoint or the heuristic."""
     from tqdm import tqdm
 
     heuristic = str(ckpt) == HEURISTIC
     torch.set_num_threads(threads)
     emb = None if heuristic else Embedder(ckpt, threads=threads)
     win = TorchLogMel().cfg.n_samples(800) if heuristic else emb.win
-    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks)
-    queries, cands, q_meta, c_meta = [], [], [], []
+    queries, cands, q_meta = [], [], []
     for t in tqdm(tracks, desc="embed", leave=False):
         if len(t.stems) < 2:
             continue
@@ -213,165 +236,72 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
                 cond = cond.repeat_interleave(c, dim=0)
                 with torch.no_grad():
                     q = emb.model.predict(ctx, cond).mean(1)
-            q = q.reshape(n, c, -1).mean(1)
+            q, tgt = q.reshape(n, c, -1).mean(1).numpy(), tgt.numpy()
         for i, (sid, label, cat, _) in enumerate(t.stems):
             queries.append(q[i])
             cands.append(tgt[i])
             q_meta.append((t.track_id, sid, label, cat))
-            c_meta.append((t.track_id, sid))
     if not queries:
         raise SystemExit("no track with at least two stems to evaluate")
+    Q, C = torch.from_numpy(np.stack(queries)).float(), torch.from_numpy(np.stack(cands)).float()
     if heuristic:  # already unit vectors per chunk: only re-normalise the chunk means
-        Q = torch.nn.functional.normalize(torch.stack(queries), dim=-1).numpy()
-        C = torch.nn.functional.normalize(torch.stack(cands), dim=-1).numpy()
+        Q, C = torch.nn.functional.normalize(Q, dim=-1).numpy(), torch.nn.functional.normalize(C, dim=-1).numpy()
     else:
-        Q, C = _finish(torch.stack(queries)), _finish(torch.stack(cands))
+        Q, C = _finish(Q), _finish(C)
+    return RetrievalEmbeddings(Q, C, q_meta, str(ckpt), HEURISTIC if heuristic else emb.phase,
+                               HEURISTIC if heuristic else emb.model.cfg.conditioning)
+
+
+def fuse_embeddings(model: RetrievalEmbeddings, keytempo: RetrievalEmbeddings, weight: float) -> RetrievalEmbeddings:
+    """The model's ranking fused with the tempo + key descriptor's, as the engine ranks a library:
+    unit vectors ``[sqrt(1 - w) * model, sqrt(w) * keytempo]``, whose cosine is
+    ``(1 - w) * cos_model + w * cos_keytempo`` (``engine.keytempo.fuse``)."""
+    from engine.keytempo import fuse
+
+    if [m[:2] for m in model.meta] != [m[:2] for m in keytempo.meta]:
+        raise ValueError("the two embeddings cover different stems")
+    return RetrievalEmbeddings(fuse(model.Q, keytempo.Q, weight), fuse(model.C, keytempo.C, weight), model.meta,
+                               f"{model.system} + keytempo {weight:g}", model.phase, model.model_conditioning)
+
+
+def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4) -> dict:
+    """Retrieval figures of :class:`RetrievalEmbeddings`: every stem's rank among all candidates."""
+    Q, C = e.Q, e.C
     dist = np.sqrt(np.maximum(0.0, (Q**2).sum(1)[:, None] + (C**2).sum(1)[None] - 2 * Q @ C.T))
-    true_idx = np.arange(len(Q))  # query i's own stem is candidate i
-    ranks = ranks_from_distances(dist, true_idx)
+    ranks = ranks_from_distances(dist, np.arange(len(Q)))  # query i's own stem is candidate i
     n_c = len(C)
-    result = {"checkpoint": str(ckpt), "phase": HEURISTIC if heuristic else emb.phase, "conditioning": conditioning,
-              "model_conditioning": HEURISTIC if heuristic else emb.model.cfg.conditioning, "n_tracks": len({m[0] for m in q_meta}),
+    result = {"checkpoint": e.system, "phase": e.phase, "conditioning": conditioning,
+              "model_conditioning": e.model_conditioning, "n_tracks": len({m[0] for m in e.meta}),
               "n_candidates": n_c, "overall": retrieval_metrics(ranks, n_c), "random": random_metrics(n_c),
               "per_category": {}}
-    cats = np.array([m[3] for m in q_meta])
+    cats = np.array([m[3] for m in e.meta])
     for cat in sorted(set(cats)):
         result["per_category"][cat] = retrieval_metrics(ranks[cats == cat], n_c)
     result["recall_curve"] = [float((ranks <= k).mean() * 100.0) for k in range(1, 51)]
     result["max_chunks"] = int(max_chunks)
-    result["track_ids"] = sorted({m[0] for m in q_meta})
+    result["track_ids"] = sorted({m[0] for m in e.meta})
     return result
 
 
-def print_retrieval(r: dict) -> None:
-    hdr = f"{'':24s} {'n':>5s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'nr.mean':>8s} {'nr.med':>7s}"
-    print(f"retrieval: {r['checkpoint']} ({r['phase']}, model={r['model_conditioning']}, "
-          f"query={r['conditioning']}), {r['n_tracks']} tracks, {r['n_candidates']} candidates")
-    print(hdr)
-
-    def row(name, m):
-        print(f"{name:24s} {m.get('n', 0):5d} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['R@10']:6.1f} "
-              f"{m['nrank_mean']:8.2f} {m['nrank_median']:7.2f}")
-
-    row("overall", r["overall"])
-    row("random ranking", {**r["random"], "n": r["overall"]["n"]})
-    for cat, m in r["per_category"].items():
-        row(f"  {cat}", m)
-
-
-def plot_recall(results: dict[str, dict], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n_c = None
-    for name, r in results.items():
-        ax.plot(range(1, 51), r["recall_curve"], label=name)
-        n_c = r["n_candidates"]
-    if n_c:
-        ax.plot(range(1, 51), [100.0 * k / n_c for k in range(1, 51)], "k--", label="random")
-    ax.set_xlabel("k")
-    ax.set_ylabel("Recall@k (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
+                       max_tracks=None, threads=2, tracks=None, keytempo_weight=None,
+                       save: str | Path | None = None) -> dict:
+    """Retrieval figures of a checkpoint, or of the tempo + key heuristic (``ckpt="heuristic"``);
+    ``keytempo_weight``: the checkpoint's ranking fused with the heuristic's (:func:`fuse_embeddings`);
+    ``save``: write the embeddings (``.npz``; ``<save>.keytempo.npz`` for the heuristic's)."""
+    if tracks is None:  # only the windows retrieval embeds stay in memory (see read_tracks)
+        tracks = read_tracks(data, split, max_tracks, chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)))
+    e = embed_retrieval(ckpt, tracks, conditioning, max_chunks, threads)
+    if save:
+        e.save(save)
+    if keytempo_weight is not None and str(ckpt) != HEURISTIC:
+        h = embed_retrieval(HEURISTIC, tracks, conditioning, max_chunks, threads)
+        if save:
+            h.save(str(save).removesuffix(".npz") + ".keytempo.npz")
+        e = fuse_embeddings(e, h, keytempo_weight)
+    return score_retrieval(e, conditioning, max_chunks)
 
 
-# ---------------------------------------------------------------------------------------------- beats
-def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray:
-    """Beat activation (50 Hz, sigmoid) of a whole track.
-
-    offline: consecutive 8-s windows, every activation frame of each.
-    causal: as live -- a window ending at each 160-ms hop, keeping only its newest column's 8
-    activations (windows shorter than 8 s at the start of the track).
-    """
-    cfg = emb.model.cfg
-    full = emb.lm(torch.from_numpy(mix[None].astype(np.float32)))[0]
-    full = (full - emb.norm["mean"]) / emb.norm["std"]  # (80, T)
-    T = full.shape[1]
-    p = cfg.patch
-    acts = []
-    with torch.no_grad():
-        if not causal:
-            for s in range(0, T - p + 1, cfg.max_frames):
-                n = min(cfg.max_frames, (T - s) // p * p)
-                z = emb.model.encoder(full[None, :, s:s + n])
-                acts.append(torch.sigmoid(emb.model.beat_head(z))[0])
-        else:
-            for e in range(p, T + 1, p):
-                n = min(cfg.max_frames, e)
-                z = emb.model.encoder(full[None, :, e - n:e])
-                acts.append(torch.sigmoid(emb.model.beat_head(z))[0, -cfg.beat_probes:])
-    return torch.cat(acts).numpy() if acts else np.zeros(0, dtype=np.float32)
-
-
-def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=2, max_seconds=None, tracks=None) -> dict:
-    import mir_eval
-    from tqdm import tqdm
-
-    from engine.beats import offline_beats
-
-    from engine.frontend import FrontEndConfig
-
-    BEAT_FRAME_OFFSET_S = FrontEndConfig().frames_centre_s(2)  # centre of activation frame 0
-
-    emb = Embedder(ckpt, threads=threads)
-    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
-    fps = emb.model.cfg.beat_rate
-    scores: dict[str, list] = {"offline": [], "causal": []}
-    for t in tqdm([t for t in tracks if t.beats is not None and len(t.beats) > 4], desc="beats", leave=False):
-        mix = np.sum([s[3] for s in t.stems], axis=0)
-        ref = t.beats[t.beats <= len(mix) / 16000.0]
-        for mode in ("offline", "causal"):
-            act = beat_activations(emb, mix, causal=mode == "causal")
-            if mode == "offline":
-                est = offline_beats(act, fps=fps) + BEAT_FRAME_OFFSET_S
-            else:
-                est = causal_beats(act, fps) + BEAT_FRAME_OFFSET_S
-            r, e = mir_eval.beat.trim_beats(ref), mir_eval.beat.trim_beats(np.sort(est))
-            f = mir_eval.beat.f_measure(r, e)
-            _, _, cmlt, amlt = mir_eval.beat.continuity(r, e)
-            scores[mode].append((f, cmlt, amlt))
-    out = {"checkpoint": str(ckpt), "n_tracks": len(scores["offline"])}
-    for mode, v in scores.items():
-        a = np.array(v) if v else np.zeros((0, 3))
-        out[mode] = {"F": float(a[:, 0].mean()) if len(a) else float("nan"),
-                     "CMLt": float(a[:, 1].mean()) if len(a) else float("nan"),
-                     "AMLt": float(a[:, 2].mean()) if len(a) else float("nan")}
-    return out
-
-
-def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
-    """Beat times (s, activation-frame clock) the live tracker reports, fed frame by frame."""
-    from engine.beats import CausalBeatTracker
-
-    return CausalBeatTracker(fps=fps).run(act)
-
-
-def print_beats(r: dict) -> None:
-    print(f"beats: {r['checkpoint']}, {r['n_tracks']} tracks")
-    print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s}")
-    for mode in ("offline", "causal"):
-        m = r[mode]
-        print(f"{mode:10s} {m['F']:6.3f} {m['CMLt']:6.3f} {m['AMLt']:6.3f}")
-
-
-def write_json(obj: dict, path: str | Path | None) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=2))
-
-
-# ---------------------------------------------------------------------------------------------- the three validations
-# Each split by song; rebuilt with `python -m training.data ...` (training/data/README.md):
-#   in-domain        render-default --only-tracks docs/report/validation_125.json  (FluidR3, dry, 30-s excerpts)
-#   cross-corpus     render-varied xcorpus   (POP909: a corpus training never sees; training's sound sources)
-#   cross-soundfont  render-varied xsf       (validation songs of the training corpora, held-out TimGM6mb, room)
 VALIDATION_SETS = {
     "in-domain": {"dir": "render-indomain", "track_list": "docs/report/validation_125.json"},
     "cross-corpus": {"dir": "xcorpus", "track_list": None},
@@ -379,8 +309,10 @@ VALIDATION_SETS = {
 }
 
 
-def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, threads=1, max_tracks=None) -> dict:
-    """Retrieval of ``ckpt`` (or ``"heuristic"``) on every validation set under ``root``."""
+def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, threads=1, max_tracks=None,
+                   keytempo_weight=None, save_dir: str | Path | None = None) -> dict:
+    """Retrieval of ``ckpt`` (or ``"heuristic"``) on every validation set under ``root``;
+    ``keytempo_weight`` and ``save_dir`` (one ``<set>.npz`` per set) as :func:`evaluate_retrieval`'s."""
     out = {"checkpoint": str(ckpt), "sets": {}}
     for name in sets or VALIDATION_SETS:
         spec = VALIDATION_SETS[name]
@@ -390,8 +322,12 @@ def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, th
         only = read_track_list(spec["track_list"]) if spec["track_list"] else None
         tracks = read_tracks(data, "validation", max_tracks, None, only=only,
                              chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)))
+        save = None
+        if save_dir is not None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            save = Path(save_dir) / f"{name}.npz"
         out["sets"][name] = evaluate_retrieval(ckpt, data, "validation", conditioning, max_chunks, threads=threads,
-                                               tracks=tracks)
+                                               tracks=tracks, keytempo_weight=keytempo_weight, save=save)
         del tracks
     return out
 
