@@ -1,9 +1,11 @@
 """Inference backends over a model directory (docs/model_dir.md).
 
-``load_backend(model_dir, device="cpu", kind=None, threads=1)`` returns an object with
-``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``, ``beats``, ``condition``, and
-``stream`` (the manifest's streaming entry, or None): causal models' backends also have
-``encode_step``, ``encode_target_step``, ``predict_code`` and ``predict_tokens`` (engine/stream.py).
+``load_backend(model_dir, device="cpu", kind=None, threads=1)`` returns an
+``engine.contract.Backend``: ``name``, ``manifest``, ``encode``, ``encode_target``, ``predict``,
+``beats``, ``condition``, and ``stream`` (the manifest's streaming entry, or None); causal models'
+backends are also ``engine.contract.StreamingBackend``s: ``encode_step``, ``encode_target_step``,
+``predict_code`` and ``predict_tokens`` (engine/stream.py). Every backend checks its inputs with
+``engine.contract.InputSpec`` (a bad one raises ``BackendInputError``, a ``BackendError``).
 
 Kinds:
 
@@ -37,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .categories import category_of
+from .contract import Backend, BackendError, BackendInputError, Conditioner, InputSpec, StreamingBackend, pool
 from .manifest import Manifest, ModelDirError, load_manifest
 from .stream import STREAM_GRAPHS, stream_info
 
@@ -45,88 +47,9 @@ CPU_ORDER = ("onnx-int8", "onnx-fp32", "torch-bf16", "torch-fp32")
 CUDA_ORDER = ("trt-fp16", "onnx-cuda-fp16", "onnx-cuda-fp32", "torch-cuda-bf16", "torch-cuda-fp32")
 ALL_KINDS = ("onnx-fp32", "onnx-fp16", "onnx-int8", "torch-fp32", "torch-bf16") + CUDA_ORDER
 
-
-class BackendError(RuntimeError):
-    pass
-
-
-def pool(tokens: np.ndarray) -> np.ndarray:
-    """``(B, P, d)`` -> ``(B, d)``: mean over patches, layer norm without affine (eps 1e-5), L2.
-    Same function as ``training.model.pool_embedding``."""
-    t = np.asarray(tokens, dtype=np.float32)
-    m = t.mean(axis=1, dtype=np.float64)
-    m = m - m.mean(axis=-1, keepdims=True)
-    m = m / np.sqrt((m * m).mean(axis=-1, keepdims=True) + 1e-5)
-    n = np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
-    return (m / n).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# conditioning: names -> vectors (film) or class ids (class)
-
-
-class Conditioner:
-    """``condition(names)``: film models look names up in ``conditioning.npz`` (vectors of the
-    training labels) and encode any other name with the ONNX text encoder (cached); class models
-    map names to the 4 classes by keyword (engine.categories; unknown -> "other")."""
-
-    def __init__(self, manifest: Manifest, threads: int = 1):
-        self.m = manifest
-        self._text = None
-        self._threads = threads
-        if manifest.conditioning == "film":
-            from .text import CachedText
-
-            dim = int(manifest.config["text_dim"])
-
-            class _NoEncoder:
-                name, dim_ = "cache-only", dim
-
-                def encode(inner, texts):
-                    raise BackendError(
-                        f"{manifest.root}: no text encoder in this model directory; known names: "
-                        f"{', '.join(sorted(self.cache.table)) or 'none'}; unknown: {', '.join(texts)}")
-
-            inner = _NoEncoder()
-            inner.dim = dim
-            self.cache = CachedText(inner)
-            cpath = manifest.file("conditioning")
-            if cpath is not None:
-                z = np.load(cpath, allow_pickle=False)
-                self.cache.preload({str(n): v for n, v in zip(z["names"], z["vectors"])})
-
-    def _text_encoder(self):
-        if self._text is None:
-            from .text import OnnxText
-
-            if not self.m.has("text_encoder", "int8"):
-                return None
-            tok = self.m.file("tokenizer")
-            self._text = OnnxText(self.m.graph_path("text_encoder", "int8"), tok, name=self.m.text.get("encoder", "text"),
-                                  threads=self._threads, max_length=int(self.m.text.get("max_length", 32)))
-        return self._text
-
-    def __call__(self, names: Sequence[str]) -> np.ndarray:
-        names = list(names)
-        if self.m.conditioning == "class":
-            return np.array([self.class_of(n) for n in names], dtype=np.int64)
-        from .text import normalise_name
-
-        missing = [n for n in {normalise_name(x) for x in names} if n not in self.cache]
-        if missing:
-            enc = self._text_encoder()
-            if enc is not None:
-                self.cache.inner = enc
-        return self.cache.encode(names)
-
-    def class_of(self, name: str) -> int:
-        from .text import normalise_name
-
-        n = normalise_name(name)
-        classes = self.m.classes
-        if n in classes:
-            return classes.index(n)
-        return classes.index(category_of(n))
+#: the contract (engine/contract.py), re-exported: ``from engine.backends import BackendError, pool``
+__all__ = ["ALL_KINDS", "CPU_ORDER", "CUDA_ORDER", "Backend", "BackendError", "BackendInputError", "Conditioner",
+           "OnnxBackend", "StreamingBackend", "available_kinds", "load_backend", "pool"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +93,7 @@ class OnnxBackend:
             self.sessions[g] = ort.InferenceSession(str(manifest.graph_path(g, p)), so, providers=providers)
         self._check_io()
         self.conditioner = Conditioner(manifest, threads=threads)
-        self.cond_is_int = manifest.conditioning == "class"
+        self.inputs = InputSpec(manifest)
         self.stream = stream_info(manifest)  # None: no streaming graphs (bidirectional model)
         self.stream_precision = None
         if self.stream is not None:
@@ -190,27 +113,29 @@ class OnnxBackend:
                     raise ModelDirError(f"{self.manifest.root}: {g} graph outputs width {last}, config d_model={d}")
 
     def encode(self, logmel: np.ndarray) -> np.ndarray:
-        return self.sessions["encoder"].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)})[0]
+        return self.sessions["encoder"].run(None, {"logmel": self.inputs.logmel(logmel)})[0]
 
     def encode_target(self, logmel: np.ndarray) -> np.ndarray:
-        return self.sessions["target_encoder"].run(None, {"logmel": np.ascontiguousarray(logmel, dtype=np.float32)})[0]
+        return self.sessions["target_encoder"].run(None, {"logmel": self.inputs.logmel(logmel)})[0]
 
     def predict(self, tokens: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
-        return self.sessions["predictor"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32),
-                                                     "cond": cond})[0]
+        feeds = {"tokens": self.inputs.tokens(tokens, one=True), "cond": self.inputs.cond(cond)}
+        return self.sessions["predictor"].run(None, feeds)[0]
 
     def beats(self, tokens: np.ndarray) -> np.ndarray:
-        return self.sessions["beat_head"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32)})[0]
+        return self.sessions["beat_head"].run(None, {"tokens": self.inputs.tokens(tokens)})[0]
 
     def condition(self, names: Sequence[str]) -> np.ndarray:
         return self.conditioner(names)
 
     # streaming (engine/stream.py): causal models only
-    def _step(self, graph, logmel, k_cache, v_cache, past_age):
+    def _need_stream(self):
         if self.stream is None:
             raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
-        feeds = {"logmel": np.ascontiguousarray(logmel, dtype=np.float32), "past_age": past_age}
+
+    def _step(self, graph, logmel, k_cache, v_cache, past_age):
+        self._need_stream()
+        feeds = {"logmel": self.inputs.logmel(logmel, "step input"), "past_age": past_age}
         feeds.update({f"k_cache_{i}": k for i, k in enumerate(k_cache)})  # views of the ring: no copy
         feeds.update({f"v_cache_{i}": v for i, v in enumerate(v_cache)})
         return self.sessions[graph].run(None, feeds)
@@ -225,17 +150,14 @@ class OnnxBackend:
 
     def predict_code(self, cond: np.ndarray) -> np.ndarray:
         """``(N, C) | (N,)`` -> ``(N, K)``: the conditions' codes (engine/stream.py)."""
-        if self.stream is None:
-            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
-        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
-        return self.sessions["predictor_code"].run(None, {"cond": cond})[0]
+        self._need_stream()
+        return self.sessions["predictor_code"].run(None, {"cond": self.inputs.cond(cond)})[0]
 
     def predict_tokens(self, tokens: np.ndarray, code: np.ndarray) -> np.ndarray:
         """``(1, P, d)``, ``(N, K)`` codes -> the predictor per token ``(N, P, d)``."""
-        if self.stream is None:
-            raise BackendError(f"{self.manifest.root}: no streaming graphs (not a causal model, or exported before them)")
-        return self.sessions["predictor_tokens"].run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.float32),
-                                                            "code": np.ascontiguousarray(code, dtype=np.float32)})[0]
+        self._need_stream()
+        feeds = {"tokens": self.inputs.tokens(tokens, one=True), "code": self.inputs.code(code)}
+        return self.sessions["predictor_tokens"].run(None, feeds)[0]
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

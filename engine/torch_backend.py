@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backends import BackendError, Conditioner
+from .contract import BackendError, Conditioner, InputSpec
 from .manifest import MODEL_GRAPHS, Manifest, ModelDirError
 from .stream import STREAM_GRAPHS, stream_info
 
@@ -53,10 +53,8 @@ class TorchBackend:
                 if e is None:
                     raise ModelDirError(f"{manifest.root}: no {self.precision} TorchScript {g} (re-export)")
                 self.modules[g] = self._load(manifest.root / e["path"])
-        cfg = manifest.config
-        self._n_mels, self._patch, self._max_frames = int(cfg["n_mels"]), int(cfg["patch"]), int(cfg["max_frames"])
         self.conditioner = Conditioner(manifest, threads=threads)
-        self.cond_is_int = manifest.conditioning == "class"
+        self.inputs = InputSpec(manifest)
 
     def _load(self, path):
         try:  # torch.jit.load's deprecation warning is left alone (module docstring: why TorchScript stays)
@@ -72,25 +70,17 @@ class TorchBackend:
             return [o.float().cpu().numpy() for o in out]
         return out.float().cpu().numpy()
 
-    def _logmel(self, logmel) -> np.ndarray:
-        x = np.asarray(logmel, dtype=np.float32)
-        if x.ndim != 3 or x.shape[1] != self._n_mels or x.shape[2] % self._patch or not 0 < x.shape[2] <= self._max_frames:
-            raise ValueError(f"encoder input must be (B, {self._n_mels}, T) with T a multiple of {self._patch} "
-                             f"up to {self._max_frames}; got {x.shape}")
-        return x
-
     def encode(self, logmel):
-        return self._run("encoder", self._logmel(logmel))
+        return self._run("encoder", self.inputs.logmel(logmel))
 
     def encode_target(self, logmel):
-        return self._run("target_encoder", self._logmel(logmel))
+        return self._run("target_encoder", self.inputs.logmel(logmel))
 
     def predict(self, tokens, cond):
-        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
-        return self._run("predictor", np.asarray(tokens, dtype=np.float32), cond)
+        return self._run("predictor", self.inputs.tokens(tokens, one=True), self.inputs.cond(cond))
 
     def beats(self, tokens):
-        return self._run("beat_head", np.asarray(tokens, dtype=np.float32))
+        return self._run("beat_head", self.inputs.tokens(tokens))
 
     def condition(self, names: Sequence[str]) -> np.ndarray:
         return self.conditioner(names)
@@ -102,19 +92,19 @@ class TorchBackend:
 
     def encode_step(self, logmel, k_cache, v_cache, past_age):
         self._need_stream()
-        return self._run("encoder_step", np.asarray(logmel, dtype=np.float32), past_age, *k_cache, *v_cache)
+        return self._run("encoder_step", self.inputs.logmel(logmel, "step input"), past_age, *k_cache, *v_cache)
 
     def encode_target_step(self, logmel, k_cache, v_cache, past_age):
         self._need_stream()
-        return self._run("target_encoder_step", np.asarray(logmel, dtype=np.float32), past_age, *k_cache, *v_cache)
+        return self._run("target_encoder_step", self.inputs.logmel(logmel, "step input"), past_age, *k_cache, *v_cache)
 
     def predict_code(self, cond):
         self._need_stream()
-        return self._run("predictor_code", np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32))
+        return self._run("predictor_code", self.inputs.cond(cond))
 
     def predict_tokens(self, tokens, code):
         self._need_stream()
-        return self._run("predictor_tokens", np.asarray(tokens, dtype=np.float32), np.asarray(code, dtype=np.float32))
+        return self._run("predictor_tokens", self.inputs.tokens(tokens, one=True), self.inputs.code(code))
 
     def __repr__(self):
         return f"<{self.name} backend {self.manifest.root} threads={self.threads}>"

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.backends import Conditioner
+from engine.contract import Conditioner, InputSpec
 from engine.manifest import Manifest, ModelDirError, load_manifest
 
 from .graphs import build_graphs
@@ -50,7 +50,7 @@ class TorchBackend:
         self.g = self.tm.graphs
         self.bf16 = kind.endswith("bf16")
         self.conditioner = Conditioner(manifest, threads=threads)
-        self.cond_is_int = manifest.conditioning == "class"
+        self.inputs = InputSpec(manifest)
 
     def _ctx(self):
         if self.bf16:
@@ -64,17 +64,16 @@ class TorchBackend:
         return out.float().cpu().numpy()
 
     def encode(self, logmel):
-        return self._run("encoder", np.asarray(logmel, dtype=np.float32))
+        return self._run("encoder", self.inputs.logmel(logmel))
 
     def encode_target(self, logmel):
-        return self._run("target_encoder", np.asarray(logmel, dtype=np.float32))
+        return self._run("target_encoder", self.inputs.logmel(logmel))
 
     def predict(self, tokens, cond):
-        cond = np.asarray(cond, dtype=np.int64 if self.cond_is_int else np.float32)
-        return self._run("predictor", np.asarray(tokens, dtype=np.float32), cond)
+        return self._run("predictor", self.inputs.tokens(tokens, one=True), self.inputs.cond(cond))
 
     def beats(self, tokens):
-        return self._run("beat_head", np.asarray(tokens, dtype=np.float32))
+        return self._run("beat_head", self.inputs.tokens(tokens))
 
     def condition(self, names: Sequence[str]) -> np.ndarray:
         return self.conditioner(names)

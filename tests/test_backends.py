@@ -84,3 +84,39 @@ def test_onnx_path_does_not_import_torch(micro_dir):
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+#: a call and one bad argument list each (None: the backend's own conditioning of "bass")
+BAD_INPUTS = {
+    "encode": [np.zeros((1, 64, 160), np.float32)],  # 64 mel bands
+    "encode_target": [np.zeros((1, 80, 100), np.float32)],  # T not a multiple of 16
+    "predict": [np.zeros((2, 50, 64), np.float32), None],  # two windows: the predictor takes one
+    "predict ": [np.zeros((1, 50, 64), np.float32), np.zeros((2, 7), np.float32)],  # cond width 7
+    "beats": [np.zeros((1, 50, 63), np.float32)],  # width 63
+    "beats ": [np.array([["x"] * 64] * 50)[None]],  # strings
+}
+
+
+def test_onnx_and_torch_backends_share_the_contract(micro_dir):
+    """Both satisfy engine.contract.Backend and reject the same bad inputs with the same
+    BackendError (engine.contract.InputSpec), before any graph runs."""
+    from engine.backends import load_backend
+    from engine.contract import Backend, BackendError, StreamingBackend
+
+    backends = [load_backend(micro_dir, kind=k) for k in ("onnx-fp32", "torch-fp32")]
+    cond = backends[0].condition(["bass"])
+    messages = []
+    for b in backends:
+        assert isinstance(b, Backend) and isinstance(b, StreamingBackend), b
+        got = {}
+        for call, args in BAD_INPUTS.items():
+            args = [cond if a is None else a for a in args]
+            with pytest.raises(BackendError) as e:
+                getattr(b, call.strip())(*args)
+            assert isinstance(e.value, ValueError)  # BackendInputError: a bad argument
+            got[call] = str(e.value)
+        messages.append(got)
+    assert messages[0] == messages[1]
+    x = np.zeros((1, 80, 160), np.float32)
+    e0, e1 = (b.predict(b.encode(x), cond) for b in backends)
+    assert e0.shape == e1.shape == (1, 64)
