@@ -10,8 +10,9 @@ ONNX Runtime kinds, and ``engine.torch_backend``, the TorchScript kinds):
 * :class:`InputSpec` -- the one input check both backends run before their graphs, so a bad
   input fails the same way, with the same message, whatever the kind;
 * :class:`Conditioner` -- instrument names -> conditioning (film vectors or class ids);
-* :func:`pool` -- the numpy retrieval pooling of the live path, the
-  same function as ``training.model.pool_embedding`` (held equal by tests/test_backends.py).
+* :func:`pool` (and :func:`normalise_mean`, its second half) -- the numpy retrieval pooling of
+  the live path, the same function as ``training.model.pool_embedding`` (held equal by
+  tests/test_backends.py).
 
 No torch import: the ONNX path runs without torch (docs/architecture.md).
 """
@@ -165,15 +166,19 @@ class InputSpec:
 # pooling (numpy; training.model.pool_embedding is the torch side)
 
 
-def pool(tokens: np.ndarray) -> np.ndarray:
-    """``(B, P, d)`` -> ``(B, d)``: mean over patches, layer norm without affine (eps 1e-5), L2.
-    Same function as ``training.model.pool_embedding``."""
-    t = np.asarray(tokens, dtype=np.float32)
-    m = t.mean(axis=1, dtype=np.float64)
+def normalise_mean(m: np.ndarray) -> np.ndarray:
+    """``(N, d)`` means over tokens -> layer norm (no affine, eps 1e-5) -> L2, float32: :func:`pool`
+    after its mean (the streaming predictor keeps running sums, engine/stream.py)."""
+    m = np.asarray(m, dtype=np.float64)
     m = m - m.mean(axis=-1, keepdims=True)
     m = m / np.sqrt((m * m).mean(axis=-1, keepdims=True) + 1e-5)
-    n = np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
-    return (m / n).astype(np.float32)
+    return (m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pool(tokens: np.ndarray) -> np.ndarray:
+    """``(B, P, d)`` -> ``(B, d)``: mean over tokens, layer norm without affine (eps 1e-5), L2.
+    Same function as ``training.model.pool_embedding`` (tests/test_backends.py)."""
+    return normalise_mean(np.asarray(tokens, dtype=np.float32).mean(axis=1, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------

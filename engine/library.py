@@ -57,6 +57,7 @@ import numpy as np
 
 from .audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from .categories import category_of
+from .contract import pool
 from .manifest import DEFAULT_MODEL_DIR
 from .cli import Parser, guarded, report
 from .frontend import FrontEndConfig, LogMel
@@ -88,21 +89,8 @@ class Match:
         return asdict(self)
 
 
-def pool_tokens(tokens: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """``(B, P, d)`` tokens -> ``(B, d)`` float32: mean over patches, layer norm, L2.
-
-    Uses ``engine.backends.pool`` when that module is importable (one definition for the
-    whole engine); this numpy fallback computes the same thing.
-    """
-    try:
-        from .backends import pool  # type: ignore
-    except ImportError:
-        pool = None
-    if pool is not None:
-        return np.asarray(pool(tokens), dtype=np.float32)
-    m = np.asarray(tokens, dtype=np.float64).mean(axis=1)
-    m = (m - m.mean(axis=-1, keepdims=True)) / np.sqrt(m.var(axis=-1, keepdims=True) + eps)
-    return (m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+#: ``(B, P, d)`` tokens -> ``(B, d)`` float32: mean over patches, layer norm, L2 (the contract's pooling)
+pool_tokens = pool
 
 
 def set_blas_threads(n: int | None) -> bool:

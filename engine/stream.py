@@ -43,6 +43,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .contract import normalise_mean  # the pooling after the running mean (engine/contract.py)
+
 STREAM_GRAPHS = ("encoder_step", "target_encoder_step", "predictor_code", "predictor_tokens")
 STREAM_VERSION = 1
 
@@ -110,15 +112,6 @@ def _sha256(path: Path) -> str:
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
     return h.hexdigest()
-
-
-def normalise_mean(m: np.ndarray) -> np.ndarray:
-    """``(N, d)`` window means -> layer norm (no affine, eps 1e-5) -> L2, float32 (the same
-    function as ``engine.backends.pool`` after its mean)."""
-    m = np.asarray(m, dtype=np.float64)
-    m = m - m.mean(axis=-1, keepdims=True)
-    m = m / np.sqrt((m * m).mean(axis=-1, keepdims=True) + 1e-5)
-    return (m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple]

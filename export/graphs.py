@@ -19,13 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """Same as ``training.model.pool_embedding``: mean over patches, layer norm (no affine), L2."""
-    m = tokens.float().mean(dim=1)  # fp32 even under bf16 autocast: unit-norm outputs
-    m = m - m.mean(dim=-1, keepdim=True)  # layer norm without affine, eps 1e-5 (F.layer_norm's default),
-    m = m * torch.rsqrt(m.pow(2).mean(dim=-1, keepdim=True) + 1e-5)  # written out so it exports statically
-    return F.normalize(m, dim=-1)
+from training.model import pool_embedding
 
 
 class EncoderGraph(nn.Module):
@@ -53,7 +47,7 @@ class PredictorGraph(nn.Module):
         self.conditioning = conditioning
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return pool_tokens(self.per_token(tokens, cond))
+        return pool_embedding(self.per_token(tokens, cond))
 
     def per_token(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``(1, P, d)``, ``(N, C) | (N,)`` -> the predictor's output per token ``(N, P, d)``."""

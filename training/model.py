@@ -318,14 +318,20 @@ class StemJEPA(nn.Module):
 
 
 def retrieval_normalise(m: torch.Tensor) -> torch.Tensor:
-    """``(..., d)`` pooled embeddings -> layer norm (no affine) -> L2: the space retrieval ranks in.
-    Training's InfoNCE uses it too, so training and evaluation compare the same vectors."""
-    return F.normalize(F.layer_norm(m, m.shape[-1:]), dim=-1)
+    """``(..., d)`` pooled embeddings -> layer norm (no affine, eps 1e-5) -> L2: the space retrieval
+    ranks in. Training's InfoNCE uses it too, so training and evaluation compare the same vectors.
+    Written out rather than ``F.layer_norm(m, m.shape[-1:])``, whose shape argument the ONNX tracer
+    cannot keep static: the exported predictor graph runs this very function (export/graphs.py)."""
+    m = m if m.dtype == torch.float64 else m.float()  # fp32 at least, even under bf16 autocast
+    m = m - m.mean(dim=-1, keepdim=True)
+    m = m * torch.rsqrt(m.pow(2).mean(dim=-1, keepdim=True) + 1e-5)
+    return F.normalize(m, dim=-1)
 
 
 def pool_embedding(tokens: torch.Tensor) -> torch.Tensor:
-    """Retrieval embedding: ``(B, P, d)`` -> mean over patches -> layer norm -> L2 ``(B, d)``."""
-    return retrieval_normalise(tokens.mean(dim=1))
+    """Retrieval embedding: ``(B, P, d)`` -> mean over patches (fp32) -> layer norm -> L2 ``(B, d)``.
+    The torch side of the one pooling; ``engine.contract.pool`` is the numpy side."""
+    return retrieval_normalise((tokens if tokens.dtype == torch.float64 else tokens.float()).mean(dim=1))
 
 
 def count_parameters(module: nn.Module) -> int:
