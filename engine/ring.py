@@ -24,7 +24,7 @@ class RingOverwritten(RuntimeError):
 
 
 class RingBuffer:
-    """Ring of ``capacity`` float32 mono samples.
+    """Ring of ``capacity`` float32 mono samples (several input channels are averaged).
 
     Attributes (read them from any thread):
 
@@ -53,16 +53,17 @@ class RingBuffer:
     def write(self, samples: np.ndarray) -> None:
         """Copy ``samples`` into the ring (audio-callback safe).
 
-        ``samples``: ``(n,)`` or ``(n, 1)`` array of any real dtype (converted to float32 while
-        copying). If ``n > capacity`` only the newest ``capacity`` samples are kept. No sample
-        buffer is allocated; no lock is taken.
+        ``samples``: ``(n,)`` or ``(n, channels)`` array of any real dtype (converted to float32
+        while copying); several channels are averaged, as ``engine.audio.to_mono`` does for files.
+        If ``n > capacity`` only the newest ``capacity`` samples are kept. No sample buffer is
+        allocated; no lock is taken.
         """
         if not isinstance(samples, np.ndarray):
             samples = np.asarray(samples, dtype=np.float32)
-        if samples.ndim == 2:
-            if samples.shape[1] != 1:
-                raise ValueError(f"ring takes mono samples; got {samples.shape[1]} channels")
-            samples = samples[:, 0]
+        if samples.ndim == 1:
+            samples = samples[:, None]
+        elif samples.ndim != 2:
+            raise ValueError(f"ring takes (n,) or (n, channels) samples; got shape {samples.shape}")
         n = samples.shape[0]
         if n == 0:
             return
@@ -79,10 +80,20 @@ class RingBuffer:
             n = cap
         i = w % cap
         first = min(n, cap - i)
-        self._buf[i:i + first] = samples[:first]
+        self._put(i, samples[:first])
         if first < n:
-            self._buf[:n - first] = samples[first:]
+            self._put(0, samples[first:])
         self._written = w + n
+
+    def _put(self, i: int, block: np.ndarray) -> None:
+        """``block (m, channels)`` -> its channel mean into ``_buf[i:i + m]``, in place."""
+        dst = self._buf[i:i + block.shape[0]]
+        dst[:] = block[:, 0]
+        channels = block.shape[1]
+        if channels > 1:
+            for c in range(1, channels):
+                dst += block[:, c]
+            dst *= np.float32(1.0 / channels)
 
     # ------------------------------------------------------------------ consumer side
     def mark_read(self, pos: int) -> None:

@@ -15,75 +15,55 @@ import time
 
 import numpy as np
 
+from engine.ring import RingBuffer, RingOverwritten
+
 from . import config
 
 
-class CaptureBuffer:
-    """SPSC ring of mono float32 samples at ``rate`` Hz, plus an arrival log.
+class CaptureBuffer(RingBuffer):
+    """The device-rate ring (``engine.ring.RingBuffer``: mono float32, channels averaged, written
+    without allocating or locking) plus an arrival log and the worker's wake-up event.
 
     ``written`` counts samples since creation; ``arrivals`` holds ``(written_after_block, unix_time)``
-    for the last ``log_len`` blocks.
+    for the last ``log_len`` blocks; ``overruns`` counts blocks that overwrote samples the worker
+    had not drained yet (``read_new`` marks what it drained).
     """
 
     def __init__(self, rate: float, seconds: float = config.CAPTURE_SECONDS, log_len: int = 4096):
+        super().__init__(max(1024, int(rate * seconds)))
         self.rate = float(rate)
-        self.capacity = max(1024, int(rate * seconds))
-        self._buf = np.zeros(self.capacity, dtype=np.float32)
         self._log_pos = np.zeros(log_len, dtype=np.int64)
         self._log_t = np.zeros(log_len, dtype=np.float64)
         self._log_n = 0  # blocks logged (monotonic)
-        self.written = 0
-        self.read_pos = 0
-        self.overruns = 0  # blocks whose samples were lost before the worker read them
         self.ready = threading.Event()  # set after each block; the worker waits on it
         self.done = False  # producer finished (end of file)
 
     # producer --------------------------------------------------------------------------------
     def write(self, block: np.ndarray, now: float | None = None) -> None:
-        """Copy a ``(n,)`` or ``(n, channels)`` block (channel 0 is taken for 2-D input)."""
+        """Copy a ``(n,)`` or ``(n, channels)`` block (channels averaged) and log its arrival."""
         if now is None:
             now = time.time()
-        if block.ndim == 2:
-            block = block[:, 0]
         n = block.shape[0]
         if n == 0:
             return
-        cap = self.capacity
-        w = self.written
-        if n > cap:
-            block = block[n - cap:]
-            w += n - cap
-            n = cap
-        i = w % cap
-        first = min(n, cap - i)
-        self._buf[i:i + first] = block[:first]
-        if first < n:
-            self._buf[:n - first] = block[first:]
-        j = self._log_n % self._log_pos.shape[0]
-        self._log_pos[j] = w + n
+        j = self._log_n % self._log_pos.shape[0]  # logged before the samples are published
+        self._log_pos[j] = self.written + n
         self._log_t[j] = now
         self._log_n += 1
-        self.written = w + n  # publish (atomic rebinding under the GIL)
+        super().write(block)
         self.ready.set()
 
     # consumer --------------------------------------------------------------------------------
     def read_new(self) -> tuple[np.ndarray, int]:
-        """All samples written since the last call: ``(samples, end_position)``."""
-        end = self.written
-        start = self.read_pos
-        if end - start > self.capacity:
-            self.overruns += 1
-            start = end - self.capacity
-        n = end - start
-        out = np.empty(n, dtype=np.float32)
-        if n:
-            cap = self.capacity
-            i = start % cap
-            first = min(n, cap - i)
-            out[:first] = self._buf[i:i + first]
-            if first < n:
-                out[first:] = self._buf[:n - first]
-        self.read_pos = end
+        """All samples written since the last call that are still held: ``(samples, end_position)``."""
+        while True:
+            end = self.written
+            try:
+                out = self.read(max(self.read_pos, end - self.capacity), end)
+                break
+            except RingOverwritten:  # the producer lapped the range while it was copied: take the newer one
+                continue
+        self.mark_read(end)
         return out, end
 
     def arrival_time(self, pos: int) -> float | None:

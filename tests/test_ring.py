@@ -36,7 +36,37 @@ def test_oversized_write_keeps_newest_and_accepts_2d_and_other_dtypes():
     x, _ = r.read_latest(100)
     assert x.dtype == np.float32 and np.array_equal(x, ramp(12, 8))
     with pytest.raises(ValueError):
-        r.write(np.zeros((4, 2), dtype=np.float32))
+        r.write(np.zeros((4, 2, 1), dtype=np.float32))
+
+
+def test_channels_are_averaged_like_files():
+    """One channel rule for live input and files: the channel mean (engine.audio.to_mono)."""
+    from engine.audio import to_mono
+
+    r = RingBuffer(6)
+    x = np.random.default_rng(4).standard_normal((10, 3)).astype(np.float32)  # wraps, keeps the newest 6
+    r.write(x[:7])
+    r.write(x[7:])
+    got, _ = r.read_latest(6)
+    np.testing.assert_allclose(got, to_mono(x)[-6:], atol=1e-6)
+
+
+def test_capture_buffer_is_the_engine_ring():
+    """server.capture's device-rate buffer is an engine.ring.RingBuffer plus an arrival log."""
+    from server.capture import CaptureBuffer
+
+    c = CaptureBuffer(1000.0, seconds=1.024)  # capacity 1024
+    assert isinstance(c, RingBuffer) and c.capacity == 1024
+    c.write(np.stack([ramp(0, 300), ramp(0, 300) + 2], axis=1), now=10.0)  # two channels: mean = ramp + 1
+    c.write(ramp(301, 200), now=11.0)
+    x, end = c.read_new()
+    assert end == 500 and np.array_equal(x[:300], ramp(1, 300)) and np.array_equal(x[300:], ramp(301, 200))
+    assert c.read_new()[0].size == 0 and c.overruns == 0
+    assert c.arrival_time(300) == 10.0 and c.arrival_time(301) == 11.0 and c.arrival_time(501) is None
+    for k in range(3):  # 1536 samples the worker did not drain: the oldest 512 are lost
+        c.write(ramp(500 + 512 * k, 512), now=12.0 + k)
+    x, end = c.read_new()
+    assert end == 2036 and np.array_equal(x, ramp(1012, 1024)) and c.overruns == 1
 
 
 def test_overrun_counting():
