@@ -8,7 +8,7 @@ FORBIDDEN = {"engine": {"server", "training", "export"}, "server": {"training", 
 #: the one allowed crossing: the server's command line builds a packed model directory's forms
 #: once at start-up, before any audio flows (export.cache; docs/model_dir.md)
 ALLOWED = {("server/__main__.py", "export")}
-TORCHLESS = ("backends", "pipeline", "library", "frontend", "beats", "text", "categories", "manifest", "stream",
+TORCHLESS = ("contract", "backends", "pipeline", "library", "frontend", "beats", "text", "categories", "manifest", "stream",
              "ring", "audio")
 
 
@@ -48,3 +48,30 @@ def test_docs_name_only_files_that_exist():
     text = (ROOT / "docs" / "architecture.md").read_text()
     paths = set(re.findall(r"\b((?:engine|server|training|export|docs|tests)/[\w/.-]+\.(?:py|md))\b", text))
     assert paths and all((ROOT / p).exists() for p in paths), [p for p in paths if not (ROOT / p).exists()]
+
+
+def test_no_import_circle_inside_engine():
+    """engine's modules import one another without a circle, lazy imports included (the backends
+    meet in engine/contract.py, which imports neither of them)."""
+    deps = {}
+    for f in (ROOT / "engine").glob("*.py"):
+        got = set()
+        for n in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                got |= {n.module.split(".")[0]} if n.module else {a.name for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").startswith("engine."):
+                got.add(n.module.split(".")[1])
+        deps[f.stem] = got - {f.stem}
+
+    def circle(path):
+        for m in sorted(deps.get(path[-1], ())):
+            if m == path[0]:
+                return path + [m]
+            if m not in path and m > path[0]:
+                found = circle(path + [m])
+                if found:
+                    return found
+        return None
+
+    found = [c for c in (circle([m]) for m in sorted(deps)) if c]
+    assert not found, [" -> ".join(c) for c in found]
