@@ -122,7 +122,8 @@ def finish_stage(run_dir: str | Path, data_root: str | Path, note: str = "", thr
     if hours is None:  # from the log's own pace is not recorded: count steps at the stage's rate
         raise SystemExit(f"{run_dir}: no elapsed_s (written by training.fit); cannot count training hours")
     steps = len(log)
-    suite = evaluate_suite(ckpt, data_root, threads=threads)
+    # the embeddings stay in the run folder, for the fused ranking's sweep (training/fusion.py)
+    suite = evaluate_suite(ckpt, data_root, threads=threads, save_dir=run_dir / "emb")
     st = {**st, "stage": st["stage"] + 1, "hours": round(st["hours"] + hours, 3), "steps": st["steps"] + steps}
     log_eval(suite, st["hours"], st["steps"], note or f"stage {st['stage']} ({run_dir.name})")
     save_weights(ckpt)
