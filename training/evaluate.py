@@ -302,6 +302,135 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
     return score_retrieval(e, conditioning, max_chunks)
 
 
+def print_retrieval(r: dict) -> None:
+    hdr = f"{'':24s} {'n':>5s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'nr.mean':>8s} {'nr.med':>7s}"
+    print(f"retrieval: {r['checkpoint']} ({r['phase']}, model={r['model_conditioning']}, "
+          f"query={r['conditioning']}), {r['n_tracks']} tracks, {r['n_candidates']} candidates")
+    print(hdr)
+
+    def row(name, m):
+        print(f"{name:24s} {m.get('n', 0):5d} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['R@10']:6.1f} "
+              f"{m['nrank_mean']:8.2f} {m['nrank_median']:7.2f}")
+
+    row("overall", r["overall"])
+    row("random ranking", {**r["random"], "n": r["overall"]["n"]})
+    for cat, m in r["per_category"].items():
+        row(f"  {cat}", m)
+
+
+def plot_recall(results: dict[str, dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n_c = None
+    for name, r in results.items():
+        ax.plot(range(1, 51), r["recall_curve"], label=name)
+        n_c = r["n_candidates"]
+    if n_c:
+        ax.plot(range(1, 51), [100.0 * k / n_c for k in range(1, 51)], "k--", label="random")
+    ax.set_xlabel("k")
+    ax.set_ylabel("Recall@k (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- beats
+def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray:
+    """Beat activation (50 Hz, sigmoid) of a whole track.
+
+    offline: consecutive 8-s windows, every activation frame of each.
+    causal: as live -- a window ending at each 160-ms hop, keeping only its newest column's 8
+    activations (windows shorter than 8 s at the start of the track).
+    """
+    cfg = emb.model.cfg
+    full = emb.lm(torch.from_numpy(mix[None].astype(np.float32)))[0]
+    full = (full - emb.norm["mean"]) / emb.norm["std"]  # (80, T)
+    T = full.shape[1]
+    p = cfg.patch
+    acts = []
+    with torch.no_grad():
+        if not causal:
+            for s in range(0, T - p + 1, cfg.max_frames):
+                n = min(cfg.max_frames, (T - s) // p * p)
+                z = emb.model.encoder(full[None, :, s:s + n])
+                acts.append(torch.sigmoid(emb.model.beat_head(z))[0])
+        else:
+            for e in range(p, T + 1, p):
+                n = min(cfg.max_frames, e)
+                z = emb.model.encoder(full[None, :, e - n:e])
+                acts.append(torch.sigmoid(emb.model.beat_head(z))[0, -cfg.beat_probes:])
+    return torch.cat(acts).numpy() if acts else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=2, max_seconds=None, tracks=None) -> dict:
+    import mir_eval
+    from tqdm import tqdm
+
+    from engine.beats import offline_beats
+
+    from engine.frontend import FrontEndConfig
+
+    BEAT_FRAME_OFFSET_S = FrontEndConfig().frames_centre_s(2)  # centre of activation frame 0
+
+    emb = Embedder(ckpt, threads=threads)
+    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
+    fps = emb.model.cfg.beat_rate
+    scores: dict[str, list] = {"offline": [], "causal": []}
+    for t in tqdm([t for t in tracks if t.beats is not None and len(t.beats) > 4], desc="beats", leave=False):
+        mix = np.sum([s[3] for s in t.stems], axis=0)
+        ref = t.beats[t.beats <= len(mix) / 16000.0]
+        for mode in ("offline", "causal"):
+            act = beat_activations(emb, mix, causal=mode == "causal")
+            if mode == "offline":
+                est = offline_beats(act, fps=fps) + BEAT_FRAME_OFFSET_S
+            else:
+                est = causal_beats(act, fps) + BEAT_FRAME_OFFSET_S
+            r, e = mir_eval.beat.trim_beats(ref), mir_eval.beat.trim_beats(np.sort(est))
+            f = mir_eval.beat.f_measure(r, e)
+            _, _, cmlt, amlt = mir_eval.beat.continuity(r, e)
+            scores[mode].append((f, cmlt, amlt))
+    out = {"checkpoint": str(ckpt), "n_tracks": len(scores["offline"])}
+    for mode, v in scores.items():
+        a = np.array(v) if v else np.zeros((0, 3))
+        out[mode] = {"F": float(a[:, 0].mean()) if len(a) else float("nan"),
+                     "CMLt": float(a[:, 1].mean()) if len(a) else float("nan"),
+                     "AMLt": float(a[:, 2].mean()) if len(a) else float("nan")}
+    return out
+
+
+def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
+    """Beat times (s, activation-frame clock) the live tracker reports, fed frame by frame."""
+    from engine.beats import CausalBeatTracker
+
+    return CausalBeatTracker(fps=fps).run(act)
+
+
+def print_beats(r: dict) -> None:
+    print(f"beats: {r['checkpoint']}, {r['n_tracks']} tracks")
+    print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s}")
+    for mode in ("offline", "causal"):
+        m = r[mode]
+        print(f"{mode:10s} {m['F']:6.3f} {m['CMLt']:6.3f} {m['AMLt']:6.3f}")
+
+
+def write_json(obj: dict, path: str | Path | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- the three validations
+# Each split by song; rebuilt with `python -m training.data ...` (training/data/README.md):
+#   in-domain        render-default --only-tracks docs/report/validation_125.json  (FluidR3, dry, 30-s excerpts)
+#   cross-corpus     render-varied xcorpus   (POP909: a corpus training never sees; training's sound sources)
+#   cross-soundfont  render-varied xsf       (validation songs of the training corpora, held-out TimGM6mb, room)
 VALIDATION_SETS = {
     "in-domain": {"dir": "render-indomain", "track_list": "docs/report/validation_125.json"},
     "cross-corpus": {"dir": "xcorpus", "track_list": None},
