@@ -103,8 +103,55 @@ def test_suite_reads_only_the_embedded_windows_and_matches_whole_tracks(tmp_path
     (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
     monkeypatch.setitem(ev.VALIDATION_SETS, "only-this", {"dir": "xsf", "track_list": None})
     suite = ev.evaluate_suite("heuristic", root, sets=["only-this"], max_chunks=2)
-    whole = ev.evaluate_retrieval("heuristic", d, "validation", max_chunks=2, threads=1)
+    whole = ev.evaluate_retrieval("heuristic", d, "validation", max_chunks=2, threads=1,
+                                  tracks=ev.read_tracks(d, "validation"))
     got = suite["sets"]["only-this"]
     assert got["overall"] == whole["overall"] and got["n_candidates"] == 6
     chunked = ev.read_tracks(d, "validation", chunks=(2, 128000))
     assert all(len(s[3]) == 2 * 128000 for t in chunked for s in t.stems)
+
+
+def test_cli_saves_embeddings_and_the_fusion_sweep_spans_model_to_heuristic(tmp_path, capsys):
+    """``training eval retrieval --save-embeddings --json`` on the heuristic, then
+    ``training.fusion`` against a model's embeddings of the same stems: weight 0 gives the
+    model's figures, weight 1 the heuristic's, and the weight is chosen on ``dev``."""
+    import json
+
+    import soundfile as sf
+
+    from training import evaluate as ev
+    from training import fusion
+    from training.__main__ import main as train_main
+
+    d = tmp_path / "ds"
+    ids = []
+    for i, (f, bpm) in enumerate(((440.0, 120.0), (261.63, 90.0), (329.63, 100.0))):
+        t = d / f"t{i}"
+        t.mkdir(parents=True)
+        sf.write(str(t / "pad.wav"), tone(f, seconds=9.0), SR, subtype="PCM_16")
+        sf.write(str(t / "pulse.wav"), clicks(bpm, seconds=9.0, f=2 * f), SR, subtype="PCM_16")
+        (t / "track.json").write_text(json.dumps({"stems": {
+            "pad": {"label": "warm pad", "category": "synth pad"},
+            "pulse": {"label": "marimba", "category": "chromatic percussion"}}}))
+        ids.append(f"t{i}")
+    (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
+    (tmp_path / "h").mkdir()
+    assert train_main(["eval", "retrieval", "--data", str(d), "--model", "heuristic", "--max-chunks", "1",
+                       "--save-embeddings", str(tmp_path / "h" / "dev.npz"), "--json", str(tmp_path / "h.json")]) == 0
+    heur = json.loads((tmp_path / "h.json").read_text())
+    h = ev.RetrievalEmbeddings.load(tmp_path / "h" / "dev.npz")
+    assert h.Q.shape == (6, 188) and [m[0] for m in h.meta] == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((6, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    (tmp_path / "m").mkdir()
+    model = ev.RetrievalEmbeddings(q, q.copy(), h.meta, "m.pt", "jepa", "film")  # the model finds every stem
+    model.save(tmp_path / "m" / "dev.npz")
+    assert fusion.main(["--model", str(tmp_path / "m"), "--keytempo", str(tmp_path / "h"), "--weights", "0:1:0.5",
+                        "--json", str(tmp_path / "f.json")]) == 0
+    out = json.loads((tmp_path / "f.json").read_text())
+    rows = out["sweep"]["dev"]
+    assert rows["0.00"]["R@1"] == 100.0 and rows["1.00"]["R@1"] == heur["overall"]["R@1"]
+    assert rows["1.00"]["nrank_median"] == heur["overall"]["nrank_median"]
+    assert out["chosen"] == 0.0  # the model alone is perfect here; ties go to the lower weight
+    assert "chosen on dev" in capsys.readouterr().out
