@@ -13,9 +13,8 @@ trying a weight costs a matrix product, not an evaluation::
     (the same for heuristic -> runs/emb/heuristic/dev.npz)
     python -m training.fusion --model runs/emb/m --keytempo runs/emb/heuristic --json runs/emb/m/fusion.json
 
-It prints, per set and weight, R@1 / R@5 / median normalised rank, marks the weight with the best
-``dev`` median (ties: the better R@5), and reports every set at that weight beside the model alone
-and the heuristic alone.
+It prints, per set and weight, R@1 / R@5 / median normalised rank and marks the weight with the
+best ``dev`` R@5 (ties: the better median; :func:`choose`).
 """
 from __future__ import annotations
 
@@ -50,11 +49,12 @@ def sweep(model_dir: str | Path, keytempo_dir: str | Path, weights: list[float])
 
 
 def choose(result: dict, on: str = DEV) -> float:
-    """The weight with the lowest median normalised rank on ``on`` (ties: higher R@5, then lower weight)."""
+    """The weight with the highest R@5 on ``on`` -- the server's default k is 5: is the stem that
+    fits among the five it shows? -- ties: the lower median normalised rank, then the lower weight."""
     if on not in result:
         raise CliError(f"no {on!r} embeddings to choose the weight on", f"save them as {on}.npz in both folders")
     rows = result[on]
-    return float(min(rows, key=lambda w: (rows[w]["nrank_median"], -rows[w]["R@5"], float(w))))
+    return float(min(rows, key=lambda w: (-rows[w]["R@5"], rows[w]["nrank_median"], float(w))))
 
 
 @guarded("python -m training.fusion")
