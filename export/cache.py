@@ -147,7 +147,8 @@ def _built_ok(out: Path, packed: dict) -> bool:
         m = load_manifest(out, verify=True, read_graphs=False)
     except ModelDirError:
         return False
-    return m.fingerprint == packed["fingerprint"]
+    want = (packed.get("ranking") or {}).get("keytempo_weight")  # same weights, another ranking: rebuild
+    return m.fingerprint == packed["fingerprint"] and (want is None or m.ranking.get("keytempo_weight") == want)
 
 
 @guarded("python -m export.cache")
