@@ -589,6 +589,7 @@ class Server:
                "uptime_s": round(time.time() - self.t_start, 3), "backend": self.backend_name,
                "device": self.device, "input": st, "instruments": self.instruments, "k": self.k,
                "hop_ms": self.hop_ms, "restrict_category": self.restrict_category, "ranking": self.ranking,
+               "streaming": bool(getattr(self.matcher, "streaming", False)),
                "library": {**self.library_info(), "audio_root": library_root(_get(self.matcher, "library", None))},
                "counters": {"hops": int(c.get("hops", 0)), "drops": int(c.get("drops", 0)),
                             "overruns": int(c.get("overruns", self.matcher.ring.overruns)),

@@ -346,6 +346,8 @@ STATUS = Obj({
     "restrict_category": Bool(),
     # "model+keytempo": the model's cosine fused with the tempo + key descriptor's at keytempo_weight
     "ranking": Obj({"mode": Str(enum=("model", "model+keytempo")), "keytempo_weight": Num(0, 1)}),
+    # True: the streaming encoder path (a causal model: only the new columns are computed each hop)
+    "streaming": Bool(),
     "library": Obj({"audio_root": Str(null=True), "path": Str(), "stems": Int(0), "segments": Int(0), "tracks": Int(0, null=True),
                     "roots": List(Str())}, extra=True),
     "subscriptions": Int(0),  # live subscriptions on the PUB socket (a subscriber has one per topic)

@@ -251,6 +251,7 @@ def test_control_commands_answered_and_obeyed(live, ctx, server_assets):
     assert req(srv, ctx, {"cmd": "restrict_category", "enabled": False})["ok"]
 
     # set_ranking: the tempo + key descriptor's weight in the ranking; 0 is the model alone
+    assert req(srv, ctx, {"cmd": "status"})["status"]["streaming"] is bool(srv.matcher.streaming)
     st = req(srv, ctx, {"cmd": "status"})["status"]["ranking"]
     assert st["mode"] == "model+keytempo" and 0 < st["keytempo_weight"] <= 1  # the library has descriptors
     r = req(srv, ctx, {"cmd": "set_ranking", "keytempo_weight": 0})
