@@ -125,6 +125,8 @@ def finish_stage(run_dir: str | Path, data_root: str | Path, note: str = "", thr
     # the embeddings stay in the run folder, for the fused ranking's sweep (training/fusion.py)
     suite = evaluate_suite(ckpt, data_root, threads=threads, save_dir=run_dir / "emb")
     st = {**st, "stage": st["stage"] + 1, "hours": round(st["hours"] + hours, 3), "steps": st["steps"] + steps}
+    st["source"] = f"{ckpt} (stage {st['stage']}: {steps} steps from stage {st['stage'] - 1}'s weights)"
+    st["next"] = f"scripts/campaign.sh: stage {st['stage'] + 1} from campaign/weights.pt"
     log_eval(suite, st["hours"], st["steps"], note or f"stage {st['stage']} ({run_dir.name})")
     save_weights(ckpt)
     STATE.write_text(json.dumps(st, indent=1))
