@@ -619,8 +619,7 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
             continue
         keep.append((s, t))
     embs, offs = [], []
-    # the descriptor sees the segment's window of audio (a short stem: all of it), as add_keytempo does
-    kts = [keytempo_describe(samples[s * cfg.hop:(s + window) * cfg.hop]) for s, _ in keep]
+    kts = [segment_keytempo(samples, s * cfg.hop, window * cfg.hop) for s, _ in keep]
     for i in range(0, len(keep), batch):
         group = keep[i:i + batch]
         t = group[0][1]
@@ -719,6 +718,12 @@ def add_grids(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=None
     return lib
 
 
+def segment_keytempo(samples: np.ndarray, start: int, window: int) -> np.ndarray:
+    """A segment's key/tempo descriptor: the window of audio from ``start`` (samples), ``window``
+    samples long (a stem shorter than that: what there is)."""
+    return keytempo_describe(samples[start:start + window])
+
+
 def add_keytempo(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=None) -> StemLibrary:
     """Compute every segment's key/tempo descriptor from its stem's audio (``audio_dir``, default
     the library's audio root) for an index built before them; embeddings are kept. The library is
@@ -739,8 +744,7 @@ def add_keytempo(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=N
             raise LibraryError(f"stem {st['stem_id']!r}: no audio file (pass the audio folder the index was built from)")
         x = load_audio(f, 16000)
         for r in rows:
-            a = int(round(float(lib.seg_offset[r]) * 16000))
-            kt[r] = keytempo_describe(x[a:a + win])
+            kt[r] = segment_keytempo(x, int(round(float(lib.seg_offset[r]) * 16000)), win)
     lib.keytempo = kt
     lib.save(lib.index_path)
     log(f"key/tempo descriptors for {len(lib)} segments of {lib.n_stems} stems -> {lib.index_path}")
