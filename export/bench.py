@@ -194,7 +194,7 @@ class BenchHop:
         self.window = np.zeros((1, cfg["n_mels"], self.frames), np.float32)
         self.audio = np.zeros(self.fe.n_samples(self.frames), np.float32)  # last 8 s (+ n_fft - hop)
         self.cond = backend.condition(instruments)
-        self.keytempo = KeyTempoStream(self.frames / 100.0)
+        self.keytempo = KeyTempoStream(self.frames * self.fe.hop / self.fe.sample_rate)
         self.kt_weight = KEYTEMPO_DEFAULT_WEIGHT
         self.tracker = CausalBeatTracker(fps=cfg["beat_probes"] / (cfg["patch"] * self.fe.hop / self.fe.sample_rate))
         self.times = {s: [] for s in STAGES}
