@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def wait_until(cond, timeout, interval=0.01, what=None):
+    """Poll ``cond()`` every ``interval`` s; return its (truthy) value as soon as it has one, or fail
+    the test after ``timeout`` s, naming ``what`` (default: the condition's source). Tests import it
+    with ``from conftest import wait_until``: for waiting on an event instead of a fixed sleep."""
+    t_end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= t_end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or _describe(cond)}")
+        time.sleep(interval)
+
+
+def _describe(cond):
+    import inspect
+
+    try:
+        return inspect.getsource(cond).strip()
+    except (OSError, TypeError):
+        return repr(cond)
 
 
 @pytest.fixture(autouse=True)

@@ -70,6 +70,7 @@ def test_default_kind_and_errors(micro_dir, tmp_path):
         load_backend(micro_dir, device="cuda:0", kind="onnx-cuda-fp32")
 
 
+@pytest.mark.slow
 def test_onnx_path_does_not_import_torch(micro_dir):
     code = (
         "import sys, numpy as np\n"

@@ -14,6 +14,7 @@ from tests.test_export import micro_dir  # noqa: E402,F401
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_json_schema(micro_dir, tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "export.bench", "--model", str(micro_dir), "--hops", "6", "--warmup", "2",

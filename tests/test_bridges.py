@@ -113,6 +113,7 @@ def test_bad_bridge_options_are_refused_clearly(tmp_path, server_assets):
     assert r.returncode == 2 and "HOST:PORT" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_osc_bridge_sends_the_documented_address_space_on_time():
     from pythonosc.dispatcher import Dispatcher
     from pythonosc.osc_server import ThreadingOSCUDPServer
@@ -197,6 +198,7 @@ def _alone(peer_counts):
         pytest.skip("a third Ableton Link peer joined during the test; its measurements are not the server's")
 
 
+@pytest.mark.slow
 def test_link_session_follows_the_tracker():
     """Two Link peers on this machine: the server (--link, follow) and this test's own peer,
     started at 120 BPM. The session must take the tracker's tempo, and its beats and bars must
@@ -258,6 +260,7 @@ def test_link_session_follows_the_tracker():
     assert cue_err and np.median(cue_err) < 0.020, cue_err[:10]
 
 
+@pytest.mark.slow
 def test_tracker_follows_the_link_session():
     """--link-mode lead: this test's peer sets the session to 188 BPM, twice the demo's ~94: the
     tracker reports the session's tempo octave instead of its own."""

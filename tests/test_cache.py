@@ -44,6 +44,7 @@ def test_unbuilt_packed_dir_names_the_build_command(packed, cache):
         load_manifest(packed[0])
 
 
+@pytest.mark.slow
 def test_built_forms_agree_with_the_shipped_weights(packed, cache):
     """The cache is built from weights.pt; its fingerprint is packed.json's, and every ONNX and
     TorchScript form computes what the fp16 weights (as fp32) compute in eager PyTorch."""
@@ -84,6 +85,7 @@ def test_corrupt_weights_are_refused_before_building(packed, cache):
     assert not (cache / "models").exists() or not any(p.name[0] != "." for p in (cache / "models").iterdir())
 
 
+@pytest.mark.slow
 def test_mismatched_packed_json_is_refused(packed, cache, tmp_path):
     """weights.pt of another model under this packed.json: the built fingerprint disagrees."""
     from engine.manifest import ModelDirError

@@ -155,7 +155,14 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+# the cases whose process imports torch (about 3 s each here): the slow tier; every CLI keeps cheap fast cases
+SLOW_BAD = {"server --input no/such/file.wav", "export.recover /nonexistent x.pt", "engine.library build /nonexistent x.npz",
+            "training fit steps=abc data=.", "training fit --config /nonexistent.toml data=.", "training fit steps=3",
+            "training fit stepz=3 data=."}
+
+
+@pytest.mark.parametrize("args,needle", [
+    pytest.param(a, n, id=" ".join(a), marks=pytest.mark.slow if " ".join(a) in SLOW_BAD else ()) for a, n in BAD])
 def test_bad_invocations_fail_cleanly(args, needle, tmp_path):
     r = run(*args)
     assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])

@@ -16,6 +16,7 @@ import zmq
 
 from server import config
 from server.console import State, StatusLine, check_address, connect_address
+from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,15 +130,20 @@ def test_live_line_on_a_terminal(pub):
     line = StatusLine(live=True, stream=buf, refresh_hz=20)
     handler = line.log_handler()
     line.start(pub.addr)
-    time.sleep(1.0)
+
+    def plain():
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+
+    wait_until(lambda: pub.stem["stem_id"] in plain() and ("121.2 BPM" in plain() or "121.3 BPM" in plain()), 10,
+               what="the live line to show the stem and the tempo")
     handler.emit(logging.LogRecord("server", logging.INFO, __file__, 1, "a log record above the line", None, None))
-    time.sleep(0.3)
+    wait_until(lambda: "a log record above the line" in plain(), 5, what="the log record to be drawn")
     line.stop()
     out = buf.getvalue()
     assert "\x1b[" in out  # drawn with terminal control sequences (the live line)
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
-    assert "121.2 BPM" in plain or "121.3 BPM" in plain
-    assert pub.stem["stem_id"] in plain and "a log record above the line" in plain
+    text = plain()
+    assert "121.2 BPM" in text or "121.3 BPM" in text
+    assert pub.stem["stem_id"] in text and "a log record above the line" in text
 
 
 def test_listen_json_is_json_lines_and_human_form_shows_the_stem_id(pub, capsys):

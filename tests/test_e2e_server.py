@@ -26,6 +26,7 @@ import zmq
 from server import config, protocol as P
 from server.testing import Subscriber, request, seq_gaps, write_click_track
 
+pytestmark = pytest.mark.slow  # the server as a process, end to end: the slow tier (the CLI's errors stay fast in test_cli)
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 

@@ -83,6 +83,7 @@ def test_micro_exports_every_cpu_precision_with_parity(micro_dir):
         assert (micro_dir / f).is_file()
 
 
+@pytest.mark.slow
 def test_tiny_exports(tiny_dir):
     m = load_manifest(tiny_dir)
     assert m.config["name"] == "tiny" and m.precisions() == ["fp32", "fp16", "int8"]
@@ -188,6 +189,7 @@ def test_class_model_without_labels(tmp_path):
     assert e.shape == (4, 64)
 
 
+@pytest.mark.slow
 def test_ranking_weight_travels_from_export_to_the_matcher(tmp_path):
     """The fused ranking's weight is the model directory's (one owner), written by export: given,
     else the checkpoint's, else the engine default; the matcher starts with it."""

@@ -19,6 +19,7 @@ def tone_bursts(seconds: float, hz: float, bpm: float, seed: int = 0) -> np.ndar
     return (x + 0.01 * np.random.default_rng(seed).standard_normal(len(t))).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_stream_is_the_same_whole_in_chunks_and_nearly_sample_by_sample():
     x = tone_bursts(12.0, 220.0, 100.0)
     whole = kt.KeyTempoStream()

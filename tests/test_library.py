@@ -119,6 +119,7 @@ def backend():
     return MicroBackend(seed=0)
 
 
+@pytest.mark.slow
 def test_build_resume_bad_files_and_self_retrieval(tmp_path, backend):
     ds = write_dataset(tmp_path / "ds", n_tracks=3, seconds=12.0)
     # a silent stem, a corrupt file
@@ -218,6 +219,7 @@ def test_one_category_vocabulary_for_library_conditioning_and_training():
     assert class_index("not a category") == CATEGORIES.index("other")
 
 
+@pytest.mark.slow
 def test_build_stores_key_tempo_descriptors_and_adds_them_to_an_older_index(tmp_path, backend):
     from engine import keytempo
     from engine.library import add_keytempo

@@ -114,6 +114,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_NODE, reason=NO_NODE)
 def test_player_script_under_node_plays_on_the_reported_downbeat():
     pub, ctl = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"

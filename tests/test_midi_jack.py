@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 rtmidi = pytest.importorskip("rtmidi")
+pytestmark = pytest.mark.slow  # real-time MIDI through a JACK server: the slow tier (test_midi_nojack stays fast)
+from conftest import wait_until  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JACK_NO_START_SERVER", "1")
 
@@ -121,7 +123,7 @@ def test_clock_and_notes_follow_the_grid(jack):
     clock.update(0.4, anchor + 1.65)  # tempo change to 150 BPM, new grid
     time.sleep(1.6)
     clock.stop()
-    time.sleep(0.1)
+    wait_until(lambda: rec.events and rec.events[-1][1] == [0xFC], 5, what="the Stop message to arrive")
     rec.close()
     assert rec.events and rec.events[0][1] == [0xFA], "Start first"
     assert rec.events[-1][1] == [0xFC], "Stop last"
@@ -168,7 +170,7 @@ def test_clock_follows_the_causal_tracker(jack):
         if len(st.next_beats):
             clock.update(60.0 / st.tempo, t0 + float(st.next_beats[0]))
     clock.stop()
-    time.sleep(0.1)
+    wait_until(lambda: rec.events and rec.events[-1][1] == [0xFC], 5, what="the Stop message to arrive")
     rec.close()
     assert abs(tempos[-1] - 120.0) < 0.5, tempos
     assert rec.events and rec.events[0][1] == [0xFA] and rec.events[-1][1] == [0xFC]

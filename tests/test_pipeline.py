@@ -30,6 +30,7 @@ def key(r):
             None if b is None else (b.tempo, b.phase, b.last_beat, tuple(b.next_beats), b.confidence, tuple(b.beats)))
 
 
+@pytest.mark.slow
 def test_chunking_invariance(backend, library):
     x = mixture(1, 12.0)
     runs = {}
@@ -277,6 +278,7 @@ def test_silence_gives_no_matches_and_no_beats(backend, library):
         Matcher(backend, library, instruments=["drums"], signal_threshold_db=float("nan"))
 
 
+@pytest.mark.slow
 def test_level_follows_the_window_not_the_whole_stream(backend, library):
     """Music, then 9 s of silence: once the window holds only silence, signal is False again."""
     m = Matcher(backend, library, instruments=["drums"], k=2, drop_late=False)

@@ -9,6 +9,7 @@ from test_pipeline_backend import MicroBackend, Passthrough, mixture, synth_stem
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # a fresh export per module; test_pipeline and test_backends keep the fast tier
 
 from engine.library import LibraryError, StemLibrary, build, main  # noqa: E402
 from engine.pipeline import Matcher  # noqa: E402
@@ -99,6 +100,7 @@ def test_matcher_real_predictor_and_conditioning(backend, library):
     assert m.instruments == ["drums"]
 
 
+@pytest.mark.slow
 def test_cli_build_and_refusal(model_dir, dataset, tmp_path, backend):
     out = tmp_path / "cli_lib"
     assert main(["build", str(dataset), str(out), "--model", str(model_dir), "--hop", "8", "--no-progress",

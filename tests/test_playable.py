@@ -164,6 +164,7 @@ def test_built_index_stores_grids_and_moves_with_its_audio(tmp_path, server_asse
     assert all(moved.stem_file(s).is_file() and moved.stem_file(s).is_relative_to(dst) for s in moved.stems)
 
 
+@pytest.mark.slow
 def test_grid_command_upgrades_an_old_index(tmp_path, server_assets):
     """An index from before grids (paths relative to the build's working folder, no audio root):
     `build` refuses to resume it with a clear message; `grid` adds grids and keeps the embeddings."""
@@ -217,6 +218,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_suggested_cue_played_against_the_live_beat_grid_is_in_phase(tmp_path):
     """The demo replayed through the real server: for the top match of every instrument, render
     the stem the way a client would -- its audio from ``cue.stem_pos``, resampled by ``stretch``,

@@ -15,6 +15,7 @@ from server import config, protocol as P
 from server.app import Server, library_loader
 from server.capture import DeviceSource, FileSource
 from server.testing import Subscriber, request, seq_gaps, write_click_track
+from conftest import wait_until
 
 _ids = itertools.count()
 INSTRUMENTS = ["drums", "fretless bass"]
@@ -81,9 +82,7 @@ def test_watchdog_reports_a_stuck_worker_then_exits_nonzero_within_bound(tmp_pat
     srv = server(tmp_path, ctx, backend, server_assets, m=m, watchdog_s=0.6, shutdown_s=1.0)
     srv.start()
     try:
-        t_end = time.monotonic() + 10
-        while srv.state != "stalled" and time.monotonic() < t_end:
-            time.sleep(0.05)
+        wait_until(lambda: srv.state == "stalled", 10, interval=0.05)
         st = req(srv, ctx, {"cmd": "status"})["status"]  # control keeps answering
         assert st["state"] == "stalled" and st["counters"]["stalls"] == 1
         assert not P.validate_message("status", st)
@@ -102,14 +101,9 @@ def test_watchdog_recovers_when_the_worker_resumes(tmp_path, ctx, backend, serve
     srv = server(tmp_path, ctx, backend, server_assets, m=m, watchdog_s=0.5)
     srv.start()
     try:
-        t_end = time.monotonic() + 10
-        while srv.state != "stalled" and time.monotonic() < t_end:
-            time.sleep(0.02)
-        assert srv.state == "stalled"
+        wait_until(lambda: srv.state == "stalled", 10, interval=0.02)
         m.release.set()
-        t_end = time.monotonic() + 5
-        while srv.state == "stalled" and time.monotonic() < t_end:
-            time.sleep(0.02)
+        wait_until(lambda: srv.state != "stalled", 5, interval=0.02)
         assert srv.state == "running" and not srv.stopping.is_set() and srv.exit_code == 0
         sub = Subscriber(ctx, srv.pub_addr)
         sub.poll(3, until=lambda t, msg: t == "match")
@@ -135,10 +129,13 @@ def test_close_is_bounded_and_closes_every_socket(tmp_path, backend, server_asse
 
 
 # ---------------------------------------------------------------------------- slow requests
+@pytest.mark.slow
 def test_slow_library_load_blocks_neither_control_nor_hops(tmp_path, ctx, backend, server_assets):
     real = library_loader(backend.manifest.fingerprint)
+    loading = threading.Event()
 
     def slow(path):
+        loading.set()
         time.sleep(1.5)
         return real(path)
 
@@ -152,7 +149,7 @@ def test_slow_library_load_blocks_neither_control_nor_hops(tmp_path, ctx, backen
         dealer.connect(srv.ctl_addr)
         dealer.send_multipart([b"", json.dumps({"cmd": "set_library", "path": str(server_assets.library_small),
                                                  "id": 7}).encode()])
-        time.sleep(0.1)
+        wait_until(loading.is_set, 5, what="the slow library load to start")
         t0 = time.monotonic()
         assert req(srv, ctx, {"cmd": "ping"})["ok"]
         ping_s = time.monotonic() - t0
@@ -254,6 +251,7 @@ def test_library_paths_outside_the_roots_are_refused_alike(tmp_path, ctx, backen
     assert srv.resolve_library(server_assets.library.name) == server_assets.library.resolve()
 
 
+@pytest.mark.slow
 def test_library_expanding_to_gigabytes_is_refused_before_reading(tmp_path, backend):
     """A 2-MB file whose arrays would expand to 651,041 segments: refused from its headers,
     without the memory it would take."""
@@ -363,6 +361,7 @@ def test_late_subscriber_gets_status_at_once(tmp_path, ctx, backend, server_asse
         srv.close()
 
 
+@pytest.mark.slow
 def test_huge_subscriptions_are_cut_off_and_cost_nothing(tmp_path, ctx, backend, server_assets):
     """Two peers each subscribe with an 8-MiB prefix. They run in another process: libzmq keeps a
     subscription in a trie of one node per byte, and a SUB that holds an 8-MiB one overflows its
@@ -394,6 +393,7 @@ def test_huge_subscriptions_are_cut_off_and_cost_nothing(tmp_path, ctx, backend,
         srv.close()
 
 
+@pytest.mark.slow
 def test_stalled_and_churning_subscribers_cost_bounded_memory_and_no_hops(tmp_path, ctx, backend, server_assets):
     """50 subscribers in another process (at the lowest CPU priority, so that what is measured is
     the server's cost of serving them): 20 that never read, 20 that come and go every 100 ms, 10
@@ -467,6 +467,7 @@ class FakeStream:
         self.running = False
 
 
+@pytest.mark.slow
 def test_sound_card_that_stalls_and_returns(tmp_path, ctx, backend, server_assets, monkeypatch):
     monkeypatch.setattr(config, "INPUT_TIMEOUT_S", 0.4)
     monkeypatch.setattr(config, "INPUT_RETRY_S", 0.3)
@@ -479,16 +480,12 @@ def test_sound_card_that_stalls_and_returns(tmp_path, ctx, backend, server_asset
         sub.poll(4, until=lambda t, msg: t == "match" and msg["ready"])
         assert sub.of("match")
         FakeStream.opened[-1].delivering = False  # the card stops delivering
-        t_end = time.monotonic() + 5
-        while src.state == "ok" and time.monotonic() < t_end:
-            time.sleep(0.02)
+        wait_until(lambda: src.state != "ok", 5, interval=0.02)
         assert src.state == "stalled"
         st = req(srv, ctx, {"cmd": "status"})["status"]
         assert st["input"]["state"] == "stalled" and st["counters"]["input_stalls"] == 1
         # the watchdog reopens it; the new stream delivers again
-        t_end = time.monotonic() + 5
-        while src.state != "ok" and time.monotonic() < t_end:
-            time.sleep(0.02)
+        wait_until(lambda: src.state == "ok", 5, interval=0.02)
         assert src.state == "ok" and src.reopens >= 1 and len(FakeStream.opened) >= 2
         sub.msgs.clear()
         sub.poll(4, until=lambda t, msg: t == "match" and msg["ready"])
@@ -584,6 +581,7 @@ def test_resource_limits_are_stated():
 
 
 # ---------------------------------------------------------------------------- control fuzz
+@pytest.mark.slow
 def test_control_fuzz_every_request_answered_and_seq_continuous(tmp_path, ctx, backend, server_assets):
     """Thousands of generated requests (hypothesis): raw bytes, JSON of every shape, and real
     commands with arguments of every type. Every one gets one well-formed answer, the server

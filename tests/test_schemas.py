@@ -99,6 +99,7 @@ def live(server_assets):
     ctx.term()
 
 
+@pytest.mark.slow
 def test_live_messages_and_replies_match_the_shipped_schemas(live):
     sub = live["sub"]
     sub.poll(3.0)
@@ -140,6 +141,7 @@ def test_live_messages_and_replies_match_the_shipped_schemas(live):
 
 @pytest.mark.skipif(not HAVE_NODE, reason="node or examples/max/node_modules (zeromq, ajv) missing "
                                           "(scripts/setup_system.sh installs them)")
+@pytest.mark.slow
 def test_node_subscriber_validates_against_the_schemas(live):
     r = subprocess.run(["node", str(NODE_DIR / "subscriber.js"), live["pub"], "--ctl", live["ctl"], "--ping",
                         "--count", "25", "--timeout", "30", "--validate"], capture_output=True, text=True, timeout=60)

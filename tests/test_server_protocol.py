@@ -16,6 +16,7 @@ from server import config, protocol as P
 from server.app import ConfigError, Server, is_local_address
 from server.capture import FileSource
 from server.testing import Subscriber, request, seq_gaps, write_click_track
+from conftest import wait_until
 
 _ids = itertools.count()
 INSTRUMENTS = ["drums", "fretless bass"]
@@ -68,7 +69,7 @@ def test_every_message_valid_and_seq_contiguous(tmp_path, ctx, engine, server_as
     srv = make_server(tmp_path, ctx, engine, server_assets, speed=0.0, seconds=4.0)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
-    time.sleep(0.1)
+    wait_until(lambda: srv.subscriptions >= 3, 5, what="the server to hold the subscriber's 3 subscriptions")
     srv.source.start()
     try:
         sub.poll(20, until=finished)
@@ -121,6 +122,7 @@ def test_every_message_valid_and_seq_contiguous(tmp_path, ctx, engine, server_as
         assert b["beats_in_hop"] == pytest.approx(list(r.beat.beats))
 
 
+@pytest.mark.slow
 def test_late_hops_dropped_and_counted(tmp_path, ctx, engine, server_assets):
     """A worker slower than the hop drops hops (latest wins); hop gaps == published drops. The
     worker is slowed by a 300 ms stall after each hop (the test hook ``on_hop`` runs in it)."""
@@ -128,7 +130,7 @@ def test_late_hops_dropped_and_counted(tmp_path, ctx, engine, server_assets):
     srv.on_hop = lambda res: time.sleep(0.3)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
-    time.sleep(0.1)
+    wait_until(lambda: srv.subscriptions >= 3, 5, what="the server to hold the subscriber's 3 subscriptions")
     srv.source.start()
     try:
         sub.poll(15, until=finished)
@@ -154,7 +156,7 @@ def test_latency_small_with_16k_input(tmp_path, ctx, engine, server_assets):
     srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=2.0)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr, topics=("beat", "match"))
-    time.sleep(0.05)
+    wait_until(lambda: srv.subscriptions >= 2, 5, what="the server to hold the subscriber's 2 subscriptions")
     srv.source.start()
     try:
         sub.poll(5, until=lambda t, m: t == "beat" and m["hop"] >= 10)
@@ -174,7 +176,7 @@ def test_resampled_input(tmp_path, ctx, engine, server_assets):
     srv = make_server(tmp_path, ctx, engine, server_assets, speed=0.0, seconds=2.0, sr=44100)
     srv.start(start_source=False)
     sub = Subscriber(ctx, srv.pub_addr)
-    time.sleep(0.05)
+    wait_until(lambda: srv.subscriptions >= 3, 5, what="the server to hold the subscriber's 3 subscriptions")
     srv.source.start()
     try:
         sub.poll(10, until=finished)
@@ -431,6 +433,7 @@ def test_oversized_wire_message_disconnects_not_crashes(live, ctx):
 
 
 # ---------------------------------------------------------------------------- sockets
+@pytest.mark.slow
 def test_vanishing_and_stalled_subscribers_do_not_block(tmp_path, ctx, engine, server_assets):
     srv = make_server(tmp_path, ctx, engine, server_assets, speed=1.0, seconds=4.0, loop=True,
                       pub_addr="tcp://127.0.0.1:*", ctl_addr="tcp://127.0.0.1:*")
@@ -511,10 +514,7 @@ def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_asset
         bad.poll(0.5)
         assert not bad.msgs
         # each refused handshake is counted (and logged at WARNING by the control thread)
-        t_end = time.monotonic() + 2.0
-        while srv.status_dict()["counters"]["curve_denied"] < 1 and time.monotonic() < t_end:
-            time.sleep(0.05)
-        assert srv.status_dict()["counters"]["curve_denied"] >= 1
+        wait_until(lambda: srv.status_dict()["counters"]["curve_denied"] >= 1, 2.0, interval=0.05)
         for s in (good, plain, bad):
             s.close()
     finally:

@@ -127,6 +127,7 @@ def test_streaming_predictor_ring_sum_and_instrument_change():
         sp.embedding()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["onnx-fp32", "torch-fp32", "onnx-int8", "torch-bf16"])
 def test_exported_stream_graphs_match_eager(model_dir, kind):
     """The exported step graphs (cache as explicit inputs/outputs), driven by the ring, give the
@@ -177,6 +178,7 @@ def _hops(matcher, audio, chunk):
     return out
 
 
+@pytest.mark.slow
 def test_matcher_streaming_whole_chunked_frame_by_frame_equals_offline(model_dir):
     """The live path on a causal model streams by default; the audio fed whole, in chunks and
     frame by frame gives the same query embeddings and beat activations at every hop, equal to
@@ -241,6 +243,7 @@ def test_matcher_streaming_whole_chunked_frame_by_frame_equals_offline(model_dir
         Matcher(MicroBackend(), stream=True)
 
 
+@pytest.mark.slow
 def test_matcher_instrument_change_recomputes_once(model_dir):
     """Changing one instrument recomputes that instrument's ring once (not per hop) and the next
     query equals a matcher that had the new instruments from the start."""
@@ -264,6 +267,7 @@ def test_matcher_instrument_change_recomputes_once(model_dir):
     np.testing.assert_allclose(m.last_query, ref.last_query, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trt_stream_profiles_fit_the_graphs(model_dir):
     """The TensorRT profiles of the streaming graphs (min / opt / max) are shapes the exported
     graphs accept: checked on the CPU provider, where the outputs must have the contract's shapes."""
@@ -289,6 +293,7 @@ def test_trt_stream_profiles_fit_the_graphs(model_dir):
                 assert outs[0].shape == (feeds["code"].shape[0], feeds["tokens"].shape[1], 64)
 
 
+@pytest.mark.slow
 def test_trt_builds_stream_engines(model_dir, tmp_path):
     """On a CUDA machine with TensorRT: engines for every graph, the streaming ones included."""
     import shutil
@@ -304,6 +309,7 @@ def test_trt_builds_stream_engines(model_dir, tmp_path):
     assert {"encoder_step", "predictor_code", "predictor_tokens"} <= set(built)
 
 
+@pytest.mark.slow
 def test_matcher_streaming_catches_up_after_dropped_hops(model_dir):
     """Late hops dropped: the next hop encodes every column it missed in one step (c > 1) and
     gives the query the hop-by-hop stream has at that hop."""
@@ -337,6 +343,7 @@ def test_parity_of_zero_outputs_agrees():
     assert not _parity(np.ones((3, 8), np.float32), z, "fp32", "predictor_code")["ok"]
 
 
+@pytest.mark.slow
 def test_bench_streaming_rows(model_dir, tmp_path):
     """python -m export.bench on a causal model: the full recompute, the full encoder and the
     streaming encoder rows in one run, with p50 and p99 ratios, the streaming arithmetic and the

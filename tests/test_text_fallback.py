@@ -86,6 +86,7 @@ def test_small_graph_matches_onnx_reference(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @needs_model
 def test_base_install_conditions_on_any_name_without_onnxruntime():
     """As after a plain ``pip install .``: onnxruntime absent, the backend is torch, and names

@@ -66,12 +66,14 @@ def child(micro_dir):
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_torch_kinds_import_neither_training_nor_export(child):
     assert child["torch"]
     assert child["bad_modules"] == []
     assert not any(m == "training" or m.startswith("training.") for m in child["bad_modules"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["torch-fp32", "torch-bf16"])
 def test_torch_kinds_agree_with_onnx_fp32(child, kind):
     r = child[kind]

@@ -125,6 +125,7 @@ def test_bad_options_are_refused(dataset, tmp_path):
         run_fit(tmp_path / "nothing_here", tmp_path / "x", "steps=1")
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     import socket
