@@ -46,6 +46,26 @@ def test_describe_is_unit_and_silence_is_zero():
     assert np.abs(h.describe(np.zeros(SR * 8, dtype=np.float32))).max() == 0.0
 
 
+
+def three_songs(d, seconds: float, rng=None) -> None:
+    """A validation set of three songs (key, tempo): each a pad (random gain with ``rng``) and a pulse."""
+    import json
+
+    import soundfile as sf
+
+    ids = []
+    for i, (f, bpm) in enumerate(((440.0, 120.0), (261.63, 90.0), (329.63, 100.0))):
+        t = d / f"t{i}"
+        t.mkdir(parents=True)
+        gain = 1.0 if rng is None else 0.5 + 0.5 * rng.random()
+        sf.write(str(t / "pad.wav"), tone(f, seconds=seconds) * gain, SR, subtype="PCM_16")
+        sf.write(str(t / "pulse.wav"), clicks(bpm, seconds=seconds, f=2 * f), SR, subtype="PCM_16")
+        (t / "track.json").write_text(json.dumps({"stems": {
+            "pad": {"label": "warm pad", "category": "synth pad"},
+            "pulse": {"label": "marimba", "category": "chromatic percussion"}}}))
+        ids.append(f"t{i}")
+    (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
+
 def test_heuristic_prefers_the_stem_in_the_same_key_and_tempo(tmp_path):
     """Two songs (A major at 120 BPM, C major at 90 BPM), each a chord pad and a pulse in its key:
     the pulse of each song is nearer its own song's pad than the other song's pad, and the
@@ -81,26 +101,13 @@ def test_heuristic_prefers_the_stem_in_the_same_key_and_tempo(tmp_path):
 def test_suite_reads_only_the_embedded_windows_and_matches_whole_tracks(tmp_path, monkeypatch):
     """evaluate_suite keeps only the windows retrieval embeds: the figures equal those computed
     from whole tracks, on a set whose tracks are longer than max_chunks windows."""
-    import json
 
-    import soundfile as sf
 
     from training import evaluate as ev
 
     root = tmp_path / "sets"
     d = root / "xsf"
-    rng = np.random.default_rng(0)
-    ids = []
-    for i, (f, bpm) in enumerate(((440.0, 120.0), (261.63, 90.0), (329.63, 100.0))):
-        t = d / f"t{i}"
-        t.mkdir(parents=True)
-        sf.write(str(t / "pad.wav"), tone(f, seconds=40.0) * (0.5 + 0.5 * rng.random()), SR, subtype="PCM_16")
-        sf.write(str(t / "pulse.wav"), clicks(bpm, seconds=40.0, f=2 * f), SR, subtype="PCM_16")
-        (t / "track.json").write_text(json.dumps({"stems": {
-            "pad": {"label": "warm pad", "category": "synth pad"},
-            "pulse": {"label": "marimba", "category": "chromatic percussion"}}}))
-        ids.append(f"t{i}")
-    (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
+    three_songs(d, 40.0, np.random.default_rng(0))
     monkeypatch.setitem(ev.VALIDATION_SETS, "only-this", {"dir": "xsf", "track_list": None})
     suite = ev.evaluate_suite("heuristic", root, sets=["only-this"], max_chunks=2)
     whole = ev.evaluate_retrieval("heuristic", d, "validation", max_chunks=2, threads=1,
@@ -117,24 +124,13 @@ def test_cli_saves_embeddings_and_the_fusion_sweep_spans_model_to_heuristic(tmp_
     model's figures, weight 1 the heuristic's, and the weight is chosen on ``dev``."""
     import json
 
-    import soundfile as sf
 
     from training import evaluate as ev
     from training import fusion
     from training.__main__ import main as train_main
 
     d = tmp_path / "ds"
-    ids = []
-    for i, (f, bpm) in enumerate(((440.0, 120.0), (261.63, 90.0), (329.63, 100.0))):
-        t = d / f"t{i}"
-        t.mkdir(parents=True)
-        sf.write(str(t / "pad.wav"), tone(f, seconds=9.0), SR, subtype="PCM_16")
-        sf.write(str(t / "pulse.wav"), clicks(bpm, seconds=9.0, f=2 * f), SR, subtype="PCM_16")
-        (t / "track.json").write_text(json.dumps({"stems": {
-            "pad": {"label": "warm pad", "category": "synth pad"},
-            "pulse": {"label": "marimba", "category": "chromatic percussion"}}}))
-        ids.append(f"t{i}")
-    (d / "splits.json").write_text(json.dumps({"train": [], "validation": ids}))
+    three_songs(d, 9.0)
     (tmp_path / "h").mkdir()
     assert train_main(["eval", "retrieval", "--data", str(d), "--model", "heuristic", "--max-chunks", "1",
                        "--save-embeddings", str(tmp_path / "h" / "dev.npz"), "--json", str(tmp_path / "h.json")]) == 0
