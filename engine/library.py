@@ -43,13 +43,12 @@ OUT`` (add the key/tempo descriptors to an index built before them).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
