@@ -311,7 +311,6 @@ class Matcher:
         self._act_next: int | None = None
         self.tracker.reset(0.0)
         self._keytempo.reset()
-        self._kt_pos = self._origin  # stream position the key/tempo descriptor has reached
         # mean square of the audio per 10-ms front-end hop, for the newest W frames (the window)
         self._ms = np.zeros(self.W, dtype=np.float64)
         self._ms_n = 0
@@ -366,7 +365,7 @@ class Matcher:
         # --- new samples -> new log-mel frames -> rolling window
         t0 = time.perf_counter()
         end_frames = (end - self._origin - self.lead) // self.fe.hop  # frames at `end` since origin
-        need = self._pos
+        need = prev_pos = self._pos
         restart = (end - self._pos) > self.fe.n_samples(self.W) + self.hop or self._pos < self.ring.oldest()
         if restart:
             f0 = max(0, end_frames - self.W)
@@ -397,14 +396,14 @@ class Matcher:
             self.nonfinite += int(bad.sum())
             x[bad] = 0.0
         level_db, hop_level_db = self._levels(x, end - need)
-        t1 = time.perf_counter()
-        if need != self._kt_pos:  # a restart: the descriptor starts again on what is read now
-            self._keytempo.reset(need - self._origin)  # the same frame grid, from where the read starts
-        self._keytempo.push(x)
-        self._kt_pos = end
-        tm["keytempo"] = (time.perf_counter() - t1) * 1e3
         signal = bool(level_db >= self.signal_threshold_db)
         tm["read"] = (time.perf_counter() - t0) * 1e3
+
+        t0 = time.perf_counter()
+        if need != prev_pos:  # a restart: the descriptor starts again on what is read now
+            self._keytempo.reset(need - self._origin)  # the same frame grid, from where the read starts
+        self._keytempo.push(x)
+        tm["keytempo"] = (time.perf_counter() - t0) * 1e3
 
         t0 = time.perf_counter()
         new = self._stream.push(x)  # (80, t)
