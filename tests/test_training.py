@@ -175,6 +175,29 @@ def test_song_grouped_batches_share_song_with_distinct_targets(dataset):
         TrainConfig.load(None, ["group_by=genre"])
 
 
+def test_info_nce_centred_ignores_a_common_component_and_hubs():
+    """Centred InfoNCE: a shared offset on one side (the mix/stem gap) changes nothing, and a hub
+    column (a stem near every mix) cannot raise the loss; uncentred, both move it."""
+    import torch
+
+    from training.losses import info_nce
+
+    torch.manual_seed(0)
+    a = torch.randn(16, 8)
+    b = a + 0.5 * torch.randn(16, 8)  # positives alike
+    lt = torch.tensor(np.log(0.1))
+    shift = 4.0 * torch.randn(1, 8)
+    c0 = info_nce(a, b, lt, center=True)
+    np.testing.assert_allclose(float(info_nce(a + shift, b - shift, lt, center=True)), float(c0), rtol=1e-5)
+    assert abs(float(info_nce(a + shift, b - shift, lt)) - float(info_nce(a, b, lt))) > 0.1
+    # a collapsed pair of sides (every row the same vector plus tiny noise) is at chance uncentred,
+    # but centring sees the noise that still pairs the rows
+    noise = 1e-3 * torch.randn(16, 8)
+    flat_a, flat_b = shift + noise, shift + noise + 1e-4 * torch.randn(16, 8)
+    assert abs(float(info_nce(flat_a, flat_b, lt)) - np.log(16)) < 0.05
+    assert float(info_nce(flat_a, flat_b, lt, center=True)) < np.log(16) - 1.0
+
+
 def test_info_nce_queue_and_same_stem_mask():
     import torch
 

@@ -67,6 +67,7 @@ class TrainConfig:
     # at a random column of the position embedding each step
     contrastive_weight: float = 0.0  # optional InfoNCE term added in the jepa phase
     max_temp: float = 1.0  # cap of the InfoNCE temperature (phase 1 uses 0.1: see losses.info_nce)
+    center: bool = False  # InfoNCE on batch-centred embeddings (no hubs, no collapse: losses.info_nce)
     beat_widen: int = 1
     beat_pos_weight: float = 5.0
     ckpt_every: int = 200
@@ -141,9 +142,9 @@ class PhaseStep(nn.Module):
     """One training step's forward for a phase; returns ``(loss, metrics)``. Wrapped by DDP."""
 
     def __init__(self, model: StemJEPA, phase: str, mean: float, std: float, contrastive_weight: float,
-                 beat_pos_weight: float, max_temp: float = 1.0):
+                 beat_pos_weight: float, max_temp: float = 1.0, center: bool = False):
         super().__init__()
-        self.max_temp = max_temp
+        self.max_temp, self.center = max_temp, center
         self.model, self.phase = model, phase
         self.logmel = TorchLogMel(FrontEndConfig())
         self.mean, self.std = mean, std
@@ -179,8 +180,11 @@ class PhaseStep(nn.Module):
             zt = m.encoder(self.features(batch["target"]), self.col_offset)
             # pooled exactly as retrieval pools them (mean, layer norm, L2)
             p, t = retrieval_normalise(zc.float().mean(1)), retrieval_normalise(zt.float().mean(1))
-            loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp)
-            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach()}
+            loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp, center=self.center)
+            with torch.no_grad():  # hubness: spread of the column means of the cosine matrix
+                hub = (p @ t.t()).mean(0).std()
+            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach(),
+                          "hub": hub, "spread": t.std(0).mean().detach()}
         with torch.no_grad():
             zt = m.target_encoder(self.features(batch["target"]), self.col_offset)
         pred = m.predict(zc, batch["cond"])
@@ -191,7 +195,8 @@ class PhaseStep(nn.Module):
             p, t = retrieval_normalise(pred.float().mean(1)), retrieval_normalise(zt.float().mean(1))
             keys = batch.get("key")
             qv, qk = self.queue.negatives()
-            c = info_nce(p, t, m.log_temp, keys=keys, queue=qv, queue_keys=qk, max_temp=self.max_temp)
+            c = info_nce(p, t, m.log_temp, keys=keys, queue=qv, queue_keys=qk, max_temp=self.max_temp,
+                         center=self.center)
             loss = loss + self.cw * c
             metrics["infonce"] = c.detach()
             if self.training and keys is not None:
@@ -390,7 +395,7 @@ def fit(cfg: TrainConfig) -> Path:
     params = trainable_for(model, cfg.phase, cfg.contrastive_weight)
     model.to(device)
     step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight,
-                         cfg.max_temp)
+                         cfg.max_temp, cfg.center)
     step_mod.set_frames(cfg.frames)
     step_mod.queue = NegativeQueue(cfg.queue_size if cfg.phase == "jepa" else 0, model.cfg.d_model)
     if resume is not None:

@@ -13,7 +13,7 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: torch.Tensor | None = None,
              queue: torch.Tensor | None = None, queue_keys: torch.Tensor | None = None,
-             max_temp: float = 1.0) -> torch.Tensor:
+             max_temp: float = 1.0, center: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
     ``exp(log_temp)`` (clamped to [0.01, max_temp]).
 
@@ -22,13 +22,24 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: 
     loss to chance at once, and at the cap of 1 the gradients are too flat to learn (phase 1
     stayed at chance that way).
 
+    ``center``: subtract each side's batch mean (``a`` rows' mean from ``a``, ``b``'s from ``b``,
+    and from the queue) before normalising. Mixes and single stems sit in different regions of
+    the space, and at initialisation some stems are near every mix (hubs): a hub column raises the
+    loss of every row above chance, and the fastest way down is to make all embeddings equal
+    (collapse), a stationary point where the gradients vanish. Centred, every column's mean logit
+    is about zero, a common component changes nothing, and only what tells the rows apart is left.
+
     ``queue (Q, d)``: extra negatives for the ``a -> b`` direction (earlier steps' ``b`` rows).
     ``keys (B,)`` / ``queue_keys (Q,)``: int64 identity of what each row shows (a stem); a negative
     with the same key as the row's positive is another view of the positive and is masked out.
     """
     # fp32 even under bf16 autocast: early in training the cosines differ in the third decimal
     with torch.autocast(a.device.type, enabled=False):
-        a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        a, b = a.float(), b.float()
+        b_mean = b.mean(0, keepdim=True)
+        if center:
+            a, b = a - a.mean(0, keepdim=True), b - b_mean
+        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
         temp = log_temp.float().exp().clamp(0.01, max_temp)
         logits = a @ b.t() / temp  # (B, B)
         n = a.shape[0]
@@ -38,7 +49,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: 
             logits = logits.masked_fill(same, float("-inf"))
         logits_ab = logits
         if queue is not None and len(queue):
-            lq = a @ F.normalize(queue.float(), dim=-1).t() / temp  # (B, Q)
+            qv = queue.float() - b_mean if center else queue.float()
+            lq = a @ F.normalize(qv, dim=-1).t() / temp  # (B, Q)
             if keys is not None and queue_keys is not None:
                 lq = lq.masked_fill(keys[:, None] == queue_keys[None, :], float("-inf"))
             logits_ab = torch.cat([logits, lq], dim=1)
