@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Rebuilds the shipped default model from the MIDI corpora: render -> train (JEPA + FiLM text,
-# beat head, then the 4-class and contrastive-only baselines) -> evaluate (docs/report) -> export (engine/assets/model) -> demo
-# library index. Every step resumes where it stopped; re-run the script after an interruption.
+# Rebuilds the shipped default model from the MIDI corpora: render -> train (JEPA + FiLM text and the
+# beat head, training/recipes/default.toml; then the 4-class and contrastive-only baselines) ->
+# evaluate (docs/report) -> export (engine/assets/model) -> demo library index.
+# Every step resumes where it stopped; re-run the script after an interruption.
 #   DATA=/work/data/render RUNS=runs bash scripts/rebuild_default_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,16 +11,10 @@ RUNS=${RUNS:-runs}
 MIDI=${MIDI:-../shared/data/midi}
 T=${THREADS:-2}
 python -m training.data render-default "$DATA" --midi-root "$MIDI" --jobs "$T"
-python -m training fit --config training/configs/jepa.toml data="$DATA" out="$RUNS/jepa" threads="$T"
-python -m training fit --config training/configs/jepa_long.toml data="$DATA" init="$RUNS/jepa/final.pt" out="$RUNS/jepa_long" threads="$T"
-python -m training fit --config training/configs/jepa_hard.toml data="$DATA" init="$RUNS/jepa_long/final.pt" out="$RUNS/jepa_hard" threads="$T"
-python -m training fit --config training/configs/jepa_queue.toml data="$DATA" init="$RUNS/jepa_hard/final.pt" out="$RUNS/jepa_queue" threads="$T"
-python -m training fit --config training/configs/jepa_queue2.toml data="$DATA" init="$RUNS/jepa_queue/final.pt" out="$RUNS/jepa_queue2" threads="$T"
-python -m training fit --config training/configs/jepa_queue3.toml data="$DATA" init="$RUNS/jepa_queue2/final.pt" out="$RUNS/jepa_queue3" threads="$T"
-python -m training fit --config training/configs/jepa_queue4.toml data="$DATA" init="$RUNS/jepa_queue3/final.pt" out="$RUNS/jepa_queue4" threads="$T"
-python -m training fit --config training/configs/beats.toml data="$DATA" init="$RUNS/jepa_queue4/final.pt" out="$RUNS/beats" threads="$T"
-python -m training fit --config training/configs/class.toml data="$DATA" out="$RUNS/class" threads="$T"
-python -m training fit --config training/configs/class_hard.toml data="$DATA" init="$RUNS/class/final.pt" out="$RUNS/class_hard" threads="$T"
+# The stages and their init chain are written once, in the recipes (docs/training.md); each stage's
+# out is $RUNS/<stage>; a finished stage is skipped, an interrupted one resumes.
+python -m training recipe training/recipes/default.toml --runs "$RUNS" data="$DATA" threads="$T"
+python -m training recipe training/recipes/class.toml --runs "$RUNS" data="$DATA" threads="$T"
 python -m training fit --config training/configs/contrastive.toml data="$DATA" out="$RUNS/contrastive" threads="$T"
 python -m training report --data "$DATA" --default "$RUNS/beats/final.pt" --contrastive "$RUNS/contrastive/final.pt" \
     --class "$RUNS/class_hard/final.pt" --out docs/report --threads "$T" --track-list docs/report/validation_125.json

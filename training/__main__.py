@@ -1,6 +1,7 @@
 """Command line of the training package.
 
     python -m training fit --config FILE [key=value ...]
+    python -m training recipe RECIPE [--only STAGE] [--runs DIR] [--dry-run] [key=value ...]
     python -m training eval {retrieval,beats,suite} --data DIR --model CKPT [--json OUT] [--plot PNG]
     python -m training report --data DIR --default CKPT --contrastive CKPT --class CKPT [--out docs/report]
 
@@ -56,12 +57,18 @@ def _fit(rest: list[str]) -> int:
     ap = Parser(prog=f"{PROG} fit", description="Train (or resume) one phase of Stem-JEPA: contrastive, jepa or "
                 "beats. Runs resume exactly from OUT/last.pt; TensorBoard logs go to OUT/tb.",
                 epilog=_fit_keys())
-    ap.add_argument("--config", help="TOML file of training keys, e.g. training/configs/jepa.toml "
+    ap.add_argument("--config", help="TOML file of training keys, e.g. training/configs/beats.toml "
                     "(default: none, the built-in values below)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="training keys, e.g. steps=100 out=runs/x")
     a = ap.parse_args(rest)
     if a.config and not Path(a.config).is_file():
-        raise CliError(f"--config {a.config}: no such file", "the shipped configs are in training/configs/")
+        from .recipe import stage_names
+
+        recipe = stage_names().get(Path(a.config).stem)
+        raise CliError(f"--config {a.config}: no such file",
+                       f"{Path(a.config).stem} is a stage of a recipe now: {PROG} recipe "
+                       f"training/recipes/{recipe.name} --only {Path(a.config).stem} data=DIR" if recipe else
+                       "the single-run configs are in training/configs/, the recipes (stages) in training/recipes/")
     import tomllib
 
     from .fit import TrainConfig, fit
@@ -147,7 +154,37 @@ def _eval(rest: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": _fit, "eval": _eval}
+def _recipe(rest: list[str]) -> int:
+    ap = Parser(prog=f"{PROG} recipe", description="Train the stages of a recipe in order, each one "
+                f"'{PROG} fit' run: its out is RUNS/<stage>, its init the previous stage's final.pt unless the "
+                "recipe says otherwise. A finished stage is skipped and an interrupted one resumes, so run it again "
+                "after an interruption. Format: docs/training.md.")
+    ap.add_argument("recipe", help="recipe file, e.g. training/recipes/default.toml")
+    ap.add_argument("--only", action="append", default=[], metavar="STAGE",
+                    help="run only this stage (repeat, or STAGE,STAGE); init still comes from the chain "
+                    "(default: every stage)")
+    ap.add_argument("--runs", default="runs", help="folder of the stages' outputs, RUNS/<stage> (default: runs)")
+    ap.add_argument("--dry-run", action="store_true", help="print each stage's fit command and whether it is done; "
+                    "train nothing")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="training keys for every stage, e.g. data=DIR threads=2 (data is required)")
+    a = ap.parse_intermixed_args(rest)  # options before, between or after the key=value pairs
+    if not Path(a.recipe).is_file():
+        raise CliError(f"{a.recipe}: no such recipe", "the recipes are in training/recipes/ (docs/training.md)")
+    from . import recipe as rc
+
+    if "data" not in {ov.split("=", 1)[0].lstrip("-").replace("-", "_") for ov in a.overrides if "=" in ov}:
+        ap.error("no dataset: give data=DIR (a folder in the dataset layout) on the command line")
+    _check_values(a.overrides)
+    try:
+        stages = rc.select(rc.load(a.recipe, a.runs, a.overrides), a.only)
+    except rc.RecipeError as e:
+        raise CliError(str(e), "docs/training.md describes the recipe format; "
+                       f"'{PROG} fit --help' lists the training keys") from None
+    return rc.run(stages, dry_run=a.dry_run)
+
+
+COMMANDS = {"fit": _fit, "eval": _eval, "recipe": _recipe}
 
 
 @guarded(PROG)
@@ -164,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(rest)
-    raise CliError(f"unknown command {cmd!r}; choose from fit, eval, report", f"'{PROG} --help' shows them")
+    raise CliError(f"unknown command {cmd!r}; choose from fit, recipe, eval, report", f"'{PROG} --help' shows them")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch.nn as nn
 
 from engine.frontend import FrontEndConfig
 
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .checkpoint import load_model, save_checkpoint
 from .config import get_config
 from .features import TorchLogMel
 from .losses import beat_loss, info_nce, jepa_loss, widen_beat_targets
@@ -93,7 +92,14 @@ class TrainConfig:
         if path:
             with open(path, "rb") as f:
                 values.update(tomllib.load(f))
+        values.update(cls.parse_overrides(overrides))
+        return cls.from_values(values, path)
+
+    @classmethod
+    def parse_overrides(cls, overrides: list[str]) -> dict:
+        """``["steps=100", "amp=true"]`` -> ``{"steps": 100, "amp": True}``, typed as the defaults."""
         types = {f.name: f.type for f in fields(cls)}
+        values = {}
         for ov in overrides:
             if "=" not in ov:
                 raise SystemExit(f"override {ov!r} must look like key=value")
@@ -102,9 +108,25 @@ class TrainConfig:
             if k not in types:
                 raise SystemExit(f"unknown training option {k!r}; known: {', '.join(sorted(types))}")
             values[k] = _parse(v, getattr(cls, k) if hasattr(cls, k) else None)
-        unknown = set(values) - set(types)
+        return values
+
+    @classmethod
+    def from_values(cls, values: dict, source: str | None = None) -> "TrainConfig":
+        """A checked config from a dict of keys (a TOML table, a stage of a recipe): unknown keys,
+        values of the wrong type and unknown phases or groupings are refused (``SystemExit``)."""
+        defaults = {f.name: f.default for f in fields(cls)}
+        unknown = set(values) - set(defaults)
         if unknown:
-            raise SystemExit(f"unknown training options in {path}: {sorted(unknown)}")
+            raise SystemExit(f"unknown training options in {source}: {sorted(unknown)}")
+        for k, v in values.items():
+            d = defaults[k]
+            if isinstance(d, bool) or isinstance(v, bool):
+                ok = isinstance(d, bool) and isinstance(v, bool)
+            else:  # a whole number is a fine float
+                ok = isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))
+            if not ok:
+                kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(d), "a string")
+                raise SystemExit(f"{source}: {k} = {v!r} should be {kind}, like its default {d!r}")
         cfg = cls(**values)
         if cfg.phase not in PHASES:
             raise SystemExit(f"phase must be one of {PHASES}, not {cfg.phase!r}")
