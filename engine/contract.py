@@ -200,7 +200,7 @@ class Conditioner:
             dim = int(manifest.config["text_dim"])
 
             class _NoEncoder:
-                name, dim_ = "cache-only", dim
+                name = "cache-only"
 
                 def encode(inner, texts):
                     raise BackendError(

@@ -695,9 +695,7 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
-    from engine.backends import load_backend, pool
     from engine.library import set_blas_threads
-    from engine.manifest import load_manifest
 
     set_blas_threads(a.threads)
     try:

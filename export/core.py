@@ -58,7 +58,6 @@ def ort_cpu_supports(precision: str) -> tuple[bool, str]:
     """Whether ONNX Runtime's CPU provider can run a graph of this precision (probed, not assumed)."""
     if precision in ("fp32", "int8"):
         return True, ""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
