@@ -46,6 +46,12 @@ front end, which is cheap, so the window stays exact and the beat tracker gets e
 frame); the number of skipped hops is counted in ``counters["drops"]``. If the gap exceeds the
 window (a stall), the front end restarts on the newest window of audio in the ring.
 
+:meth:`Matcher.process_hop` runs the steps in order: ``_next_hop`` (which hop, dropping late
+ones), ``_read`` (the ring's new samples; ``_restart`` after a stall or a lapped read),
+``_frontend`` (key/tempo descriptor, log-mel window), the encoder (``_encode``, or the streaming
+hop of engine/stream.py), ``_match`` (predictor + search), ``_beats`` (beat head + tracker); what
+it returns and times is engine/hop.py, what a server changes between hops engine/controls.py.
+
 Non-finite samples (NaN/Inf from the callback) are replaced by 0 and counted
 (``counters["nonfinite"]``). Times: ``stream_time = end_sample / 16000`` s on the ring's clock;
 beat activation frame ``m`` (50 Hz, counted from the origin) is at ``(o + 320 m + 280) / 16000``
@@ -54,68 +60,20 @@ s, the centre of its two log-mel frames (the training side uses the same 17.5-ms
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .beats import BeatState, CausalBeatTracker
+from .controls import MatcherControls, manifest_get
 from .frontend import FrontEndConfig, StreamingLogMel
+from .hop import HopResult, LevelMeter, Stages
 from .keytempo import DEFAULT_WEIGHT as KEYTEMPO_DEFAULT_WEIGHT
 from .keytempo import KeyTempoStream
-from .library import LibraryError, Match, StemLibrary, set_blas_threads
+from .library import Match, StemLibrary, set_blas_threads
 from .ring import RingBuffer, RingOverwritten
 
 
-@dataclass
-class HopResult:
-    """Everything one hop produced.
-
-    ``stream_time``: s, ring clock at the hop's end (just after its last sample);
-    ``end_sample``: the same in samples; ``hop_index``: hop number since reset (dropped hops
-    included); ``ready``: False while the window is shorter than ``min_window_s`` (then no
-    matches/beat); ``window_frames``: encoder input length T; ``matches``: {instrument: [Match]}
-    best first; ``beat``: tracker state after this hop's activations (None before ready);
-    ``activation``: the new 50 Hz activation values fed to the tracker (float32);
-    ``activation_time``: time (s) of ``activation[0]``; ``timings``: ms per stage (read,
-    frontend, encode, predict, search, beat_head, tracker, total); ``counters``: cumulative
-    ``hops`` (computed), ``drops``, ``overruns`` (ring), ``nonfinite`` (samples zeroed),
-    ``restarts`` (front-end restarts after stalls); ``level_db``: RMS level (dBFS) of the
-    audio in the window; ``hop_level_db``: the same over this hop's newest samples; ``signal``:
-    the window is louder than the matcher's ``signal_threshold_db`` -- without signal there are
-    no matches (empty lists) and the beat tracker is fed zero activation (it reports silence).
-    """
-
-    stream_time: float
-    end_sample: int
-    hop_index: int
-    ready: bool
-    window_frames: int
-    matches: dict
-    beat: BeatState | None
-    activation: np.ndarray
-    activation_time: float | None
-    timings: dict
-    counters: dict = field(default_factory=dict)
-    level_db: float = -120.0
-    hop_level_db: float = -120.0
-    signal: bool = False
-
-    def to_dict(self) -> dict:
-        return {"stream_time": self.stream_time, "end_sample": self.end_sample, "hop_index": self.hop_index,
-                "ready": self.ready, "window_frames": self.window_frames, "level_db": self.level_db,
-                "hop_level_db": self.hop_level_db, "signal": self.signal,
-                "matches": {k: [m.to_dict() for m in v] for k, v in self.matches.items()},
-                "beat": None if self.beat is None else self.beat.to_dict(),
-                "activation": [float(a) for a in self.activation], "activation_time": self.activation_time,
-                "timings": dict(self.timings), "counters": dict(self.counters)}
-
-
-def _manifest_get(backend, key, default=None):
-    m = getattr(backend, "manifest", None)
-    return getattr(m, key, default) if m is not None else default
-
-
-class Matcher:
+class Matcher(MatcherControls):
     """The live matcher; see the module docstring for the hop.
 
     ``backend``: an ``engine.backends`` backend (or anything with the same interface);
@@ -145,9 +103,9 @@ class Matcher:
         if not np.isfinite(signal_threshold_db):
             raise ValueError(f"signal_threshold_db must be finite, not {signal_threshold_db}")
         self.signal_threshold_db = float(signal_threshold_db)
-        fe = _manifest_get(backend, "frontend")
+        fe = manifest_get(backend, "frontend")
         self.fe = FrontEndConfig.from_dict(fe) if isinstance(fe, dict) else FrontEndConfig()
-        cfg = _manifest_get(backend, "config") or {}
+        cfg = manifest_get(backend, "config") or {}
         self.patch = int(cfg.get("patch", 16))
         self.max_frames = int(cfg.get("max_frames", 800))
         self.d_model = cfg.get("d_model")
@@ -186,15 +144,12 @@ class Matcher:
                              "(engine/stream.py; re-export a causal checkpoint)")
         self.streaming = can_stream if stream is None else bool(stream)
         if self.streaming:
-            from .stream import StreamingEncoder, StreamingPredictor
+            from .stream import StreamingHop
 
-            self._senc = StreamingEncoder(backend.encode_step, cfg)
-            self._spred = StreamingPredictor(backend.predict_tokens, cfg, window_columns=self.W // self.patch,
-                                             code_fn=backend.predict_code)
-            self._sact = np.zeros(self.W // self.patch * self.beat_probes, np.float32)  # the window's activation
+            self._shop = StreamingHop(backend, cfg, window_columns=self.W // self.patch)
         self._keytempo = KeyTempoStream(window_s)
         if keytempo_weight is None:
-            keytempo_weight = (_manifest_get(backend, "ranking") or {}).get("keytempo_weight", KEYTEMPO_DEFAULT_WEIGHT)
+            keytempo_weight = (manifest_get(backend, "ranking") or {}).get("keytempo_weight", KEYTEMPO_DEFAULT_WEIGHT)
         self.keytempo_weight = 0.0
         self.set_keytempo_weight(keytempo_weight)
         self.set_k(k)
@@ -204,82 +159,10 @@ class Matcher:
         self.hop = 0
         self._set_hop_value(hop_ms)
         self._scratch = np.empty(cap, dtype=np.float32)
+        self._levels = LevelMeter(self.W, self.fe.hop)  # the window's and the hop's input level (dBFS)
         self.reset()
 
-    # ------------------------------------------------------------------ control
-    def set_instruments(self, names) -> None:
-        """Free-text instrument names (an empty list is allowed: no matches). Conditioning is
-        computed here, once per change: ``apply_instruments(prepare_instruments(names))``."""
-        self.apply_instruments(self.prepare_instruments(names))
-
-    def prepare_instruments(self, names) -> tuple[list[str], object]:
-        """The heavy half of :meth:`set_instruments` (text encoding), with no change of state, so
-        that a server can run it off the hop and control threads: ``(clean names, conditioning)``."""
-        if isinstance(names, str):
-            names = [names]
-        clean: list[str] = []
-        for n in names:
-            if not isinstance(n, str) or not n.strip():
-                raise ValueError(f"instrument names must be non-empty strings, got {n!r}")
-            n = " ".join(n.split())
-            if n not in clean:
-                clean.append(n)
-        try:
-            cond = self.backend.condition(clean) if clean else None
-        except (ValueError, TypeError, KeyError):
-            raise
-        except Exception as e:  # e.g. no text encoder for an unknown name: a bad argument here
-            raise ValueError(f"cannot condition on {clean}: {e}") from e
-        return clean, cond
-
-    def apply_instruments(self, prepared: tuple[list[str], object]) -> None:
-        """Swap in what :meth:`prepare_instruments` computed (cheap; between two hops)."""
-        clean, cond = prepared
-        self.instruments, self._cond = list(clean), cond
-        self._update_categories()
-
-    def set_k(self, k: int) -> None:
-        k = int(k)
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        self.k = k
-
-    def set_library(self, library: StemLibrary | None) -> None:
-        """Swap the stem library (None: no matches). Refuses one built by another model or with
-        another embedding width."""
-        if library is not None:
-            fp = _manifest_get(self.backend, "fingerprint")
-            if library.fingerprint is not None and fp is not None and library.fingerprint != fp:
-                raise LibraryError("this stem library was built by another model (fingerprint "
-                                   f"{library.fingerprint[:12]}... vs {str(fp)[:12]}...)")
-            if len(library) and self.d_model is not None and library.dim != int(self.d_model):
-                raise LibraryError(f"library embeddings are {library.dim}-d, the model's are {self.d_model}-d")
-        self.library = library
-        self._update_categories()
-
-    def set_keytempo_weight(self, weight: float) -> None:
-        """Weight ``a`` of the tempo + key descriptor: segments score ``(1 - a) * cos_model +
-        a * cos_keytempo`` (0: the model alone, 1: the heuristic alone)."""
-        a = float(weight)
-        if not 0.0 <= a <= 1.0:
-            raise ValueError(f"keytempo_weight must be in [0, 1], got {weight}")
-        self.keytempo_weight = a
-
-    @property
-    def ranking(self) -> str:
-        """How matches are ranked now: ``"model+keytempo"``, or ``"model"`` (weight 0, or a
-        library without descriptors)."""
-        lib = self.library
-        fused = self.keytempo_weight > 0.0 and lib is not None and getattr(lib, "keytempo", None) is not None
-        return "model+keytempo" if fused else "model"
-
-    def set_restrict_category(self, on: bool) -> None:
-        self.restrict_category = bool(on)
-
-    def _update_categories(self) -> None:
-        lib = self.library
-        self._cats = [lib.category_of(n) if lib is not None else None for n in self.instruments]
-
+    # ------------------------------------------------------------------ the hop grid
     def _set_hop_value(self, ms: float) -> None:
         ms = float(ms)
         if not np.isfinite(ms) or ms <= 0:
@@ -311,9 +194,7 @@ class Matcher:
         self._act_next: int | None = None
         self.tracker.reset(0.0)
         self._keytempo.reset()
-        # mean square of the audio per 10-ms front-end hop, for the newest W frames (the window)
-        self._ms = np.zeros(self.W, dtype=np.float64)
-        self._ms_n = 0
+        self._levels.reset()
         self.hops = 0
         self.drops = 0
         self.nonfinite = 0
@@ -321,10 +202,7 @@ class Matcher:
         self._overruns0 = self.ring.overruns
         self.last_query = None
         if self.streaming:
-            self._senc.reset()
-            self._spred.reset()
-            self._sdone = 0  # frame (from origin) where the next column of the streaming encoder starts
-            self._srestarts = 0
+            self._shop.reset()
 
     resync = reset
 
@@ -347,6 +225,37 @@ class Matcher:
         """Compute the next hop, or None when no hop is complete. With ``drop_late`` (default:
         the constructor's) a worker that fell behind skips to the newest complete hop."""
         t_start = time.perf_counter()
+        end = self._next_hop(drop_late)
+        if end is None:
+            return None
+        st = Stages()
+        end_frames = (end - self._origin - self.lead) // self.fe.hop  # frames at `end` since origin
+        prev_pos = self._pos
+        x, start, level_db, hop_level_db = self._read(end, end_frames, st)
+        signal = bool(level_db >= self.signal_threshold_db)
+        self._frontend(x, start != prev_pos, start, st)
+        assert self._frames == end_frames, (self._frames, end_frames)
+        if self.streaming:  # the new columns through the encoder, predictor and beat head (engine/stream.py)
+            T = self._shop.push(self._mel, self._frames, self._frame0, self.restarts, self.instruments, self._cond,
+                                self.enable_beats, st)
+        else:
+            T = (self._filled // self.patch) * self.patch
+        ready = T >= self.min_frames
+        matches, beat_state, new_act, act_time = {}, None, np.zeros(0, np.float32), None
+        if ready:
+            tokens = None if self.streaming else self._encode(T, st)  # streaming: column by column above
+            matches = self._match(tokens, T, signal, st)
+            if self.enable_beats:
+                quiet = not signal or hop_level_db < self.signal_threshold_db
+                beat_state, new_act, act_time = self._beats(tokens, T, end_frames, quiet, st)
+        self.hops += 1
+        st.ms["total"] = (time.perf_counter() - t_start) * 1e3
+        return HopResult(end / self.sr, end, self._hop_index, ready, T, matches, beat_state, new_act, act_time,
+                         st.ms, self.counters(), level_db, hop_level_db, signal)
+
+    def _next_hop(self, drop_late: bool | None) -> int | None:
+        """End (ring position) of the hop to compute now, or None when none is complete; with
+        ``drop_late`` a worker that fell behind skips to the newest complete hop (counted)."""
         waiting = self.pending_hops()
         if waiting == 0:
             return None
@@ -360,191 +269,106 @@ class Matcher:
         self._next_end = end + self.hop
         self._last_end = end
         self._hop_index += 1 + skipped
-        tm: dict[str, float] = {}
+        return end
 
-        # --- new samples -> new log-mel frames -> rolling window
-        t0 = time.perf_counter()
-        end_frames = (end - self._origin - self.lead) // self.fe.hop  # frames at `end` since origin
-        need = prev_pos = self._pos
-        restart = (end - self._pos) > self.fe.n_samples(self.W) + self.hop or self._pos < self.ring.oldest()
-        if restart:
-            f0 = max(0, end_frames - self.W)
-            f0 -= f0 % self.frames_per_act  # keep the 50-Hz grid
-            self._stream.reset()
-            self._frame0 = f0
-            self._frames = f0
-            self._filled = 0
-            need = self._origin + f0 * self.fe.hop
-            self.restarts += 1
-            self._act_next = None
-        try:
-            x = self.ring.read(need, end, out=self._scratch)
-        except RingOverwritten:  # lapped while reading: start over on what is there now
-            f0 = max(0, end_frames - self.W)
-            f0 -= f0 % self.frames_per_act
-            self._stream.reset()
-            self._frame0 = self._frames = f0
-            self._filled = 0
-            need = self._origin + f0 * self.fe.hop
-            self.restarts += 1
-            self._act_next = None
-            x = self.ring.read(need, end, out=self._scratch)
-        self.ring.mark_read(end)
-        self._pos = end
-        bad = ~np.isfinite(x)
-        if bad.any():
-            self.nonfinite += int(bad.sum())
-            x[bad] = 0.0
-        level_db, hop_level_db = self._levels(x, end - need)
-        signal = bool(level_db >= self.signal_threshold_db)
-        tm["read"] = (time.perf_counter() - t0) * 1e3
+    def _restart(self, end_frames: int) -> int:
+        """Start the front end again on the newest window before the hop's end (after a stall,
+        or a ring that lapped the reader), on the 50-Hz grid. Returns where reading starts."""
+        f0 = max(0, end_frames - self.W)
+        f0 -= f0 % self.frames_per_act  # keep the 50-Hz grid
+        self._stream.reset()
+        self._frame0 = self._frames = f0
+        self._filled = 0
+        self.restarts += 1
+        self._act_next = None
+        return self._origin + f0 * self.fe.hop
 
-        t0 = time.perf_counter()
-        if need != prev_pos:  # a restart: the descriptor starts again on what is read now
-            self._keytempo.reset(need - self._origin)  # the same frame grid, from where the read starts
-        self._keytempo.push(x)
-        tm["keytempo"] = (time.perf_counter() - t0) * 1e3
+    def _read(self, end: int, end_frames: int, st: Stages) -> tuple[np.ndarray, int, float, float]:
+        """The samples the front end has not seen, up to ``end`` (non-finite ones zeroed and
+        counted): ``(samples, ring position of the first, window level, hop level)``."""
+        with st("read"):
+            start = self._pos
+            if (end - self._pos) > self.fe.n_samples(self.W) + self.hop or self._pos < self.ring.oldest():
+                start = self._restart(end_frames)
+            try:
+                x = self.ring.read(start, end, out=self._scratch)
+            except RingOverwritten:  # lapped while reading: start over on what is there now
+                start = self._restart(end_frames)
+                x = self.ring.read(start, end, out=self._scratch)
+            self.ring.mark_read(end)
+            self._pos = end
+            bad = ~np.isfinite(x)
+            if bad.any():
+                self.nonfinite += int(bad.sum())
+                x[bad] = 0.0
+            level_db, hop_level_db = self._levels(x, end - start)
+        return x, start, level_db, hop_level_db
 
-        t0 = time.perf_counter()
-        new = self._stream.push(x)  # (80, t)
-        t = new.shape[1]
-        if t >= self.W:
-            self._mel[:] = new[:, t - self.W:]
-        elif t:
-            self._mel[:, :self.W - t] = self._mel[:, t:]
-            self._mel[:, self.W - t:] = new
-        self._filled = min(self.W, self._filled + t)
-        self._frames += t
-        tm["frontend"] = (time.perf_counter() - t0) * 1e3
-        assert self._frames == end_frames, (self._frames, end_frames)
+    def _frontend(self, x: np.ndarray, restarted: bool, start: int, st: Stages) -> None:
+        """The new samples into the key/tempo descriptor and the streaming log-mel, whose new
+        frames roll into the window."""
+        with st("keytempo"):
+            if restarted:  # a restart: the descriptor starts again on what is read now
+                self._keytempo.reset(start - self._origin)  # the same frame grid, from where the read starts
+            self._keytempo.push(x)
+        with st("frontend"):
+            new = self._stream.push(x)  # (80, t)
+            t = new.shape[1]
+            if t >= self.W:
+                self._mel[:] = new[:, t - self.W:]
+            elif t:
+                self._mel[:, :self.W - t] = self._mel[:, t:]
+                self._mel[:, self.W - t:] = new
+            self._filled = min(self.W, self._filled + t)
+            self._frames += t
 
-        T = (self._filled // self.patch) * self.patch
-        if self.streaming:
-            T = self._stream_columns(tm)
-        stream_time = end / self.sr
-        if T < self.min_frames:
-            self.hops += 1
-            tm["total"] = (time.perf_counter() - t_start) * 1e3
-            return HopResult(stream_time, end, self._hop_index, False, T, {}, None,
-                             np.zeros(0, np.float32), None, tm, self.counters(), level_db, hop_level_db, signal)
+    def _encode(self, T: int, st: Stages) -> np.ndarray:
+        """The full path's encoder over the newest ``T`` frames of the window: ``(1, P, d)``."""
+        with st("encode"):
+            return self.backend.encode(np.ascontiguousarray(self._mel[None, :, self.W - T:]))  # (1, 80, T) in
 
-        # --- encoder (streaming: done above, column by column)
-        if not self.streaming:
-            t0 = time.perf_counter()
-            logmel = np.ascontiguousarray(self._mel[None, :, self.W - T:])  # (1, 80, T)
-            tokens = self.backend.encode(logmel)  # (1, P, d)
-            tm["encode"] = (time.perf_counter() - t0) * 1e3
+    def _match(self, tokens, T: int, signal: bool, st: Stages) -> dict[str, list[Match]]:
+        """The predictor for every instrument in one batch (streaming: the window sum of the cached
+        per-token outputs), then the library's top k per instrument; with no signal, no matches."""
+        if not self.instruments:
+            return {}
+        with st("predict"):
+            emb = None
+            if signal and self.library is not None and len(self.library):
+                emb = self._shop.predictor.embedding() if self.streaming else self.backend.predict(tokens, self._cond)
+        self.last_query = emb  # (N, d) query embeddings of this hop (None: not computed)
+        with st("search"):
+            if emb is None:
+                return {n: [] for n in self.instruments}
+            cats = self._cats if self.restrict_category else None
+            kq = self._keytempo.describe(T / self.frames_per_s) if self.ranking != "model" else None
+            found = self.library.search(emb, self.k, categories=cats, keytempo=kq,
+                                        keytempo_weight=self.keytempo_weight)
+            return {n: r for n, r in zip(self.instruments, found)}
 
-        # --- predictor (one batch for all instruments) + search
-        matches: dict[str, list[Match]] = {}
-        if self.instruments:
-            t0 = time.perf_counter()
-            want = signal and self.library is not None and len(self.library)
-            if self.streaming:  # the window sum of the cached per-token outputs
-                emb = self._spred.embedding() if want else None
-            else:
-                emb = self.backend.predict(tokens, self._cond) if want else None
-            tm["predict"] = tm.get("predict", 0.0) + (time.perf_counter() - t0) * 1e3
-            self.last_query = emb  # (N, d) query embeddings of this hop (None: not computed)
-            t0 = time.perf_counter()
-            if emb is not None:
-                cats = self._cats if self.restrict_category else None
-                kq = self._keytempo.describe(T / self.frames_per_s) if self.ranking != "model" else None
-                found = self.library.search(emb, self.k, categories=cats, keytempo=kq,
-                                            keytempo_weight=self.keytempo_weight)
-                matches = {n: r for n, r in zip(self.instruments, found)}
-            else:
-                matches = {n: [] for n in self.instruments}
-            tm["search"] = (time.perf_counter() - t0) * 1e3
-
-        # --- beats
-        beat_state = None
-        new_act = np.zeros(0, np.float32)
-        act_time = None
-        if self.enable_beats:
-            t0 = time.perf_counter()
-            if self.streaming:  # computed per new column above; the window's part
-                act = self._sact[len(self._sact) - T // self.frames_per_act:].copy()  # results keep their values
+    def _beats(self, tokens, T: int, end_frames: int, quiet: bool,
+               st: Stages) -> tuple[BeatState, np.ndarray, float]:
+        """The window's beat activation (streaming: computed per new column) -> the values not yet
+        seen -> the causal tracker (zeros when ``quiet``: it decays, never locks, in silence).
+        Returns ``(tracker state, the new activation, time of its first value)``."""
+        with st("beat_head"):
+            if self.streaming:  # computed per new column; the window's part
+                act = self._shop.act[len(self._shop.act) - T // self.frames_per_act:].copy()  # results keep theirs
             else:
                 act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
-            tm["beat_head"] = tm.get("beat_head", 0.0) + (time.perf_counter() - t0) * 1e3
-            t0 = time.perf_counter()
-            m_end = (self._sdone if self.streaming else end_frames) // self.frames_per_act
+        with st("tracker"):
+            m_end = (self._shop.done if self.streaming else end_frames) // self.frames_per_act
             m_start = m_end - len(act)
             if self._act_next is None or self._act_next < m_start:
                 self._act_next = m_start
                 self.tracker.reset(self.act_time(m_start))
             new_act = act[self._act_next - m_start:]
-            if not signal or hop_level_db < self.signal_threshold_db:
+            if quiet:
                 new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
             act_time = self.act_time(self._act_next)
             beat_state = self.tracker.process(new_act)
             self._act_next = m_end
-            tm["tracker"] = (time.perf_counter() - t0) * 1e3
-
-        self.hops += 1
-        tm["total"] = (time.perf_counter() - t_start) * 1e3
-        return HopResult(stream_time, end, self._hop_index, True, T, matches, beat_state, new_act, act_time, tm,
-                         self.counters(), level_db, hop_level_db, signal)
-
-    def _stream_columns(self, tm: dict) -> int:
-        """Streaming path: the window's newly complete columns through the streaming encoder (its
-        key/value rings), the predictor on their tokens only (per-instrument rings + window sums;
-        an instrument set by :meth:`set_instruments` is computed once over the cached columns) and
-        the beat head on their tokens. Columns are counted from the front end's first frame (the
-        stream origin, or a restart's first frame, which resets the rings). Returns the frames of
-        the window the query means over (``16 * columns``, at most ``W``)."""
-        t0 = time.perf_counter()
-        if self.restarts != self._srestarts:  # the front end restarted: so does the stream
-            self._srestarts = self.restarts
-            self._senc.reset()
-            self._spred.reset()
-            self._sdone = self._frame0
-        pend = self._frames - self._sdone  # frames not yet in a column (newest `pend` of the window)
-        c = pend // self.patch
-        tokens = None
-        if c:
-            tokens = self._senc.push(self._mel[None, :, self.W - pend:self.W - pend + c * self.patch])
-            self._sdone += c * self.patch
-        tm["encode"] = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        sp = self._spred
-        if sp.names != self.instruments or sp.cond is not self._cond:
-            sp.set_conditions(self.instruments, self._cond)
-            sp.cond = self._cond  # identity marks it current
-        if tokens is not None:
-            sp.push(tokens[0])
-        tm["predict"] = (time.perf_counter() - t0) * 1e3
-        if tokens is not None and self.enable_beats:
-            t0 = time.perf_counter()
-            new = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (8 c,)
-            n = min(len(new), len(self._sact))
-            self._sact[:-n] = self._sact[n:]
-            self._sact[-n:] = new[-n:]
-            tm["beat_head"] = (time.perf_counter() - t0) * 1e3
-        return sp.window_columns * self.patch
-
-    def _levels(self, x: np.ndarray, n_new: int) -> tuple[float, float]:
-        """(window level, hop level) in dBFS after the ``n_new`` newest samples of ``x``; the
-        window keeps one mean square per 10-ms front-end hop for its W frames. Each 10-ms block's
-        own mean is removed first, so a DC offset (a faulty interface, a stuck converter) is not
-        taken for signal: it is silence to the model's front end too."""
-        h = self.fe.hop
-        new = x[len(x) - n_new:] if n_new <= len(x) else x
-        k = len(new) // h
-        if k:
-            blocks = new[-k * h:].reshape(k, h).astype(np.float64)
-            blocks = blocks - blocks.mean(axis=1, keepdims=True)
-            ms = np.einsum("ij,ij->i", blocks, blocks) / h
-            if k >= self.W:
-                self._ms[:] = ms[-self.W:]
-            else:
-                self._ms[:-k] = self._ms[k:]
-                self._ms[-k:] = ms
-            self._ms_n = min(self.W, self._ms_n + k)
-        hop_ms = float(np.var(new.astype(np.float64))) if len(new) else 0.0
-        win = float(self._ms[self.W - self._ms_n:].mean()) if self._ms_n else 0.0
-        return float(10.0 * np.log10(win + 1e-12)), float(10.0 * np.log10(hop_ms + 1e-12))
+        return beat_state, new_act, act_time
 
     # ------------------------------------------------------------------ offline
     def run_array(self, samples: np.ndarray, chunk: int = 2560, sr: int | None = None,

@@ -303,6 +303,67 @@ class StreamingPredictor:
         return normalise_mean(self.sum / (w * self.rows))
 
 
+class StreamingHop:
+    """The live matcher's streaming hop (engine/pipeline.py): each hop's newly complete columns of
+    the log-mel window through a :class:`StreamingEncoder` (its key/value rings), a
+    :class:`StreamingPredictor` on their tokens only (per-instrument rings + window sums; an
+    instrument that changed is computed once over the cached columns) and the beat head on their
+    tokens, whose activation rolls into the window's (:attr:`act`, ``beat_probes`` per column).
+    Columns are counted from the front end's first frame: the stream origin, or a restart's first
+    frame (:meth:`push` with a new ``restarts`` count resets the rings there)."""
+
+    def __init__(self, backend, config: dict, window_columns: int):
+        self.patch = int(config.get("patch", 16))
+        self.encoder = StreamingEncoder(backend.encode_step, config)
+        self.predictor = StreamingPredictor(backend.predict_tokens, config, window_columns=window_columns,
+                                            code_fn=backend.predict_code)
+        self.backend = backend
+        self.act = np.zeros(window_columns * int(config.get("beat_probes", 8)), np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new stream: the rings are emptied and columns count from frame 0."""
+        self.encoder.reset()
+        self.predictor.reset()
+        self.done = 0  # frame (from the front end's origin) where the next column starts
+        self.restarts = 0
+
+    def push(self, mel: np.ndarray, frames: int, frame0: int, restarts: int, names: Sequence[str], cond,
+             beats: bool, stages) -> int:
+        """One hop: ``mel`` ``(80, W)``, the window, whose newest frame ends ``frames`` frames after
+        the origin; ``frame0``: the front end's first frame, ``restarts``: its restart count;
+        ``names``, ``cond``: the instruments and their conditioning; ``beats``: run the beat head;
+        ``stages``: an :class:`engine.hop.Stages` (``encode``, ``predict``, ``beat_head``). Returns
+        the frames of the window the query means over (``16 * columns``, at most ``W``)."""
+        W = mel.shape[1]
+        with stages("encode"):
+            if restarts != self.restarts:  # the front end restarted: so does the stream
+                self.restarts = restarts
+                self.encoder.reset()
+                self.predictor.reset()
+                self.done = frame0
+            pend = frames - self.done  # frames not yet in a column (newest `pend` of the window)
+            c = pend // self.patch
+            tokens = None
+            if c:
+                tokens = self.encoder.push(mel[None, :, W - pend:W - pend + c * self.patch])
+                self.done += c * self.patch
+        with stages("predict"):
+            sp = self.predictor
+            if sp.names != names or sp.cond is not cond:
+                sp.set_conditions(names, cond)
+                sp.cond = cond  # identity marks it current
+            if tokens is not None:
+                sp.push(tokens[0])
+        if tokens is not None and beats:
+            with stages("beat_head"):
+                new = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (8 c,)
+                n = min(len(new), len(self.act))
+                self.act[:-n] = self.act[n:]
+                self.act[-n:] = new[-n:]
+        return sp.window_columns * self.patch
+
+
 def embed_stream(encoder: StreamingEncoder, logmel: np.ndarray, starts: Sequence[int], columns: int) -> np.ndarray:
     """Library side: ``logmel (F, T)`` raw log-mel of one whole stem (T a multiple of 16 frames)
     through the streaming encoder (``encoder`` built on a backend's ``encode_target_step``, batch

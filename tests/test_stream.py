@@ -258,10 +258,10 @@ def test_matcher_instrument_change_recomputes_once(model_dir):
     half = 16000 * 5
     m = Matcher(b, lib, instruments=["bass", "drums"], k=3)
     m.run_array(audio[:half])
-    before = m._spred.recomputed
+    before = m._shop.predictor.recomputed
     m.set_instruments(["bass", "drum kit"])
     m.run_array(audio[half:])
-    assert m._spred.recomputed == before + 1
+    assert m._shop.predictor.recomputed == before + 1
     ref = Matcher(b, lib, instruments=["bass", "drum kit"], k=3)
     ref.run_array(audio)
     np.testing.assert_allclose(m.last_query, ref.last_query, atol=1e-5)
