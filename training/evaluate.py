@@ -24,6 +24,7 @@ from .features import TorchLogMel
 from .model import retrieval_normalise
 
 KS = (1, 5, 10)
+BANDED_MAX_COLUMNS = 1200  # causal beat activations of a whole track at once up to this (3.2 min)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -58,6 +59,7 @@ class EvalTrack:
     track_id: str
     stems: list[tuple[str, str, str, np.ndarray]]  # (stem_id, fine label, category, audio (S,))
     beats: np.ndarray | None
+    downbeats: np.ndarray | None = None  # track.json's "downbeats", when the render wrote them
 
 
 def read_track_list(path: str | Path) -> list[str]:
@@ -106,7 +108,9 @@ def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = No
             starts = chunk_starts(n, chunks[1], chunks[0])
             stems = [(a, b, c, np.concatenate([x[s0:s0 + chunks[1]] for s0 in starts])) for a, b, c, x in stems]
         beats = np.asarray(t.beats, dtype=np.float64) if getattr(t, "beats", None) else None
-        out.append(EvalTrack(t.track_id, stems, beats))
+        db = t.meta.get("downbeats") if isinstance(getattr(t, "meta", None), dict) else None
+        downbeats = np.asarray(db, dtype=np.float64) if isinstance(db, list) and db else None
+        out.append(EvalTrack(t.track_id, stems, beats, downbeats))
     if not out:
         raise SystemExit(f"{root}: no usable tracks in split {split!r}")
     return out
@@ -346,8 +350,11 @@ def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray
     """Beat activation (50 Hz, sigmoid) of a whole track.
 
     offline: consecutive 8-s windows, every activation frame of each.
-    causal: as live -- a window ending at each 160-ms hop, keeping only its newest column's 8
-    activations (windows shorter than 8 s at the start of the track).
+    causal: as live. A causal model's live hop streams (engine/stream.py): its tokens are those of
+    the sliding-window encoder over the whole stream, ``Encoder.forward_banded`` (run at once for
+    tracks up to ``BANDED_MAX_COLUMNS`` columns). Otherwise (a bidirectional model, or a longer
+    track) a window ending at each 160-ms hop, keeping only its newest column's 8 activations
+    (windows shorter than 8 s at the start of the track), as the full-recompute hop does.
     """
     cfg = emb.model.cfg
     full = emb.lm(torch.from_numpy(mix[None].astype(np.float32)))[0]
@@ -356,7 +363,10 @@ def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray
     p = cfg.patch
     acts = []
     with torch.no_grad():
-        if not causal:
+        if causal and cfg.causal and p <= T <= BANDED_MAX_COLUMNS * p:
+            z = emb.model.encoder.forward_banded(full[None, :, :T // p * p])
+            acts.append(torch.sigmoid(emb.model.beat_head(z))[0])
+        elif not causal:
             for s in range(0, T - p + 1, cfg.max_frames):
                 n = min(cfg.max_frames, (T - s) // p * p)
                 z = emb.model.encoder(full[None, :, s:s + n])
@@ -369,40 +379,12 @@ def beat_activations(emb: Embedder, mix: np.ndarray, causal: bool) -> np.ndarray
     return torch.cat(acts).numpy() if acts else np.zeros(0, dtype=np.float32)
 
 
-def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=2, max_seconds=None, tracks=None) -> dict:
-    import mir_eval
-    from tqdm import tqdm
+def evaluate_beats(ckpt, data, split="validation", max_tracks=None, threads=1, max_seconds=None, tracks=None,
+                   source: str | None = None) -> dict:
+    """Beat and downbeat tracking of the beat head, the beat network or madmom: training/beat_eval.py."""
+    from .beat_eval import evaluate_beats as run
 
-    from engine.beats import offline_beats
-
-    from engine.frontend import FrontEndConfig
-
-    BEAT_FRAME_OFFSET_S = FrontEndConfig().frames_centre_s(2)  # centre of activation frame 0
-
-    emb = Embedder(ckpt, threads=threads)
-    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
-    fps = emb.model.cfg.beat_rate
-    scores: dict[str, list] = {"offline": [], "causal": []}
-    for t in tqdm([t for t in tracks if t.beats is not None and len(t.beats) > 4], desc="beats", leave=False):
-        mix = np.sum([s[3] for s in t.stems], axis=0)
-        ref = t.beats[t.beats <= len(mix) / 16000.0]
-        for mode in ("offline", "causal"):
-            act = beat_activations(emb, mix, causal=mode == "causal")
-            if mode == "offline":
-                est = offline_beats(act, fps=fps) + BEAT_FRAME_OFFSET_S
-            else:
-                est = causal_beats(act, fps) + BEAT_FRAME_OFFSET_S
-            r, e = mir_eval.beat.trim_beats(ref), mir_eval.beat.trim_beats(np.sort(est))
-            f = mir_eval.beat.f_measure(r, e)
-            _, _, cmlt, amlt = mir_eval.beat.continuity(r, e)
-            scores[mode].append((f, cmlt, amlt))
-    out = {"checkpoint": str(ckpt), "n_tracks": len(scores["offline"])}
-    for mode, v in scores.items():
-        a = np.array(v) if v else np.zeros((0, 3))
-        out[mode] = {"F": float(a[:, 0].mean()) if len(a) else float("nan"),
-                     "CMLt": float(a[:, 1].mean()) if len(a) else float("nan"),
-                     "AMLt": float(a[:, 2].mean()) if len(a) else float("nan")}
-    return out
+    return run(ckpt, data, split, max_tracks, threads, max_seconds, tracks, source)
 
 
 def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
@@ -413,11 +395,9 @@ def causal_beats(act: np.ndarray, fps: float) -> np.ndarray:
 
 
 def print_beats(r: dict) -> None:
-    print(f"beats: {r['checkpoint']}, {r['n_tracks']} tracks")
-    print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s}")
-    for mode in ("offline", "causal"):
-        m = r[mode]
-        print(f"{mode:10s} {m['F']:6.3f} {m['CMLt']:6.3f} {m['AMLt']:6.3f}")
+    from .beat_eval import print_beats as show
+
+    show(r)
 
 
 def write_json(obj: dict, path: str | Path | None) -> None:

@@ -112,6 +112,7 @@ class _TrackData:
     cum: np.ndarray  # (n_stems, frames+1) cumulative count of active frames
     length: int  # samples (longest stem)
     beats: np.ndarray | None
+    downbeats: np.ndarray | None = None  # track.json's "downbeats" (s), when the render wrote them
 
 
 class StemSampler:
@@ -184,7 +185,9 @@ class StemSampler:
             act[i, : len(e)] = e > self.active_db
         cum = np.concatenate([np.zeros((len(ids), 1), np.int32), np.cumsum(act, axis=1, dtype=np.int32)], axis=1)
         beats = np.asarray(t.beats, dtype=np.float64) if t.beats else None
-        return _TrackData(t, ids, audio, cum, max(len(a) for a in audio), beats)
+        db = t.meta.get("downbeats")
+        downbeats = np.asarray(db, dtype=np.float64) if isinstance(db, list) and db else None
+        return _TrackData(t, ids, audio, cum, max(len(a) for a in audio), beats, downbeats)
 
     def __len__(self) -> int:
         return len(self._tracks)
@@ -289,18 +292,29 @@ class StemSampler:
                 "track_index": ti, "stem_id": sid, "context_ids": [td.stem_ids[int(c)] for c in context],
                 "offset": off / self.sr}
 
-    def sample_beats(self, rng: np.random.Generator) -> dict:
+    def sample_beats(self, rng: np.random.Generator, keep: float = 1.0) -> dict:
+        """A crop of a track with beats: the mix of its stems, the beats (s from the crop's start)
+        and, when the track has them, the downbeats (else None). ``keep < 1``: each stem joins the
+        mix with that probability (at least one does; the grid is the song's either way)."""
         if not self._beat_tracks:
             raise DatasetError(f"{self.root}: no track of split {self.split!r} has beats")
         ti = self._beat_tracks[int(rng.integers(len(self._beat_tracks)))]
         td = self._tracks[ti]
         off = self._offset(td, rng)
+        use = np.arange(len(td.stem_ids))
+        if keep < 1.0:
+            pick = rng.random(len(use)) < keep
+            use = use[pick] if pick.any() else use[[int(rng.integers(len(use)))]]
         mix = np.zeros(self.S, dtype=np.float32)
-        for i in range(len(td.stem_ids)):
-            mix += self.crop(ti, i, off)
+        for i in use:
+            mix += self.crop(ti, int(i), off)
         t0 = off / self.sr
-        b = td.beats[(td.beats >= t0) & (td.beats < t0 + self.seconds)] - t0
-        return {"mix": mix, "beats": b.astype(np.float64), "track_id": td.track.track_id, "offset": t0}
+
+        def window(x):
+            return None if x is None else (x[(x >= t0) & (x < t0 + self.seconds)] - t0).astype(np.float64)
+
+        return {"mix": mix, "beats": window(td.beats), "downbeats": window(td.downbeats),
+                "track_id": td.track.track_id, "offset": t0}
 
     def sample_batch(self, rng: np.random.Generator, n: int) -> dict:
         """``n`` samples stacked: arrays (n, S), lists for the strings."""

