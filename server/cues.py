@@ -25,16 +25,22 @@ are the performer's bars is not known to the tracker.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.stemgrid import Grid, fold_ratio
 
+if TYPE_CHECKING:
+    from engine.library import Match
+    from engine.pipeline import HopResult
+
 BEATS_PER_BAR = 4
 LEAD_S = 0.15  # a cue is never sooner than this after the hop's stream time (s)
 
 
-def _finite(x) -> float | None:
+def finite(x) -> float | None:
+    """``x`` as a finite float, or None (None, not a number, NaN or infinite)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -76,7 +82,7 @@ class LiveBars:
         if not tempo or self.last_beat is None:
             return None
         period = 60.0 / tempo
-        nb = [float(x) for x in next_beats if _finite(x) is not None]
+        nb = [float(x) for x in next_beats if finite(x) is not None]
         anchor = nb[0] if nb else self.last_beat
         n0 = self.last_number + max(0, int(round((anchor - self.last_beat) / period))) if nb else self.last_number
         j = 0
@@ -103,19 +109,14 @@ class CuePlanner:
         self.wall0 = 0.0
         self.speed = 1.0
 
-    def plan(self, res, st: float, arrival: float | None, speed: float | None, library) -> "CuePlanner":
-        from .app import _get  # (server.app imports this module)
-
-        b = _get(res, "beat", None)
-        if b is None:
-            b = _get(res, "beats", None)
-        signal = bool(_get(res, "signal", True))
-        tempo = _finite(_get(b, "tempo"))
+    def plan(self, res: HopResult, st: float, arrival: float | None, speed: float | None, library) -> "CuePlanner":
+        b = res.beat  # None before the window is ready
+        signal = bool(res.signal)
+        tempo = None if b is None else finite(b.tempo)
         tempo = tempo if (tempo and tempo > 0 and signal) else None
-        detected = _get(b, "beats", None)
-        detected = [] if detected is None else [float(x) for x in np.asarray(detected, dtype=np.float64).reshape(-1)]
-        nb = _get(b, "next_beats", None)
-        nb = [] if nb is None or not signal else [float(x) for x in np.asarray(nb, dtype=np.float64).reshape(-1)]
+        detected = [] if b is None else [float(x) for x in np.asarray(b.beats, dtype=np.float64).reshape(-1)]
+        nb = [] if b is None or not signal else \
+            [float(x) for x in np.asarray(b.next_beats, dtype=np.float64).reshape(-1)]
         self.bars.update(st, tempo, detected, nb)
         self.tempo = tempo
         self.downbeat = self.bars.next_downbeat(st, tempo, nb)
@@ -125,15 +126,13 @@ class CuePlanner:
         self.library = library
         return self
 
-    def fields(self, item) -> dict:
+    def fields(self, item: Match) -> dict:
         """The playable fields of one match item (all present; null where unknown)."""
-        from .app import _get
-
         out = {"path": None, "file": None, "length": None, "stem_tempo": None, "grid": None, "stretch": None,
                "cue": None}
         lib = self.library
-        stem = lib.stem_by_id(str(_get(item, "stem_id", ""))) if hasattr(lib, "stem_by_id") else None
-        offset = max(0.0, _finite(_get(item, "offset", 0.0)) or 0.0)
+        stem = lib.stem_by_id(str(item.stem_id)) if hasattr(lib, "stem_by_id") else None
+        offset = max(0.0, finite(item.offset) or 0.0)
         grid = None
         if stem is not None:
             f = lib.stem_file(stem)

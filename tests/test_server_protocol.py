@@ -486,6 +486,38 @@ def test_non_loopback_without_keys_refused(tmp_path, ctx, engine, server_assets)
         make_server(tmp_path, ctx, engine, server_assets, pub_addr="tcp://0.0.0.0:*", curve_keys=tmp_path / "nokeys")
 
 
+def test_match_and_beat_messages_from_a_hop_result(tmp_path, ctx, engine, server_assets):
+    """The messages are built from engine's own HopResult, Match and BeatState: out-of-range and
+    non-finite values are bounded or dropped, and a hop without signal reports no tempo."""
+    import dataclasses
+
+    from engine.beats import BeatState
+    from engine.library import Match
+    from engine.pipeline import HopResult
+
+    srv = make_server(tmp_path, ctx, engine, server_assets)
+    beat = BeatState(time=1.0, tempo=120.0, phase=1.25, last_beat=0.9, next_beats=np.array([1.4, np.nan]),
+                     confidence=1.5, beats=[0.9])
+    hit = Match("nowhere/drums", "nowhere", "drums", "drums", -1.0, float("nan"))
+    res = HopResult(1.0, 16000, 5, True, 96, {"drums": [hit]}, beat, np.array([2.0, -1.0, np.nan], np.float32), 0.5,
+                    {"total": 3.0}, {"hops": 6}, level_db=-300.0, hop_level_db=-20.0, signal=True)
+    b = srv._beat_msg(res, 1.0, 5, None)
+    m = srv._match_msg(res, 1.0, 5, None, {"total": 3.0}, 3)
+    for topic, msg in (("beat", b), ("match", m)):
+        msg["wall_time"] = msg.pop("_arrival")  # what _publish stamps
+        assert not P.validate_message(topic, msg), (topic, P.validate_message(topic, msg))
+    assert (b["tempo"], b["phase"], b["period_s"], b["confidence"]) == (120.0, 0.25, 0.5, 1.0)
+    assert b["next_beats"] == [1.4] and b["beats_in_hop"] == [0.9] and b["activation"] == [1.0, 0.0, 0.0]
+    assert b["level_db"] == -20.0 and b["last_beat"] == 0.9 and b["activation_time"] == 0.5
+    item = m["matches"]["drums"][0]
+    assert (item["rank"], item["stem_id"], item["offset"], item["score"], item["cue"]) == (1, "nowhere/drums", 0.0, 0.0, None)
+    assert (m["level_db"], m["k"], m["instruments"], m["hop"]) == (-200.0, 3, ["drums"], 5)
+    quiet = srv._beat_msg(dataclasses.replace(res, signal=False), 1.0, 5, None)
+    assert (quiet["tempo"], quiet["phase"], quiet["next_beats"], quiet["beats_in_hop"], quiet["confidence"]) == \
+           (None, None, [], [], 0.0)
+    assert srv._beat_msg(dataclasses.replace(res, beat=None), 1.0, 5, None) is None
+
+
 def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_assets):
     from server.keys import generate, load_client
 
