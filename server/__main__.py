@@ -236,6 +236,15 @@ def build_source(a):
     return src, False
 
 
+def started_line(srv, a) -> str:
+    """The start-up log line. The settings are the server's, read from its matcher (their one
+    owner, which cleans the names, drops repeats and rounds the hop), never the command line's."""
+    hop_ms = srv.hop_ms
+    rounded = f" (asked {a.hop:g} ms, rounded to 20-ms steps)" if abs(hop_ms - a.hop) > 1e-6 else ""
+    return (f"backend {srv.backend_name} on {srv.device}; publishing on {a.pub}, control on {a.ctl}; "
+            f"instruments {srv.instruments}, k={srv.k}, hop {hop_ms:g} ms{rounded}")
+
+
 def looks_like_path(text: str) -> bool:
     """An --input that names a file (a separator, or an audio file extension), not a device."""
     from engine.audio import AUDIO_EXTENSIONS
@@ -302,10 +311,7 @@ def main(argv=None) -> int:
         if debug:
             raise
         return report("python -m server", e)
-    hop_ms = float(getattr(matcher, "hop_ms", a.hop) or a.hop)
-    rounded = f" (asked {a.hop:g} ms, rounded to 20-ms steps)" if abs(hop_ms - a.hop) > 1e-6 else ""
-    log.info("backend %s on %s; publishing on %s, control on %s; instruments %s, k=%d, hop %g ms%s",
-             backend_name, a.device, a.pub, a.ctl, a.instrument_list, a.k, hop_ms, rounded)
+    log.info("%s", started_line(srv, a))
     if console is not None:
         console.start(a.pub, curve_keys=a.curve_keys)
     from .bridge import start as start_bridges

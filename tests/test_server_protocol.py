@@ -518,6 +518,25 @@ def test_match_and_beat_messages_from_a_hop_result(tmp_path, ctx, engine, server
     assert srv._beat_msg(dataclasses.replace(res, beat=None), 1.0, 5, None) is None
 
 
+def test_startup_line_shows_the_matchers_settings_not_the_command_lines(tmp_path, ctx, engine, server_assets):
+    """The matcher owns instruments, k and hop. The start-up line showed the command line's copy
+    of the names (a repeat and a double space kept) and of k; it now reads the server, which
+    reads the matcher."""
+    from engine.pipeline import Matcher
+    from server.__main__ import parse_args, started_line
+
+    a = parse_args(["--instruments", "drums, fretless   bass,drums", "--k", "4", "--hop", "150"])
+    assert a.instrument_list == ["drums", "fretless   bass", "drums"]
+    m = Matcher(engine[0], engine[1](str(server_assets.library)), instruments=a.instrument_list, k=a.k,
+                hop_ms=a.hop, window_s=config.DEFAULT_WINDOW_S)
+    write_click_track(tmp_path / "click.wav", 1.0)
+    srv = Server(m, FileSource(tmp_path / "click.wav"), backend_name=engine[0].name, context=ctx)
+    m.set_k(2)  # a later change lands in the line too: there is no copy to go stale
+    line = started_line(srv, a)
+    assert "instruments ['drums', 'fretless bass'], k=2, hop 160 ms (asked 150 ms, rounded to 20-ms steps)" in line
+    assert line.startswith(f"backend {engine[0].name} on cpu; publishing on {a.pub}, control on {a.ctl};")
+
+
 def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_assets):
     from server.keys import generate, load_client
 
