@@ -56,6 +56,26 @@ def test_programs_stay_in_family_without_cross_family_draws(song):
         assert set(new.labels) == set(new.categories())
 
 
+def test_ablation_recipes_vary_one_factor_each(song):
+    """The plain ablation recipe keeps every program, key and tempo; each other ablation recipe
+    differs from it in its one factor only."""
+    base = vary.ABLATION_RECIPES["abl-base"]
+    for v in range(6):
+        new, var = vary.vary_song(song, base, 0, v, "k")
+        assert var.transpose == 0 and var.tempo == 1.0
+        assert [(n.program, n.pitch, n.start) for n in new.notes] == [(n.program, n.pitch, n.start) for n in song.notes]
+    drawn = {tuple(sorted(vary.vary_song(song, vary.ABLATION_RECIPES["abl-instruments"], 0, v, "k")[1].programs.items()))
+             for v in range(6)}
+    assert len(drawn) > 1
+    from dataclasses import asdict
+
+    b = asdict(base)
+    changed = {name: {k for k, x in asdict(r).items() if x != b[k] and k != "name"}
+               for name, r in vary.ABLATION_RECIPES.items()}
+    assert changed == {"abl-base": set(), "abl-soundfont": {"melodic", "drums"}, "abl-instruments": {"draw_programs"},
+                       "abl-keytempo": {"transpose", "tempo"}, "abl-room": {"reverb", "reverb_prob", "effects"}}
+
+
 def test_cross_family_draws_happen_for_lead_parts_but_never_for_bass(song):
     r = vary.SetRecipe("t", melodic=("fluidr3",), drums=("fluidr3",), cross_family=1.0)
     fams = set()
@@ -153,6 +173,11 @@ def test_render_varied_end_to_end(tmp_path):
     rep2 = render_varied([midi], out, recipe, variants=(0, 1), jobs=1, force_split="validation", progress=False)
     assert rep2["rendered"] == 0 and rep2["already_done"] == 4
     assert before == {p: p.stat().st_mtime for p in out.rglob("*.wav")}
+    # only_tracks: just the songs named (their ids as the default render writes them)
+    want = sorted(docs)[0].rsplit("-v", 1)[0]
+    rep3 = render_varied([midi], tmp_path / "one", recipe, variants=(0,), jobs=1, force_split="validation",
+                         progress=False, only_tracks=[want])
+    assert rep3["rendered"] == 1 and [t.track_id for t in load_dataset(tmp_path / "one", "validation")] == [f"{want}-v0"]
 
 
 def test_missing_sources_are_named():

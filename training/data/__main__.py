@@ -62,7 +62,9 @@ def main(argv=None) -> int:
                        description="Varied renders (training/data/vary.py). Sets: 'train' (touhou + nottingham, "
                        "training soundfonts, every song), 'xcorpus' (POP909, never trained on: cross-corpus "
                        "validation), 'xsf' (validation songs of the training corpora with the held-out soundfont "
-                       "TimGM6mb and room sound: cross-soundfont validation). MIDI_ROOT/<corpus> folders are "
+                       "TimGM6mb and room sound: cross-soundfont validation); 'abl-*' (the 125 in-domain "
+                       "validation songs, 60 s each, plain as the default render, or with one factor varied: "
+                       "soundfont, instruments, keytempo, room). MIDI_ROOT/<corpus> folders are "
                        "declared as their corpus.")
     v.add_argument("set", choices=sorted(VARIED_SETS), help="which set")
     v.add_argument("out_dir", help="output folder (resumable)")
@@ -131,10 +133,15 @@ def main(argv=None) -> int:
         variants = a.variants if a.variants is not None else spec["variants"]
         variants = [variants] if isinstance(variants, int) else list(variants)
         limit = a.limit if a.limit is not None else spec.get("limit")
+        only = None
+        if spec.get("only_tracks"):
+            from training.evaluate import read_track_list
+
+            only = read_track_list(Path(__file__).resolve().parents[2] / spec["only_tracks"])
         rep = render_varied([Path(a.midi_root) / c for c in spec["corpora"]], a.out_dir, spec["recipe"](),
                             variants=variants, jobs=a.jobs, limit=limit, seed=a.seed,
                             only_split=spec.get("only_split"), force_split=spec.get("force_split"),
-                            corpora=list(spec["corpora"]))
+                            corpora=list(spec["corpora"]), only_tracks=only)
         print("size: " + ", ".join(f"{k}={rep['size'][k]}" for k in ("tracks", "stems", "hours", "stem_hours")))
         return _summary(rep, ("found", "already_done", "rendered", "skipped", "elapsed_s", "train", "validation"))
     elif a.cmd == "convert":
@@ -180,6 +187,20 @@ VARIED_SETS = {
     "xsf": {"corpora": ("touhou", "nottingham"), "recipe": _xsf_recipe, "variants": (0,),
             "only_split": "validation", "force_split": "validation"},
 }
+
+
+def _ablation_recipe(name):
+    def get():
+        from .vary import ABLATION_RECIPES
+        return ABLATION_RECIPES[name]
+    return get
+
+
+# one-factor ablation sets: the in-domain validation songs, one factor varied at a time
+ABLATION_SETS = ("abl-base", "abl-soundfont", "abl-instruments", "abl-keytempo", "abl-room")
+for _n in ABLATION_SETS:
+    VARIED_SETS[_n] = {"corpora": ("touhou", "pop909", "nottingham"), "recipe": _ablation_recipe(_n),
+                       "variants": (0,), "force_split": "validation", "only_tracks": "docs/report/validation_125.json"}
 
 
 def _limits(text: str):

@@ -496,7 +496,8 @@ def _run_varied_job(args) -> dict:
 
 def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limit=None, seed: int = 0,
                   val_fraction: float = DEFAULT_VAL_FRACTION, only_split: str | None = None,
-                  force_split: str | None = None, exclude_corpora=(), progress: bool = True, corpora=None) -> dict:
+                  force_split: str | None = None, exclude_corpora=(), progress: bool = True, corpora=None,
+                  only_tracks=None) -> dict:
     """Render ``variants`` of every song of ``midi_dirs`` with ``recipe`` (training/data/vary.py).
 
     ``only_split``: keep the songs whose song-group split (:func:`split_of`, the same hash as every
@@ -524,6 +525,9 @@ def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limi
     all_jobs = [j for j in all_jobs if j.corpus not in exclude_corpora]
     if only_split:
         all_jobs = [j for j in all_jobs if split_of(j.group, val_fraction, seed) == only_split]
+    if only_tracks is not None:
+        want = set(only_tracks)
+        all_jobs = [j for j in all_jobs if j.track_id in want]
     skipped_dir = out_dir / ".skipped"
     todo, done, skipped = [], 0, list(left_out)
     for v in variants:

@@ -62,6 +62,7 @@ class SetRecipe:
     transpose: int = 3  # semitones, +-
     tempo: float = 0.15  # fraction, +-
     cross_family: float = 0.35  # probability that a part of a role that allows it leaves its family
+    draw_programs: bool = True  # False: every part keeps its own program (the corpus's arrangement)
     one_source: float = 0.5  # probability that every melodic stem of a song shares one soundfont
     reverb: tuple[float, float] = (0.0, 0.45)  # send range; 0 = dry
     reverb_prob: float = 0.8
@@ -74,6 +75,20 @@ TRAIN_RECIPE = SetRecipe("train", melodic=("fluidr3", "gmbank", "opl3"),
 # cross-soundfont validation: the held-out soundfont for everything, always with room sound
 HELD_OUT_RECIPE = SetRecipe("xsf", melodic=(HELD_OUT_SOUNDFONT,), drums=(HELD_OUT_SOUNDFONT,),
                             reverb=(0.15, 0.45), reverb_prob=1.0)
+
+# One-factor ablation (what a model relies on): the in-domain validation songs rendered as the
+# default render does (FluidR3, each part its own program, own key and tempo, dry, no mix chain),
+# then with exactly one factor varied as the training recipe varies it. 60 s per song.
+_PLAIN = dict(melodic=("fluidr3",), drums=("fluidr3",), transpose=0, tempo=0.0, draw_programs=False,
+              reverb=(0.0, 0.0), reverb_prob=0.0, effects=False, max_seconds=60.0)
+ABLATION_RECIPES = {
+    "abl-base": SetRecipe("abl-base", **_PLAIN),
+    "abl-soundfont": SetRecipe("abl-soundfont", **{**_PLAIN, "melodic": (HELD_OUT_SOUNDFONT,),
+                                                   "drums": (HELD_OUT_SOUNDFONT,)}),
+    "abl-instruments": SetRecipe("abl-instruments", **{**_PLAIN, "draw_programs": True}),
+    "abl-keytempo": SetRecipe("abl-keytempo", **{**_PLAIN, "transpose": 3, "tempo": 0.15}),
+    "abl-room": SetRecipe("abl-room", **{**_PLAIN, "reverb": (0.15, 0.45), "reverb_prob": 1.0, "effects": True}),
+}
 
 
 # ---- instruments --------------------------------------------------------------------------------
@@ -137,7 +152,7 @@ def vary_song(song: Song, recipe: SetRecipe, seed: int, variant: int, key: str) 
         if c.kind == "prog" and c.channel != gm.DRUM_CHANNEL and (c.channel, c.a) not in parts:
             parts[(c.channel, c.a)] = -1
     for k in sorted(parts):
-        parts[k] = draw_program(k[1], rng, recipe.cross_family)
+        parts[k] = draw_program(k[1], rng, recipe.cross_family) if recipe.draw_programs else k[1]
     inv = 1.0 / tempo
     notes = []
     for n in song.notes:
