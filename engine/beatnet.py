@@ -116,6 +116,13 @@ class BeatNetArch:
         """Activation frames (50 Hz) an output depends on, itself included."""
         return 1 + sum((self.kernel - 1) * d for d in self.dilations) + (self.front_kernel - 1) // 2
 
+    def flops_per_frame(self) -> float:
+        """Multiply-adds x 2 of one 50-Hz activation frame (the streaming cost: 8 frames a 160-ms hop)."""
+        c = self.channels
+        front = c * self.in_channels * self.front_kernel
+        block = c * c * self.kernel + c * c
+        return 2.0 * (front + len(self.dilations) * block + len(OUTPUTS) * c)
+
     def n_params(self) -> int:
         c, k = self.channels, self.kernel
         front = c * self.in_channels * self.front_kernel + c
@@ -274,11 +281,14 @@ def find_beatnet(model_dir) -> Path | None:
     """The beat network of a model directory, or None: the manifest's ``files["beatnet"]`` entry
     (sha256-checked with the other files when the manifest loads) of a full (built) directory, or
     the ``beatnet.npz`` a packed directory lists in ``packed.json``. ``model_dir``: a path or an
-    ``engine.manifest.Manifest``."""
-    from .manifest import PACKED, Manifest
+    ``engine.manifest.Manifest`` (anything else, None included: None)."""
+    from .manifest import PACKED
 
-    if isinstance(model_dir, Manifest):
-        return model_dir.file("beatnet")
+    if model_dir is None:
+        return None
+    if not isinstance(model_dir, (str, Path)):  # a Manifest (or a stand-in without files: None)
+        file = getattr(model_dir, "file", None)
+        return file("beatnet") if callable(file) else None
     root = Path(model_dir)
     m = root / "manifest.json"
     if m.is_file():

@@ -23,7 +23,7 @@ class HopResult:
     best first; ``beat``: tracker state after this hop's activations (None before ready);
     ``activation``: the new 50 Hz activation values fed to the tracker (float32);
     ``activation_time``: time (s) of ``activation[0]``; ``timings``: ms per stage (read,
-    frontend, encode, predict, search, beat_head, tracker, total); ``counters``: cumulative
+    frontend, keytempo, beatnet, encode, predict, search, beat_head, tracker, total); ``counters``: cumulative
     ``hops`` (computed), ``drops``, ``overruns`` (ring), ``nonfinite`` (samples zeroed),
     ``restarts`` (front-end restarts after stalls); ``level_db``: RMS level (dBFS) of the
     audio in the window; ``hop_level_db``: the same over this hop's newest samples; ``signal``:
@@ -45,6 +45,7 @@ class HopResult:
     level_db: float = -120.0
     hop_level_db: float = -120.0
     signal: bool = False
+    downbeat_activation: np.ndarray | None = None  # the beat network's, aligned with ``activation``; None: the head
 
     def to_dict(self) -> dict:
         return {"stream_time": self.stream_time, "end_sample": self.end_sample, "hop_index": self.hop_index,
@@ -53,6 +54,8 @@ class HopResult:
                 "matches": {k: [m.to_dict() for m in v] for k, v in self.matches.items()},
                 "beat": None if self.beat is None else self.beat.to_dict(),
                 "activation": [float(a) for a in self.activation], "activation_time": self.activation_time,
+                "downbeat_activation": (None if self.downbeat_activation is None
+                                        else [float(a) for a in self.downbeat_activation]),
                 "timings": dict(self.timings), "counters": dict(self.counters)}
 
 

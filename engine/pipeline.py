@@ -30,6 +30,13 @@ tempo + key descriptor's (a :class:`KeyTempoStream` over the input, about 1 ms a
 ``backend.beats(tokens)`` -> the window's 50 Hz activation, of
 which the values not yet seen (8 per 160 ms) go to the :class:`CausalBeatTracker`.
 
+**Beat source** (``beat_source``): ``"net"``, the default whenever the model directory ships the
+causal beat and downbeat network (``beatnet.npz``, engine/beatnet.py), runs that network on every
+hop's new log-mel frames (its state kept across hops, about 0.4 ms a hop; timed as ``beatnet``),
+and its beat activation feeds the tracker in place of the beat head's, which is then not run;
+its downbeat activation comes with the hop (``HopResult.downbeat_activation``). ``"head"``: the
+ViT encoder's linear beat head, as before (no downbeats).
+
 **Streaming** (``stream=None``, the default, picks it whenever the backend has the streaming
 graphs of a causal model; ``stream=False`` forces the full recompute): each hop encodes only the
 time columns completed since the last hop with the streaming encoder (per-layer key/value rings
@@ -49,7 +56,7 @@ window (a stall), the front end restarts on the newest window of audio in the ri
 :meth:`Matcher.process_hop` runs the steps in order: ``_next_hop`` (which hop, dropping late
 ones), ``_read`` (the ring's new samples; ``_restart`` after a stall or a lapped read),
 ``_frontend`` (key/tempo descriptor, log-mel window), the encoder (``_encode``, or the streaming
-hop of engine/stream.py), ``_match`` (predictor + search), ``_beats`` (beat head + tracker); what
+hop of engine/stream.py), ``_match`` (predictor + search), ``_beats`` (beat head or network + tracker); what
 it returns and times is engine/hop.py, what a server changes between hops engine/controls.py.
 
 Non-finite samples (NaN/Inf from the callback) are replaced by 0 and counted
@@ -63,6 +70,7 @@ import time
 
 import numpy as np
 
+from .beatnet import BeatNet, find_beatnet
 from .beats import BeatState, CausalBeatTracker
 from .controls import MatcherControls, manifest_get
 from .frontend import FrontEndConfig, StreamingLogMel
@@ -89,7 +97,10 @@ class Matcher(MatcherControls):
     path (module docstring; None: whenever the backend can, False: full recompute every hop);
     ``keytempo_weight``: weight of the tempo + key descriptor in the ranking, in [0, 1] (None: the
     model directory's ``ranking.keytempo_weight``, else :data:`engine.keytempo.DEFAULT_WEIGHT`; a
-    library without descriptors ranks by the model alone).
+    library without descriptors ranks by the model alone); ``beat_source``: ``"net"`` (the beat
+    network, module docstring), ``"head"`` (the encoder's beat head), or None: the network when
+    the model directory has one, else the head; ``beatnet``: a :class:`BeatNet` to use instead of
+    the directory's. ``beat_source``: what the beats come from, after the choice.
     ``last_query``: the ``(N, d)`` query embeddings of the latest hop (None when not computed).
     """
 
@@ -98,7 +109,8 @@ class Matcher(MatcherControls):
                  ring_s: float = 30.0, min_window_s: float = 1.0, drop_late: bool = True,
                  blas_threads: int | None = 1, tracker_kw: dict | None = None, beats: bool = True,
                  signal_threshold_db: float = -60.0, stream: bool | None = None,
-                 keytempo_weight: float | None = None):
+                 keytempo_weight: float | None = None, beat_source: str | None = None,
+                 beatnet: BeatNet | None = None):
         self.backend = backend
         if not np.isfinite(signal_threshold_db):
             raise ValueError(f"signal_threshold_db must be finite, not {signal_threshold_db}")
@@ -130,6 +142,11 @@ class Matcher(MatcherControls):
         self.drop_late = bool(drop_late)
         self.enable_beats = bool(beats)
         self.tracker = CausalBeatTracker(self.beat_fps, **(tracker_kw or {}))
+        self.beatnet = self._beat_network(beat_source, beatnet)
+        self.beat_source = "net" if self.beatnet is not None else "head"
+        if self.beatnet is not None:
+            self._bnet = self.beatnet.stream()
+            self._bact = np.zeros((2, self.W // self.frames_per_act), np.float32)  # the window's beat, downbeat
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         self.library: StemLibrary | None = None
@@ -203,8 +220,30 @@ class Matcher(MatcherControls):
         self.last_query = None
         if self.streaming:
             self._shop.reset()
+        if self.beatnet is not None:
+            self._bnet.reset()
+            self._bact[:] = 0.0
+            self._bdone = 0  # activation frames (from the origin) the beat network has produced
 
     resync = reset
+
+    def _beat_network(self, source: str | None, net: BeatNet | None) -> BeatNet | None:
+        """The beat network the hop runs (None: the beat head); see ``beat_source``."""
+        if source not in (None, "net", "head"):
+            raise ValueError(f"beat_source must be 'net', 'head' or None, not {source!r}")
+        if source == "head":
+            return None
+        if net is None:
+            path = find_beatnet(getattr(self.backend, "manifest", None))
+            net = BeatNet.load(path) if path is not None else None
+        if net is None:
+            if source == "net":
+                raise ValueError("beat_source='net' needs a model directory with the beat network (beatnet.npz, "
+                                 "docs/model_dir.md) or a BeatNet")
+            return None
+        if net.frontend != self.fe or self.frames_per_act != 2:
+            raise ValueError(f"the beat network's front end {net.frontend} does not match the model's {self.fe}")
+        return net
 
     # ------------------------------------------------------------------ the hop
     def counters(self) -> dict:
@@ -237,21 +276,21 @@ class Matcher(MatcherControls):
         assert self._frames == end_frames, (self._frames, end_frames)
         if self.streaming:  # the new columns through the encoder, predictor and beat head (engine/stream.py)
             T = self._shop.push(self._mel, self._frames, self._frame0, self.restarts, self.instruments, self._cond,
-                                self.enable_beats, st)
+                                self.enable_beats and self.beatnet is None, st)
         else:
             T = (self._filled // self.patch) * self.patch
         ready = T >= self.min_frames
-        matches, beat_state, new_act, act_time = {}, None, np.zeros(0, np.float32), None
+        matches, beat_state, new_act, act_time, new_down = {}, None, np.zeros(0, np.float32), None, None
         if ready:
             tokens = None if self.streaming else self._encode(T, st)  # streaming: column by column above
             matches = self._match(tokens, T, signal, st)
             if self.enable_beats:
                 quiet = not signal or hop_level_db < self.signal_threshold_db
-                beat_state, new_act, act_time = self._beats(tokens, T, end_frames, quiet, st)
+                beat_state, new_act, act_time, new_down = self._beats(tokens, T, end_frames, quiet, st)
         self.hops += 1
         st.ms["total"] = (time.perf_counter() - t_start) * 1e3
         return HopResult(end / self.sr, end, self._hop_index, ready, T, matches, beat_state, new_act, act_time,
-                         st.ms, self.counters(), level_db, hop_level_db, signal)
+                         st.ms, self.counters(), level_db, hop_level_db, signal, downbeat_activation=new_down)
 
     def _next_hop(self, drop_late: bool | None) -> int | None:
         """End (ring position) of the hop to compute now, or None when none is complete; with
@@ -281,6 +320,9 @@ class Matcher(MatcherControls):
         self._filled = 0
         self.restarts += 1
         self._act_next = None
+        if self.beatnet is not None:  # the network starts again on the same 50-Hz grid
+            self._bnet.reset()
+            self._bdone = f0 // self.frames_per_act
         return self._origin + f0 * self.fe.hop
 
     def _read(self, end: int, end_frames: int, st: Stages) -> tuple[np.ndarray, int, float, float]:
@@ -321,6 +363,16 @@ class Matcher(MatcherControls):
                 self._mel[:, self.W - t:] = new
             self._filled = min(self.W, self._filled + t)
             self._frames += t
+        if self.beatnet is not None:
+            with st("beatnet"):
+                a = self._bnet.push(new)
+                n = len(a)
+                if n:
+                    k = min(n, self._bact.shape[1])
+                    self._bact[:, :-k] = self._bact[:, k:]
+                    self._bact[0, -k:] = a.beat[n - k:]
+                    self._bact[1, -k:] = a.downbeat[n - k:]
+                    self._bdone += n
 
     def _encode(self, T: int, st: Stages) -> np.ndarray:
         """The full path's encoder over the newest ``T`` frames of the window: ``(1, P, d)``."""
@@ -347,28 +399,37 @@ class Matcher(MatcherControls):
             return {n: r for n, r in zip(self.instruments, found)}
 
     def _beats(self, tokens, T: int, end_frames: int, quiet: bool,
-               st: Stages) -> tuple[BeatState, np.ndarray, float]:
-        """The window's beat activation (streaming: computed per new column) -> the values not yet
-        seen -> the causal tracker (zeros when ``quiet``: it decays, never locks, in silence).
-        Returns ``(tracker state, the new activation, time of its first value)``."""
-        with st("beat_head"):
-            if self.streaming:  # computed per new column; the window's part
-                act = self._shop.act[len(self._shop.act) - T // self.frames_per_act:].copy()  # results keep theirs
-            else:
-                act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
-        with st("tracker"):
+               st: Stages) -> tuple[BeatState, np.ndarray, float, np.ndarray | None]:
+        """The window's beat activation (the beat network's, run in ``_frontend``; or the beat
+        head's, streaming: computed per new column) -> the values not yet seen -> the causal
+        tracker (zeros when ``quiet``: it decays, never locks, in silence). Returns ``(tracker
+        state, the new activation, time of its first value, the new downbeat activation or None)``."""
+        down = None
+        if self.beatnet is not None:  # the window's part of what the network has produced
+            n = min(T // self.frames_per_act, self._bdone - self._frame0 // self.frames_per_act)
+            act, down = self._bact[0, self._bact.shape[1] - n:].copy(), self._bact[1, self._bact.shape[1] - n:].copy()
+            m_end = self._bdone
+        else:
+            with st("beat_head"):
+                if self.streaming:  # computed per new column; the window's part
+                    act = self._shop.act[len(self._shop.act) - T // self.frames_per_act:].copy()  # results keep theirs
+                else:
+                    act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
             m_end = (self._shop.done if self.streaming else end_frames) // self.frames_per_act
+        with st("tracker"):
             m_start = m_end - len(act)
             if self._act_next is None or self._act_next < m_start:
                 self._act_next = m_start
                 self.tracker.reset(self.act_time(m_start))
             new_act = act[self._act_next - m_start:]
+            new_down = None if down is None else down[self._act_next - m_start:]
             if quiet:
                 new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
+                new_down = None if new_down is None else np.zeros_like(new_down)
             act_time = self.act_time(self._act_next)
             beat_state = self.tracker.process(new_act)
             self._act_next = m_end
-        return beat_state, new_act, act_time
+        return beat_state, new_act, act_time, new_down
 
     # ------------------------------------------------------------------ offline
     def run_array(self, samples: np.ndarray, chunk: int = 2560, sr: int | None = None,

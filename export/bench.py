@@ -8,8 +8,10 @@ A hop (every 160 ms of audio; 2 560 samples at 16 kHz):
 3. predictor, one batch for the N instruments -> N pooled L2-normed embeddings;
 4. top-k search in a library of S segments (``engine.library.StemLibrary.search``: exact,
    numpy matmul + partial sort);
-5. beat head on the newest time column (5 tokens -> 8 activations at 50 Hz) and the causal beat
-   tracker (``engine.beats.CausalBeatTracker``).
+5. beats: when the model directory ships the beat network (``beatnet.npz``, engine/beatnet.py),
+   the network on the hop's 16 new log-mel frames (its own stage, ``beatnet``: 8 activation
+   frames over its kept state) -- otherwise the beat head on the newest time column (5 tokens ->
+   8 activations at 50 Hz) -- and the causal beat tracker (``engine.beats.CausalBeatTracker``).
 
 The bench times ``engine.pipeline.Matcher.process_hop`` (:class:`MatcherHop`), so bench and
 server measure the same code; :class:`BenchHop` (the bench's own hop from the same components,
@@ -42,6 +44,7 @@ JSON (``--json OUT``), schema ``stemjepa-bench/1``::
      "settings": {"instruments", "library_size", "hops", "warmup", "k", "hop_s"},
      "hop_impl": "engine.pipeline.Matcher" | "export.bench.BenchHop",
      "flops": {"encoder_gflop", "predictor_gflop", "beat_gflop", "total_gflop",   # per hop
+               "beatnet_gflop",                                  # with a beat network (beat_gflop is then 0)
                "stream_encoder_gflop", "stream_predictor_gflop", "stream_total_gflop"},  # causal only
      "peak_gflop_per_s": float,
      "baseline": "torch-fp32-full",
@@ -49,7 +52,8 @@ JSON (``--json OUT``), schema ``stemjepa-bench/1``::
                    "ms": {"p50", "p95", "p99", "mean", "max"}, "hops_per_s",
                    "speedup", "speedup_p99",   # baseline p50 / p50, baseline p99 / p99
                    "peak_fraction",
-                   "stages_ms": {"frontend", "keytempo", "encoder", "predictor", "search", "beats"},  # p50
+                   "stages_ms": {"frontend", "keytempo", "beatnet", "encoder", "predictor", "search",
+                                 "beats"},  # p50; beats: beat head (no network) + tracker
                    "encoder_gflop_per_s", "total_gflop_per_s",
                    "agreement": {"top1", "mean_cos", "min_cos", "queries"}}],
      "skipped": {"kind": "reason"},
@@ -78,7 +82,7 @@ from engine.manifest import DEFAULT_MODEL_DIR
 
 SCHEMA = "stemjepa-bench/1"
 TARGET_SPEEDUP = 1.5
-STAGES = ("frontend", "keytempo", "encoder", "predictor", "search", "beats")
+STAGES = ("frontend", "keytempo", "beatnet", "encoder", "predictor", "search", "beats")
 BLOCK, BLOCK_WARM = 20, 2  # timed hops per backend in a row, untimed hops before each such block
 INSTRUMENTS = ["bass", "drums", "piano", "warm synth pad", "electric guitar", "vocals", "violin", "trumpet"]
 
@@ -197,6 +201,7 @@ class BenchHop:
         self.keytempo = KeyTempoStream(self.frames * self.fe.hop / self.fe.sample_rate)
         self.kt_weight = KEYTEMPO_DEFAULT_WEIGHT
         self.tracker = CausalBeatTracker(fps=cfg["beat_probes"] / (cfg["patch"] * self.fe.hop / self.fe.sample_rate))
+        self.bnet = _beatnet_stream(backend.manifest)  # the beat network, when the directory ships one
         self.times = {s: [] for s in STAGES}
         self.total = []
         self.last = None
@@ -208,6 +213,8 @@ class BenchHop:
         self.keytempo.push(a)
         f = self.stream.push(a)
         self.window[0, :, -f.shape[1]:] = f[:, -self.frames:]
+        if self.bnet is not None:
+            self.bnet.push(f)
 
     def process(self, chunk: np.ndarray, record: bool = True):
         t0 = time.perf_counter()
@@ -217,7 +224,7 @@ class BenchHop:
         if self.full:
             self.window[0] = self.lm.offline(self.audio)[:, -self.frames:]
             t1 = time.perf_counter()
-            self.stream.push(chunk)  # keeps the streaming front end in step: not charged to the baseline
+            f = self.stream.push(chunk)  # keeps the streaming front end in step: not charged to the baseline
             t0 += time.perf_counter() - t1
             t1 = time.perf_counter()
         else:
@@ -230,21 +237,31 @@ class BenchHop:
         self.keytempo.push(chunk)
         kq = self.keytempo.describe()
         tk = time.perf_counter()
+        bact = self.bnet.push(f).beat if self.bnet is not None else None
+        tb = time.perf_counter()
         tokens = self.backend.encode(self.window)
         t2 = time.perf_counter()
         emb = self.backend.predict(tokens, self.cond)
         t3 = time.perf_counter()
         matches = self.library.search(emb, k=self.k, keytempo=kq, keytempo_weight=self.kt_weight)
         t4 = time.perf_counter()
-        act = self.backend.beats(tokens[:, -self.rows:])
-        beat = self.tracker.process(act[0])
+        act = bact if bact is not None else self.backend.beats(tokens[:, -self.rows:])[0]
+        beat = self.tracker.process(act)
         t5 = time.perf_counter()
         if record:
-            for s, dt in zip(STAGES, (t1 - t0, tk - t1, t2 - tk, t3 - t2, t4 - t3, t5 - t4)):
+            for s, dt in zip(STAGES, (t1 - t0, tk - t1, tb - tk, t2 - tb, t3 - t2, t4 - t3, t5 - t4)):
                 self.times[s].append(dt * 1e3)
             self.total.append((t5 - t0) * 1e3)
         self.last = (emb, matches, beat)
         return self.last
+
+
+def _beatnet_stream(manifest):
+    """A fresh stream of the model directory's beat network, or None when it ships none."""
+    from engine.beatnet import BeatNet, find_beatnet
+
+    path = find_beatnet(manifest)
+    return None if path is None else BeatNet.load(path).stream()
 
 
 def _pct(x: list[float]) -> dict:
@@ -355,7 +372,8 @@ class MatcherHop:
             fe = fe_full
             self.full_window = full
         if record:
-            for s, v in zip(STAGES, (fe, tm.get("keytempo", 0.0), tm.get("encode", 0.0), tm.get("predict", 0.0),
+            for s, v in zip(STAGES, (fe, tm.get("keytempo", 0.0), tm.get("beatnet", 0.0), tm.get("encode", 0.0),
+                                     tm.get("predict", 0.0),
                                      tm.get("search", 0.0),
                                      tm.get("beat_head", 0.0) + tm.get("tracker", 0.0))):
                 self.times[s].append(v)
@@ -454,11 +472,16 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
     library = _library(manifest, a.library_size)
     fl = {"encoder_gflop": encoder_flops(cfg) / 1e9, "predictor_gflop": predictor_flops(cfg, a.instruments) / 1e9,
           "beat_gflop": beat_flops(cfg) / 1e9}
+    bnet = _beatnet_stream(manifest)
+    if bnet is not None:  # the beat network replaces the beat head: 8 activation frames a 160-ms hop
+        fl["beat_gflop"] = 0.0
+        fl["beatnet_gflop"] = bnet.net.arch.flops_per_frame() * cfg["beat_probes"] / 1e9
     fl["total_gflop"] = sum(fl.values())
     if cfg.get("causal"):  # the streaming hop: one new column
         fl["stream_encoder_gflop"] = stream_encoder_flops(cfg) / 1e9
         fl["stream_predictor_gflop"] = stream_predictor_flops(cfg, a.instruments) / 1e9
-        fl["stream_total_gflop"] = fl["stream_encoder_gflop"] + fl["stream_predictor_gflop"] + fl["beat_gflop"]
+        fl["stream_total_gflop"] = (fl["stream_encoder_gflop"] + fl["stream_predictor_gflop"] + fl["beat_gflop"]
+                                    + fl.get("beatnet_gflop", 0.0))
     skipped: dict[str, str] = {}
     kinds = _kinds(manifest, a.device, skipped)
     if want_labels is not None:
@@ -479,7 +502,10 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
     log(f"bench: device {a.device}, threads {a.threads}, {a.instruments} instruments, library {a.library_size} segments, "
         f"{n_hops} hops (+{n_warmup} warm-up), hop {hop_s * 1e3:.0f} ms")
     log(f"bench: arithmetic per hop: encoder {fl['encoder_gflop']:.3f} GFLOP (80x{cfg['max_frames']} window), predictor "
-        f"{fl['predictor_gflop']:.3f} GFLOP ({a.instruments} instruments), beat head {fl['beat_gflop'] * 1e3:.3f} MFLOP")
+        f"{fl['predictor_gflop']:.3f} GFLOP ({a.instruments} instruments), "
+        + (f"beat network {fl['beatnet_gflop'] * 1e3:.3f} MFLOP ({bnet.net.arch.n_params()} parameters, "
+           f"{bnet.net.arch.receptive_field() / bnet.net.fps:.1f}-s receptive field)" if bnet is not None else
+           f"beat head {fl['beat_gflop'] * 1e3:.3f} MFLOP"))
     if "stream_total_gflop" in fl:
         log(f"bench: streaming hop (1 new column): encoder {fl['stream_encoder_gflop'] * 1e3:.2f} MFLOP (5 tokens over a "
             f"ring of 250), predictor {fl['stream_predictor_gflop'] * 1e3:.2f} MFLOP: "
@@ -564,12 +590,13 @@ def bench_model(model_dir, fallback: bool, a, log, *, hops: int | None = None, w
     best = max((r for r in results if r is not base), key=lambda r: r["speedup"], default=base)
     log("")
     log(f"{'backend':17s} {'front':9s} {'encoder':9s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'hops/s':>7s} "
-        f"{'x p50':>6s} {'x p99':>6s}  {'fe':>5s} {'kt':>5s} {'enc':>6s} {'pred':>6s} {'search':>6s} {'beat':>5s}  "
+        f"{'x p50':>6s} {'x p99':>6s}  {'fe':>5s} {'kt':>5s} {'bnet':>5s} {'enc':>6s} {'pred':>6s} {'search':>6s} {'beat':>5s}  "
         f"{'enc GF/s':>8s} {'%peak':>5s}  {'top1':>5s} {'cos':>7s}")
     for r in results:
         s, m, ag = r["stages_ms"], r["ms"], r.get("agreement", {})
         log(f"{r['name']:17s} {r['frontend']:9s} {r['encoder']:9s} {m['p50']:8.2f} {m['p95']:8.2f} {m['p99']:8.2f} "
-            f"{r['hops_per_s']:7.1f} {r['speedup']:6.2f} {r['speedup_p99']:6.2f}  {s['frontend']:5.2f} {s['keytempo']:5.2f} {s['encoder']:6.2f} "
+            f"{r['hops_per_s']:7.1f} {r['speedup']:6.2f} {r['speedup_p99']:6.2f}  {s['frontend']:5.2f} {s['keytempo']:5.2f} {s['beatnet']:5.2f} "
+            f"{s['encoder']:6.2f} "
             f"{s['predictor']:6.2f} {s['search']:6.2f} {s['beats']:5.2f}  {r['encoder_gflop_per_s']:8.1f} "
             f"{100 * (r['peak_fraction'] or 0):5.1f}  {ag.get('top1', float('nan')):5.2f} {ag.get('mean_cos', float('nan')):7.4f}")
     for k, why in skipped.items():

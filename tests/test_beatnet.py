@@ -331,3 +331,42 @@ def test_shipped_beside_the_model_and_synced_into_the_built_dir(tmp_path, net):
         _sync_optional(packed, doc, built)
     with pytest.raises(ModelDirError, match="only"):
         add_file(packed, packed / "packed.json")
+
+
+def test_matcher_takes_its_beats_from_the_network(net):
+    """With a beat network the hop feeds the tracker the network's activation over the stream
+    (equal to the network over the whole signal), with downbeats, and never runs the beat head;
+    ``beat_source="head"`` keeps the head."""
+    from test_pipeline_backend import MicroBackend, mixture
+
+    from engine.pipeline import Matcher
+
+    be = MicroBackend(seed=0)
+    x = mixture(1, 6.0)
+    ref = net.from_audio(x)
+    runs = {}
+    for chunk in (2560, 777):
+        m = Matcher(be, None, beatnet=net)
+        assert m.beat_source == "net"
+        runs[chunk] = [r for r in m.run_array(x, chunk=chunk) if r.ready]
+        assert be.calls["beats"] == 0
+    for res in runs.values():
+        act = np.concatenate([r.activation for r in res])
+        down = np.concatenate([r.downbeat_activation for r in res])
+        m0 = int(round((res[0].activation_time - ref.t0) * ref.fps))
+        n = len(act)
+        assert m0 >= 0 and len(ref) - m0 - 8 < n <= len(ref) - m0 and len(down) == n  # less the unfinished hop
+        assert np.abs(act - ref.beat[m0:m0 + n]).max() < 1e-5 and np.abs(down - ref.downbeat[m0:m0 + n]).max() < 1e-5
+        assert all("beatnet" in r.timings and "beat_head" not in r.timings for r in res)
+        assert res[0].to_dict()["downbeat_activation"] == pytest.approx(list(res[0].downbeat_activation))
+    m = Matcher(be, None, beat_source="head")
+    r = [r for r in m.run_array(x) if r.ready]
+    assert m.beat_source == "head" and r[0].downbeat_activation is None and be.calls["beats"] > 0
+    assert Matcher(be, None).beat_source == "head"  # the directory has no network
+    with pytest.raises(ValueError, match="beat network"):
+        Matcher(be, None, beat_source="net")
+    with pytest.raises(ValueError, match="beat_source"):
+        Matcher(be, None, beat_source="both")
+    quiet = [r for r in Matcher(be, None, beatnet=net).run_array(np.zeros(SR * 3, np.float32)) if r.ready]
+    assert quiet and not any(r.activation.any() or r.downbeat_activation.any() for r in quiet)
+
