@@ -198,6 +198,28 @@ def test_info_nce_centred_ignores_a_common_component_and_hubs():
     assert float(info_nce(flat_a, flat_b, lt, center=True)) < np.log(16) - 1.0
 
 
+def test_info_nce_groups_rank_each_row_within_its_group_only():
+    """With groups, the loss is the mean of the per-group losses: rows of other groups are no
+    negatives (and moving them changes nothing)."""
+    import torch
+
+    from training.losses import info_nce
+
+    torch.manual_seed(1)
+    a, b = torch.randn(8, 6), torch.randn(8, 6)
+    lt = torch.tensor(np.log(0.1))
+    g = torch.arange(8) // 4
+    grouped = info_nce(a, b, lt, groups=g)
+    per = 0.5 * (info_nce(a[:4], b[:4], lt) + info_nce(a[4:], b[4:], lt))
+    np.testing.assert_allclose(float(grouped), float(per), rtol=1e-5)
+    b2 = b.clone()
+    b2[4:] = 10 * torch.randn(4, 6)  # the second group changes: the first group's share does not
+    first = info_nce(a[:4], b[:4], lt)
+    np.testing.assert_allclose(float(info_nce(a, b2, lt, groups=g)) * 2 - float(info_nce(a[4:], b2[4:], lt)),
+                               float(first), rtol=1e-5)
+    assert abs(float(info_nce(a, b, lt)) - float(grouped)) > 0.05
+
+
 def test_info_nce_queue_and_same_stem_mask():
     import torch
 

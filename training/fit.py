@@ -67,6 +67,7 @@ class TrainConfig:
     contrastive_weight: float = 0.0  # optional InfoNCE term added in the jepa phase
     max_temp: float = 1.0  # cap of the InfoNCE temperature (phase 1 uses 0.1: see losses.info_nce)
     center: bool = False  # InfoNCE on batch-centred embeddings (no hubs, no collapse: losses.info_nce)
+    group_negatives: bool = False  # phase 1: a row's negatives are its own group's rows only (group_size)
     beat_widen: int = 1
     beat_pos_weight: float = 5.0
     ckpt_every: int = 200
@@ -164,9 +165,9 @@ class PhaseStep(nn.Module):
     """One training step's forward for a phase; returns ``(loss, metrics)``. Wrapped by DDP."""
 
     def __init__(self, model: StemJEPA, phase: str, mean: float, std: float, contrastive_weight: float,
-                 beat_pos_weight: float, max_temp: float = 1.0, center: bool = False):
+                 beat_pos_weight: float, max_temp: float = 1.0, center: bool = False, group: int = 0):
         super().__init__()
-        self.max_temp, self.center = max_temp, center
+        self.max_temp, self.center, self.group = max_temp, center, group
         self.model, self.phase = model, phase
         self.logmel = TorchLogMel(FrontEndConfig())
         self.mean, self.std = mean, std
@@ -202,7 +203,9 @@ class PhaseStep(nn.Module):
             zt = m.encoder(self.features(batch["target"]), self.col_offset)
             # pooled exactly as retrieval pools them (mean, layer norm, L2)
             p, t = retrieval_normalise(zc.float().mean(1)), retrieval_normalise(zt.float().mean(1))
-            loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp, center=self.center)
+            groups = (torch.arange(len(p), device=p.device) // self.group) if self.group > 1 else None
+            loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp, center=self.center,
+                            groups=groups)
             with torch.no_grad():  # hubness: spread of the column means of the cosine matrix
                 hub = (p @ t.t()).mean(0).std()
             return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach(),
@@ -417,7 +420,7 @@ def fit(cfg: TrainConfig) -> Path:
     params = trainable_for(model, cfg.phase, cfg.contrastive_weight)
     model.to(device)
     step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight,
-                         cfg.max_temp, cfg.center)
+                         cfg.max_temp, cfg.center, cfg.group_size if cfg.group_negatives else 0)
     step_mod.set_frames(cfg.frames)
     step_mod.queue = NegativeQueue(cfg.queue_size if cfg.phase == "jepa" else 0, model.cfg.d_model)
     if resume is not None:

@@ -13,7 +13,7 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: torch.Tensor | None = None,
              queue: torch.Tensor | None = None, queue_keys: torch.Tensor | None = None,
-             max_temp: float = 1.0, center: bool = False) -> torch.Tensor:
+             max_temp: float = 1.0, center: bool = False, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` ``(B, d)``; learnable temperature
     ``exp(log_temp)`` (clamped to [0.01, max_temp]).
 
@@ -28,6 +28,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: 
     loss of every row above chance, and the fastest way down is to make all embeddings equal
     (collapse), a stationary point where the gradients vanish. Centred, every column's mean logit
     is about zero, a common component changes nothing, and only what tells the rows apart is left.
+
+    ``groups (B,)``: int group of each row; a row's negatives are then the rows of its own group
+    only (batches made of groups that share the target's category: which instruments a mix holds
+    cannot tell its own stem from the others', see docs/report/generalisation.md).
 
     ``queue (Q, d)``: extra negatives for the ``a -> b`` direction (earlier steps' ``b`` rows).
     ``keys (B,)`` / ``queue_keys (Q,)``: int64 identity of what each row shows (a stem); a negative
@@ -47,6 +51,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, log_temp: torch.Tensor, *, keys: 
         if keys is not None:
             same = (keys[:, None] == keys[None, :]) & ~eye
             logits = logits.masked_fill(same, float("-inf"))
+        if groups is not None:
+            logits = logits.masked_fill((groups[:, None] != groups[None, :]) & ~eye, float("-inf"))
         logits_ab = logits
         if queue is not None and len(queue):
             qv = queue.float() - b_mean if center else queue.float()
