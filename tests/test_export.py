@@ -257,22 +257,21 @@ def test_trt_builds_engines(micro_dir, tmp_path):
     assert "encoder" in built and any((d / "trt").iterdir())
 
 
-def test_unpack_rebuilds_the_exported_checkpoint(tmp_path, micro_dir):
+def test_recover_rebuilds_the_exported_checkpoint(tmp_path, micro_dir):
     """A full model directory back to a checkpoint: same fingerprint, same outputs, and a
     directory whose graph belongs to another model is refused."""
     import shutil
 
     import torch
 
-    from engine.manifest import ModelDirError
     from export.core import fingerprint
-    from export.unpack import unpack
+    from export.recover import RecoverError, recover
     from training.checkpoint import load_model
 
-    r = unpack(micro_dir, tmp_path / "back.pt")
+    recover(micro_dir, tmp_path / "back.pt")
     model, state = load_model(tmp_path / "back.pt")
     man = json.loads((micro_dir / "manifest.json").read_text())
-    assert fingerprint(model) == man["fingerprint"] == r["fingerprint"]
+    assert fingerprint(model) == man["fingerprint"]
     assert state["norm"] == man["norm"] and len(state["labels"]) == len(man["labels"])
     x = torch.randn(1, 80, 320)
     ts = torch.jit.load(str(micro_dir / man["torch"]["graphs"]["encoder"]["fp32"]["path"]))
@@ -283,5 +282,5 @@ def test_unpack_rebuilds_the_exported_checkpoint(tmp_path, micro_dir):
     shutil.copytree(micro_dir, bad)
     enc = man["torch"]["graphs"]["encoder"]["fp32"]["path"]
     shutil.copyfile(bad / man["torch"]["graphs"]["predictor"]["fp32"]["path"], bad / enc)
-    with pytest.raises(ModelDirError, match="does not hold the encoder"):
-        unpack(bad, tmp_path / "bad.pt")
+    with pytest.raises(RecoverError, match="no weights under"):
+        recover(bad, tmp_path / "bad.pt")
