@@ -270,3 +270,18 @@ def test_negative_queue_is_fifo_and_round_trips():
     other.load(q.state())  # another size starts empty
     assert other.negatives() == (None, None)
     assert stem_key("t", "bass") == stem_key("t", "bass") != stem_key("t", "drums")
+
+
+def test_alignment_ranks_the_own_stem_among_all_and_within_its_category():
+    import torch
+
+    from training.alignment import _ranks
+
+    S = torch.eye(4) + 0.1  # every query nearest its own stem
+    cats = np.array(["bass", "bass", "drums", "drums"])
+    r = _ranks(S, cats)
+    assert r["median_rank"] == 0.0 and r["mean_rank_in_category"] == 0.0
+    S2 = 1.0 - torch.eye(4)  # every query farthest from its own stem
+    r2 = _ranks(S2, cats)
+    assert r2["median_rank"] == 1.0 and r2["mean_rank_in_category"] == 1.0
+    assert r2["own_cos"] == 0.0 and r2["others_cos"] == 1.0
