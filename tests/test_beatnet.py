@@ -266,6 +266,15 @@ def test_fit_resumes_exactly_and_exports(clicks, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def test_max_tracks_spread_over_the_set():
+    from training.beat_eval import spread
+
+    ids = [f"a{i}" for i in range(60)] + [f"b{i}" for i in range(40)]
+    got = spread(ids, 10)
+    assert len(got) == 10 and got[0] == "a0" and got[-1] == "b39" and sum(g.startswith("b") for g in got) == 4
+    assert spread(ids, None) == ids and spread(ids, 500) == ids
+
+
 def test_lock_time_and_downbeat_decoder():
     from training.beat_eval import decode_downbeats, lock_time, score_track
 
@@ -370,3 +379,31 @@ def test_matcher_takes_its_beats_from_the_network(net):
     quiet = [r for r in Matcher(be, None, beatnet=net).run_array(np.zeros(SR * 3, np.float32)) if r.ready]
     assert quiet and not any(r.activation.any() or r.downbeat_activation.any() for r in quiet)
 
+
+
+SHIPPED = ROOT / "engine" / "assets" / "model" / "beatnet.npz"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="the shipped model directory has no beat network")
+def test_the_shipped_network_hears_no_beat_without_music_and_the_demo_tempo_with_it():
+    """The shipped weights: listed in packed.json, small; low activation on silence, noise, a held
+    chord and a steady tone; on the demo track (94 BPM) the causal tracker locks to its tempo."""
+    from engine.audio import load_audio
+    from engine.beats import CausalBeatTracker
+
+    assert find_beatnet(SHIPPED.parent) == SHIPPED and SHIPPED.stat().st_size < 400_000
+    net = BeatNet.load(SHIPPED)
+    n = SR * 10
+    t = np.arange(n) / SR
+    quiet = {"silence": np.zeros(n), "white noise": 0.1 * np.random.default_rng(0).standard_normal(n),
+             "chord": sum(0.08 * np.sin(2 * np.pi * f * k * t) / k for f in (261.6, 329.6, 392.0) for k in range(1, 5)),
+             "tone": 0.3 * np.sin(2 * np.pi * 440.0 * t)}
+    for name, x in quiet.items():
+        a = net.from_audio(x.astype(np.float32))
+        assert a.beat.max() < 0.3 and a.downbeat.max() < 0.3, (name, a.beat.max(), a.downbeat.max())
+    demo = load_audio(ROOT / "engine" / "assets" / "demo" / "demo_track.flac")
+    a = net.from_audio(demo)
+    assert a.beat.max() > 0.5
+    tracker = CausalBeatTracker()
+    st = tracker.process(a.beat)
+    assert abs(st.tempo - 94.0) / 94.0 < 0.04, st.tempo  # its MIDI tempo map: 94 BPM

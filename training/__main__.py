@@ -115,7 +115,8 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("--split", default="validation", help="split in DATA/splits.json ('all' for every track)")
     ap.add_argument("--conditioning", choices=["label", "category"], default="label",
                     help="query with fine labels or with category names")
-    ap.add_argument("--max-tracks", type=int, default=None, help="evaluate at most this many tracks (default: all)")
+    ap.add_argument("--max-tracks", type=int, default=None, help="evaluate at most this many tracks (default: all; "
+                    "beats: spread evenly over the set, every corpus in it)")
     ap.add_argument("--track-list", help="JSON list of the split's track ids to evaluate, exactly those (default: all)")
     ap.add_argument("--max-chunks", type=int, default=4, help="8-s chunks per stem")
     ap.add_argument("--max-seconds", type=float, default=None,

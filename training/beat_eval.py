@@ -21,7 +21,9 @@ within two frames of it (causal: up to one frame after); the bar position is the
 phase) whose beats stand out most -- an exponential average over the beats so far (causal) or the
 mean over the track (offline). This is an evaluation decoder, not the engine's meter tracker.
 
-Scores (mir_eval, reference and estimates trimmed of their first 5 s): beat F-measure (70 ms),
+Tracks: those of the split with beats; ``max_tracks`` of them spread evenly over the list
+(:func:`spread`), so that every corpus of a set is in the sample. Scores (mir_eval, reference and
+estimates trimmed of their first 5 s): beat F-measure (70 ms),
 CMLt, AMLt; downbeat F-measure where the tracks and the source have downbeats; the time to lock,
 seconds from the first reference beat to the first one from which every reference beat has an
 estimate within 70 ms and every estimate a reference beat (median over the tracks that lock, and
@@ -284,6 +286,14 @@ def summarise(rows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def spread(items: list, n: int | None) -> list:
+    """``n`` of ``items`` evenly spread over the list (all when ``n`` is None or not smaller): a set
+    sorted by track id is grouped by corpus, and its first ``n`` would be one corpus only."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
 def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, max_seconds=None, tracks=None,
                    source: str | None = None) -> dict:
     """Beat (and downbeat) figures of one source on the tracks of ``data``'s ``split`` (or ``tracks``)."""
@@ -296,8 +306,8 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
 
     torch.set_num_threads(max(1, int(threads)))
     src = resolve_source(str(model), source, threads)
-    tracks = tracks if tracks is not None else read_tracks(data, split, max_tracks, max_seconds)
-    tracks = [t for t in tracks if t.beats is not None and len(t.beats) > 4]
+    tracks = tracks if tracks is not None else read_tracks(data, split, None, max_seconds)
+    tracks = spread([t for t in tracks if t.beats is not None and len(t.beats) > 4], max_tracks)
     rows: dict[str, list] = {"causal": [], "offline": []}
     per_track = []
     t_start = time.time()
@@ -346,3 +356,43 @@ def print_beats(r: dict) -> None:
         print(f"{mode:10s} {f(m['F'])} {f(m['CMLt'])} {f(m['AMLt'])} {f(m.get('downbeat_F'), 7)} "
               f"{f(m.get('lock_s_median'), 7)} {f(m.get('locked'), 7)}")
 
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per (set, source, decoder) of ``evaluate_beats`` results (``set``: a name given to
+    the result, else its data folder)."""
+    from .evaluate import VALIDATION_SETS
+
+    names = {spec["dir"]: name for name, spec in VALIDATION_SETS.items()}
+
+    def f(x, fmt="{:.3f}"):
+        return fmt.format(x) if isinstance(x, (int, float)) else "-"
+
+    rows = ["| set | source | decoder | tracks | F | CMLt | AMLt | downbeat F | lock (s, median) | locked |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for mode in ("causal", "offline"):
+            m = r.get(mode)
+            if not m:
+                continue
+            locked = None if m.get("locked") is None else 100 * m["locked"]
+            where = r.get("set") or names.get(Path(str(r["data"])).name, str(r["data"]))
+            rows.append(f"| {where} | {r['source']} | {mode} | {r['n_tracks']} | {f(m['F'])} | "
+                        f"{f(m['CMLt'])} | {f(m['AMLt'])} | {f(m.get('downbeat_F'))} | "
+                        f"{f(m.get('lock_s_median'), '{:.1f}')} | {f(locked, '{:.0f} %')} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    """``python -m training.beat_eval table FILE.json ...``: the Markdown table of saved results."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] != "table":
+        print(main.__doc__)
+        return 2
+    print(markdown_table([json.loads(Path(p).read_text()) for p in argv[1:]]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

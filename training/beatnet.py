@@ -141,6 +141,7 @@ class BeatNetConfig:
     seed: int = 0
     threads: int = 1
     max_tracks: int = 0
+    write_cache: bool = False  # write the sampler's envelope caches into the dataset (False: read only)
     norm_samples: int = 64
     stop_after: int = 0  # stop after this many steps in this invocation (resume later)
     stop_minutes: float = 0.0  # stop (checkpointing) once this invocation has trained this long
@@ -348,11 +349,12 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fe = FrontEndConfig()
     sampler = StemSampler(cfg.data, split=cfg.split, seconds=cfg.seconds, seed=cfg.seed,
-                          max_tracks=cfg.max_tracks or None)
+                          max_tracks=cfg.max_tracks or None, write_cache=cfg.write_cache)
     examples = BeatExamples(sampler, cfg, fe)
     val = None
     try:
-        vs = StemSampler(cfg.data, split="validation", seconds=cfg.seconds, seed=cfg.seed, max_tracks=40)
+        vs = StemSampler(cfg.data, split="validation", seconds=cfg.seconds, seed=cfg.seed, max_tracks=40,
+                         write_cache=cfg.write_cache)
         val = BeatExamples(vs, cfg, fe)
     except Exception:  # no validation split: no validation loss
         val = None

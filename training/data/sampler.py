@@ -83,9 +83,10 @@ def _envelope_db(x: np.ndarray) -> np.ndarray:
     return (10.0 * np.log10(e + 1e-12)).astype(np.float32)
 
 
-def _cached_envelope(path: Path, x: np.ndarray) -> np.ndarray:
+def _cached_envelope(path: Path, x: np.ndarray, write: bool = True) -> np.ndarray:
     """:func:`_envelope_db` of a stem, cached beside it (``.<stem>.env.npy``, ignored by the layout)
-    so that a restart does not read every sample again; recomputed when the audio file is newer."""
+    so that a restart does not read every sample again; recomputed when the audio file is newer.
+    ``write=False``: use a cache that is there, write none (a dataset others own)."""
     cache = path.with_name(f".{path.stem}.env.npy")
     try:
         if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
@@ -95,6 +96,8 @@ def _cached_envelope(path: Path, x: np.ndarray) -> np.ndarray:
     except (OSError, ValueError):
         pass
     e = _envelope_db(x)
+    if not write:
+        return e
     try:
         tmp = cache.with_name(cache.name + ".tmp.npy")
         np.save(tmp, e)
@@ -119,7 +122,8 @@ class StemSampler:
     """See the module docstring. ``sample`` and ``sample_beats`` are the API the training loop uses."""
 
     def __init__(self, root, split="train", seconds=8.0, sr=16000, label_mode="mixed", seed=0, max_tracks=None,
-                 active_db: float = -60.0, min_active: float = 0.25, mmap: bool = True, progress: bool = False):
+                 active_db: float = -60.0, min_active: float = 0.25, mmap: bool = True, progress: bool = False,
+                 write_cache: bool = True):
         if label_mode not in LABEL_MODES:
             raise ValueError(f"label_mode must be one of {LABEL_MODES}, not {label_mode!r}")
         if sr != 16000:
@@ -133,6 +137,7 @@ class StemSampler:
         self.active_db = float(active_db)
         self.min_active = float(min_active)
         self.errors: list[str] = []  # stems/tracks skipped while loading, with the reason
+        self.write_cache = bool(write_cache)  # False: envelope caches are read, never written
         tracks = load_dataset(self.root, split, strict=False)
         if max_tracks is not None and max_tracks < len(tracks):
             pick = np.sort(np.random.default_rng(seed).permutation(len(tracks))[:max_tracks])
@@ -175,7 +180,7 @@ class StemSampler:
                 continue
             ids.append(sid)
             audio.append(x)
-            envs.append(_cached_envelope(st.path, x))
+            envs.append(_cached_envelope(st.path, x, self.write_cache))
         if len(ids) < 2:
             self.errors.append(f"{t.track_id}: fewer than 2 readable stems")
             return None
