@@ -516,6 +516,7 @@ def test_match_and_beat_messages_from_a_hop_result(tmp_path, ctx, engine, server
     assert (quiet["tempo"], quiet["phase"], quiet["next_beats"], quiet["beats_in_hop"], quiet["confidence"]) == \
            (None, None, [], [], 0.0)
     assert srv._beat_msg(dataclasses.replace(res, beat=None), 1.0, 5, None) is None
+    srv.close()
 
 
 def test_startup_line_shows_the_matchers_settings_not_the_command_lines(tmp_path, ctx, engine, server_assets):
@@ -535,6 +536,7 @@ def test_startup_line_shows_the_matchers_settings_not_the_command_lines(tmp_path
     line = started_line(srv, a)
     assert "instruments ['drums', 'fretless bass'], k=2, hop 160 ms (asked 150 ms, rounded to 20-ms steps)" in line
     assert line.startswith(f"backend {engine[0].name} on cpu; publishing on {a.pub}, control on {a.ctl};")
+    srv.close()
 
 
 def test_curve_keys_encrypt_and_authenticate(tmp_path, ctx, engine, server_assets):
