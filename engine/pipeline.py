@@ -141,9 +141,9 @@ class Matcher(MatcherControls):
         self.ring = RingBuffer(cap)
         self.drop_late = bool(drop_late)
         self.enable_beats = bool(beats)
-        self.tracker = CausalBeatTracker(self.beat_fps, **(tracker_kw or {}))
         self.beatnet = self._beat_network(beat_source, beatnet)
         self.beat_source = "net" if self.beatnet is not None else "head"
+        self.tracker = CausalBeatTracker(self.beat_fps, **{"source": self.beat_source, **(tracker_kw or {})})
         if self.beatnet is not None:
             self._bnet = self.beatnet.stream()
             self._bact = np.zeros((2, self.W // self.frames_per_act), np.float32)  # the window's beat, downbeat
@@ -427,7 +427,7 @@ class Matcher(MatcherControls):
                 new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
                 new_down = None if new_down is None else np.zeros_like(new_down)
             act_time = self.act_time(self._act_next)
-            beat_state = self.tracker.process(new_act)
+            beat_state = self.tracker.process(new_act, new_down, gated=quiet)
             self._act_next = m_end
         return beat_state, new_act, act_time, new_down
 

@@ -62,6 +62,10 @@ def parse_args(argv=None):
     ap.add_argument("--midi-channel", type=int, default=config.MIDI_CHANNEL, help="beat note channel, 1..16")
     ap.add_argument("--midi-note", type=int, default=config.MIDI_NOTE, help="beat note number, 0..127")
     ap.add_argument("--midi-port", default=config.MIDI_PORT_NAME, help="virtual MIDI port name")
+    ap.add_argument("--no-beat", choices=("hold", "stop"), default=config.MIDI_NO_BEAT,
+                    help="what the MIDI clock does while the tracker hears no beat (silence, noise, a steady "
+                    "tone): hold = keep ticking at the last tempo, stop = send Stop and tick again from the "
+                    f"next downbeat once beats return (default {config.MIDI_NO_BEAT}; set_midi changes it)")
     ap.add_argument("--threads", type=int, default=1, help="inference threads")
     ap.add_argument("--curve-keys", default=None, metavar="DIR",
                     help="directory with CURVE keys (python -m server.keys DIR); required to bind non-loopback "
@@ -286,7 +290,7 @@ def main(argv=None) -> int:
             from .midi import MidiClock, MidiUnavailable
 
             try:
-                midi = MidiClock(port_name=a.midi_port, channel=a.midi_channel, note=a.midi_note)
+                midi = MidiClock(port_name=a.midi_port, channel=a.midi_channel, note=a.midi_note, no_beat=a.no_beat)
                 log.info("MIDI: clock and beat notes (channel %d, note %d) on virtual port %r (%s)",
                          a.midi_channel, a.midi_note, a.midi_port, midi.api)
             except MidiUnavailable as e:

@@ -156,6 +156,7 @@ class Server(Control, Messages):
         self.last_counters: dict = {}
         self.last_signal: bool | None = None
         self.last_level_db: float | None = None
+        self.last_no_beat: bool | None = None  # the latest beat message's no-beat state
         self.finished = False
         self.feeder = Feeder(source.capture)
         self.feeder.attach(matcher.ring)

@@ -61,6 +61,7 @@ MIDI_CHANNEL = 10  # 1..16
 MIDI_NOTE = 37  # GM side stick
 MIDI_VELOCITY = 100
 MIDI_NOTE_LENGTH_S = 0.05
+MIDI_NO_BEAT = "hold"  # what the clock does while the tracker hears no beat: "hold" (keep ticking) or "stop"
 
 # CURVE key files written by `python -m server.keys DIR`
 CURVE_SERVER_SECRET = "server.key_secret"

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import zmq
 
 from . import config, protocol as P
+from .midi import NO_BEAT_MODES
 
 log = logging.getLogger("server")
 
@@ -311,7 +312,10 @@ class Control:
         ch = P.arg(req, "channel", int, lo=1, hi=16, required=False)
         note = P.arg(req, "note", int, lo=0, hi=127, required=False)
         vel = P.arg(req, "velocity", int, lo=1, hi=127, required=False)
-        self.midi.configure(channel=ch, note=note, velocity=vel)
+        no_beat = P.arg(req, "no_beat", str, required=False)
+        if no_beat is not None and no_beat not in NO_BEAT_MODES:
+            raise P.ProtocolError(P.E_BAD_ARGS, f'"no_beat" must be one of {", ".join(NO_BEAT_MODES)}, got {no_beat[:40]!r}')
+        self.midi.configure(channel=ch, note=note, velocity=vel, no_beat=no_beat)
         return {"midi": self.midi.info()}
 
 

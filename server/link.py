@@ -155,13 +155,10 @@ class LinkSink:
         old = getattr(matcher, "tracker", None)
         if old is None:
             return
-        from engine.beats import CausalBeatTracker
-
         with srv.lock:  # between two hops
             old = matcher.tracker
-            new = CausalBeatTracker(old.fps, min_bpm=tempo * (1 - LEAD_RANGE), max_bpm=tempo * (1 + LEAD_RANGE),
-                                    n_predict=old.n_predict, refractory=old.refractory,
-                                    time_offset=old.time_offset + old.frame / old.fps)
+            new = old.retuned(min_bpm=tempo * (1 - LEAD_RANGE), max_bpm=tempo * (1 + LEAD_RANGE),
+                              time_offset=old.time_offset + old.frame / old.fps)
             matcher.tracker = new
         self.lead_tempo = tempo
         self.retunes += 1

@@ -119,6 +119,8 @@ class Messages:
         self.last_stream_time = st
         self.last_signal = bool(res.signal)
         self.last_level_db = _level(res.level_db)
+        if res.beat is not None:
+            self.last_no_beat = bool(getattr(res.beat, "no_beat", False)) or not res.signal
         # hop index counting dropped hops: consecutive messages differ by 1 + drops in between
         hop = int(res.hop_index)
         timings = {str(k_): float(v) for k_, v in res.timings.items() if _num(v) is not None}
@@ -168,20 +170,35 @@ class Messages:
         act = np.clip(np.nan_to_num(np.asarray(res.activation, dtype=np.float64).reshape(-1)), 0, 1)
         conf = _num(b.confidence)
         signal = bool(res.signal)
-        if not signal:  # silence is reported as silence: no tempo, no phase, no forecast
-            tempo = phase = None
+        no_beat = bool(getattr(b, "no_beat", False)) or not signal
+        down = _num(getattr(b, "next_downbeat", None))
+        beat_in_bar, bar_phase = getattr(b, "beat_in_bar", None), _num(getattr(b, "bar_phase", None))
+        if no_beat:  # silence, or the tracker's no-beat state: no tempo, no phase, no forecast, no bar
+            tempo = phase = down = beat_in_bar = bar_phase = None
             nb = []
+        if not signal:
             conf = 0.0
         speed = getattr(self.source, "speed", None) or 1.0
         base = arrival if arrival is not None else time.time()
+        wall = lambda x: base + (x - st) / speed  # noqa: E731
         m = self._header("beat", st, arrival)
         m.update({
             "hop": hop, "signal": signal, "level_db": _level(res.hop_level_db),
+            "window_level_db": _level(res.level_db), "no_beat": no_beat,
+            "beat_presence": 0.0 if not signal else min(1.0, max(0.0, _num(getattr(b, "beat_presence", 1.0)) or 0.0)),
             "tempo": tempo, "phase": phase, "period_s": (60.0 / tempo) if tempo else None,
             "last_beat": _num(b.last_beat) if signal else None, "next_beats": nb,
-            "next_beats_wall": [base + (x - st) / speed for x in nb],
-            "beats_in_hop": [] if not signal else [float(x) for x in np.asarray(b.beats, dtype=np.float64).reshape(-1)],
+            "next_beats_wall": [wall(x) for x in nb],
+            "beats_in_hop": [] if no_beat else [float(x) for x in np.asarray(b.beats, dtype=np.float64).reshape(-1)],
             "confidence": None if conf is None else min(1.0, max(0.0, conf)),
+            "meter": int(getattr(b, "meter", 4)),
+            "meter_confidence": min(1.0, max(0.0, _num(getattr(b, "meter_confidence", 0.0)) or 0.0)),
+            "beat_in_bar": None if beat_in_bar is None else int(beat_in_bar),
+            "bar_phase": None if bar_phase is None else bar_phase % 1.0,
+            "bar_confidence": min(1.0, max(0.0, _num(getattr(b, "bar_confidence", 0.0)) or 0.0)),
+            "next_downbeat": down, "next_downbeat_wall": None if down is None else wall(down),
+            "downbeats_in_hop": [] if no_beat else
+            [float(x) for x in np.asarray(getattr(b, "downbeats", []), dtype=np.float64).reshape(-1)],
             "activation": [round(float(a), 5) for a in act], "activation_rate": 50.0,
             "activation_time": _num(res.activation_time),
         })
@@ -206,7 +223,8 @@ class Messages:
         st = self.source.info()
         midi = self.midi.info() if self.midi is not None else {
             "enabled": False, "port": None, "channel": config.MIDI_CHANNEL, "note": config.MIDI_NOTE,
-            "clocks": 0, "notes": 0, "error": self.midi_error}
+            "clocks": 0, "notes": 0, "error": self.midi_error, "no_beat": config.MIDI_NO_BEAT, "running": False,
+            "starts": 0, "stops": 0}
         inp = getattr(self.source, "health", None)
         inp = inp() if inp is not None else {}
         msg = {"v": P.VERSION, "topic": "status", "seq": 0, "stream_time": float(self.last_stream_time),
@@ -226,7 +244,7 @@ class Messages:
                             "input_stalls": int(inp.get("stalls", 0)), "input_reopens": int(inp.get("reopens", 0)),
                             "input_glitches": int(inp.get("glitches", 0))},
                "subscriptions": self.subscriptions,
-               "signal": self.last_signal, "level_db": self.last_level_db,
+               "signal": self.last_signal, "level_db": self.last_level_db, "no_beat": self.last_no_beat,
                "latency": self.lat.stats(),
                "timings_ms": {k: round(float(np.median(v)), 3) for k, v in list(self.timings.items()) if v},
                "midi": midi, "pub": self.pub_addr, "ctl": self.ctl_addr, "protocol": P.VERSION}

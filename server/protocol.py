@@ -295,6 +295,9 @@ BEAT = Obj({
     "hop": Int(0),
     "signal": Bool(),  # False: silence -- tempo, phase and next beats are null/empty, confidence 0
     "level_db": Num(-200, 20),  # dBFS RMS of this hop's audio
+    "window_level_db": Num(-200, 20),  # dBFS RMS of the window's audio (the level `signal` is decided on)
+    "no_beat": Bool(),  # the tracker hears no beat (or no signal): no tempo, forecast, bar or beats
+    "beat_presence": Num(0, 1),  # the tracker's mass outside its no-beat state
     "tempo": Num(0, null=True),  # BPM, null while unknown
     "phase": Num(0, 1, null=True),  # position within the current beat, [0, 1)
     "period_s": Num(0, null=True),  # 60 / tempo
@@ -302,7 +305,15 @@ BEAT = Obj({
     "next_beats": List(Num()),  # stream s of predicted beats, ascending
     "next_beats_wall": List(Num()),  # the same, as unix s
     "beats_in_hop": List(Num()),  # stream s of beats detected inside this hop
-    "confidence": Num(0, 1, null=True),
+    "confidence": Num(0, 1, null=True),  # calibrated: about the fraction of beats at it that are right
+    "meter": Int(1),  # beats per bar of the likelier meter (3 or 4)
+    "meter_confidence": Num(0, 1),
+    "beat_in_bar": Int(0, null=True),  # the current beat's place in its bar, 0 = downbeat
+    "bar_phase": Num(0, 1, null=True),  # position within the bar, [0, 1)
+    "bar_confidence": Num(0, 1),  # share of the tracker's mass on this meter and place
+    "next_downbeat": Num(null=True),  # stream s of the next predicted downbeat
+    "next_downbeat_wall": Num(null=True),  # the same, as unix s
+    "downbeats_in_hop": List(Num()),  # those of beats_in_hop that are downbeats
     "activation": List(Num(0, 1)),  # beat activation frames of this hop, 50 Hz, oldest first
     "activation_rate": Num(0),  # Hz
     "activation_time": Num(null=True),  # stream s of activation[0]
@@ -355,10 +366,13 @@ STATUS = Obj({
     "latency_ms": Num(0, null=True),
     "signal": Bool(null=True),  # of the latest hop (null before the first)
     "level_db": Num(-200, 20, null=True),  # dBFS RMS of the latest hop's window
+    "no_beat": Bool(null=True),  # the latest beat message's no_beat (null before the first)
     "latency": _LAT,
     "timings_ms": Map(Num(0)),
     "midi": Obj({"enabled": Bool(), "port": Str(null=True), "channel": Int(1, 16), "note": Int(0, 127),
-                 "clocks": Int(0), "notes": Int(0), "error": Str(null=True)}),
+                 "clocks": Int(0), "notes": Int(0), "error": Str(null=True),
+                 # what the clock does without a beat; whether it runs (Start sent, no Stop since)
+                 "no_beat": Str(enum=("hold", "stop")), "running": Bool(), "starts": Int(0), "stops": Int(0)}),
     "pub": Str(),
     "ctl": Str(),
     "protocol": Const(VERSION),

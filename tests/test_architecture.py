@@ -8,8 +8,8 @@ FORBIDDEN = {"engine": {"server", "training", "export"}, "server": {"training", 
 #: the one allowed crossing: the server's command line builds a packed model directory's forms
 #: once at start-up, before any audio flows (export.cache; docs/model_dir.md)
 ALLOWED = {("server/__main__.py", "export")}
-TORCHLESS = ("contract", "backends", "pipeline", "hop", "controls", "library", "frontend", "beats", "beatnet", "text",
-             "categories", "manifest", "stream", "ring", "audio")
+TORCHLESS = ("contract", "backends", "pipeline", "hop", "controls", "library", "frontend", "beats", "beatspace",
+             "tracker", "beatnet", "text", "categories", "manifest", "stream", "ring", "audio")
 
 
 def imports(path: Path, top_level_only: bool = False) -> set[str]:

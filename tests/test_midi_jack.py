@@ -185,33 +185,28 @@ def test_clock_follows_the_causal_tracker(jack):
     check_note_every_24_clocks(rec, clock.clocks, clock.notes)
 
 
-def test_server_midi_end_to_end(jack, tmp_path, server_assets):
-    """``python -m server --midi`` with the real engine: the clock runs at the tempo the server
-    publishes on the beat topic and its beat notes land on the beats it predicts, one note per 24
-    clocks. The untrained model's tracker has no musical tempo to find, and over 55-215 BPM it
-    jumps between octaves (61 <-> 123 BPM here), which no clock can follow; ``--min-bpm 100
-    --max-bpm 150`` keeps it on one octave, so its grid is steady after about a second."""
+def run_server(args, port_name, pub_port, topics, timeout):
+    """``python -m server ARGS --midi --midi-port PORT_NAME`` on an input file, run to its end:
+    (exit status, its output, a Subscriber holding the ``topics`` it published, a JACK Recorder
+    of the port)."""
     import zmq
 
-    from server.testing import Subscriber, write_click_track
+    from server.testing import Subscriber
 
-    wav = tmp_path / "click.wav"
-    write_click_track(wav, seconds=6.0)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    pub = "tcp://127.0.0.1:25655"
-    p = subprocess.Popen([sys.executable, "-m", "server", *server_assets.cli_args(), "--instruments", "drums",
-                          "--min-bpm", "100", "--max-bpm", "150", "--midi", "--midi-port", "e2e clock",
-                          "--midi-note", "60", "--input", str(wav), "--pub", pub, "--ctl", "tcp://127.0.0.1:25656"],
-                         cwd=ROOT, env=env,
+    pub = f"tcp://127.0.0.1:{pub_port}"
+    p = subprocess.Popen([sys.executable, "-m", "server", *args, "--midi", "--midi-port", port_name, "--pub", pub,
+                          "--ctl", f"tcp://127.0.0.1:{pub_port + 1}"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ctx = zmq.Context()
-    sub = Subscriber(ctx, pub, topics=("beat",))
+    sub = Subscriber(ctx, pub, topics=topics)
     try:
-        rec = Recorder("e2e clock", timeout=15)
-        t_end = time.monotonic() + 20
+        rec = Recorder(port_name, timeout=30)
+        t_end = time.monotonic() + timeout
         while p.poll() is None and time.monotonic() < t_end:
             sub.poll(0.1)
-        out, _ = p.communicate(timeout=20)
+        out, _ = p.communicate(timeout=30)
+        time.sleep(0.2)
         rec.close()
     finally:
         sub.close()
@@ -219,9 +214,31 @@ def test_server_midi_end_to_end(jack, tmp_path, server_assets):
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 0, out
+    return p.returncode, out, sub, rec
+
+
+def test_server_midi_end_to_end(jack, tmp_path, server_assets):
+    """``python -m server --midi`` with the real engine: the clock runs at the tempo the server
+    publishes on the beat topic and its beat notes land on the beats it predicts, one note per 24
+    clocks. The shipped model where it is present: an untrained model's beat head has no pulse to
+    find, and its tracker, in and out of its no-beat state and between tempo octaves, gives no grid
+    to follow (there ``--min-bpm 100 --max-bpm 150`` keeps it on one octave at least)."""
+    from server import config
+    from server.testing import write_click_track
+
+    wav = tmp_path / "click.wav"
+    write_click_track(wav, seconds=8.0)  # the tracker locks after one to two seconds
+    shipped = config.model_present(config.DEFAULT_MODEL_DIR)
+    if shipped:
+        from export.cache import ensure_built
+
+        ensure_built(config.DEFAULT_MODEL_DIR)
+    rc, out, sub, rec = run_server([*([] if shipped else server_assets.cli_args()), "--instruments", "drums", "--min-bpm", "100",
+                                    "--max-bpm", "150", "--midi-note", "60", "--input", str(wav)],
+                                   "e2e clock", 25655, ("beat",), 20)
+    assert rc == 0, out
     assert not sub.errors, sub.errors[:3]
-    beats = [(t_recv, m) for tp, m, t_recv in sub.msgs]
+    beats = [(t_recv, m) for tp, m, t_recv in sub.msgs if not m["no_beat"]]  # the tracker's grid, once locked
     assert beats and all(m["period_s"] for _, m in beats)
     c = rec.clocks()
     assert len(c) > 24, (len(c), out)
@@ -254,3 +271,35 @@ def test_server_midi_end_to_end(jack, tmp_path, server_assets):
     sent = re.search(r"MIDI: sent (\d+) clocks, (\d+) beat notes", out)
     assert sent, out[-2000:]
     check_note_every_24_clocks(rec, int(sent.group(1)), int(sent.group(2)))
+
+
+@pytest.mark.parametrize("name", ["silence", "white noise", "steady tone"])
+def test_server_no_clock_without_a_beat(jack, tmp_path, name):
+    """``python -m server --midi --no-beat stop`` with the shipped model on 8 s of silence, of white
+    noise or of a steady tone: the tracker hears no beat, so the clock never starts -- not one
+    message comes through JACK -- and the server publishes its no-beat state."""
+    import soundfile as sf
+
+    from server import config
+
+    if not config.model_present(config.DEFAULT_MODEL_DIR):
+        pytest.skip("the shipped model directory is absent")
+    from export.cache import ensure_built
+
+    ensure_built(config.DEFAULT_MODEL_DIR)
+    sr = 16000
+    t = np.arange(8 * sr) / sr
+    x = {"silence": np.zeros_like(t), "white noise": 0.2 * np.random.default_rng(0).standard_normal(t.size),
+         "steady tone": 0.3 * np.sin(2 * np.pi * 440 * t)}[name]
+    wav = tmp_path / "nobeat.wav"
+    sf.write(str(wav), x.astype(np.float32), sr)
+    rc, out, sub, rec = run_server(["--instruments", "drums", "--no-beat", "stop", "--input", str(wav)],
+                                   "nobeat clock", 25659, ("beat", "status"), 60)
+    assert rc == 0, out
+    beats = [m for tp, m, _ in sub.msgs if tp == "beat"]
+    assert len(beats) > 30 and all(m["no_beat"] and not m["beats_in_hop"] for m in beats)
+    assert rec.events == [], rec.events[:5]
+    assert "MIDI: sent 0 clocks, 0 beat notes" in out
+    status = [m for tp, m, _ in sub.msgs if tp == "status"]
+    assert status and status[-1]["midi"]["no_beat"] == "stop" and status[-1]["midi"]["starts"] == 0
+    assert status[-1]["no_beat"] is True and status[-1]["signal"] is (name != "silence")

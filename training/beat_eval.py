@@ -16,10 +16,12 @@ Sources (``--model``, and ``--beats-source`` where a model directory has both):
   downbeat tracker (RNN + DBN, meters 3 and 4) as "offline" downbeats (5x slower again).
 
 Decoders: causal ``engine.beats.CausalBeatTracker`` and offline ``engine.beats.offline_beats`` on
-the beat activation. Downbeats (net): each decoded beat gets the strongest downbeat activation
-within two frames of it (causal: up to one frame after); the bar position is the (meter 3 or 4,
-phase) whose beats stand out most -- an exponential average over the beats so far (causal) or the
-mean over the track (offline). This is an evaluation decoder, not the engine's meter tracker.
+the beat activation. Downbeats (net), causal: the engine's own bar tracker (the same
+``CausalBeatTracker``, whose bar pointer reads the downbeat activation; :func:`causal_bars`).
+Offline: each decoded beat gets the strongest downbeat activation within two frames of it; the
+bar position is the (meter 3 or 4, phase) whose beats stand out most over the track
+(:func:`decode_downbeats`, an evaluation decoder; its causal form, an exponential average over
+the beats so far, is kept for comparison).
 
 Tracks: those of the split with beats; ``max_tracks`` of them spread evenly over the list
 (:func:`spread`), so that every corpus of a set is in the sample. Scores (mir_eval, reference and
@@ -241,6 +243,15 @@ def decode_downbeats(beats: np.ndarray, act, causal: bool, meters=(3, 4), alpha:
     return np.asarray(out)
 
 
+def causal_bars(act) -> tuple[np.ndarray, np.ndarray | None]:
+    """(beats, downbeats) the live tracker reports on a source's causal activations: its bar
+    pointer reads the downbeat activation when there is one (downbeats None without)."""
+    from engine.beats import CausalBeatTracker
+
+    beats, downs = CausalBeatTracker(fps=act.fps).run_bars(act.beat, act.downbeat)
+    return act.t0 + beats, (act.t0 + downs if act.downbeat is not None else None)
+
+
 def lock_time(ref: np.ndarray, est: np.ndarray, tol: float = TOL) -> float:
     """Seconds from the first reference beat to the first reference beat from which on every
     reference beat has an estimate within ``tol`` and every estimate a reference beat; NaN when
@@ -300,7 +311,7 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
     import torch
     from tqdm import tqdm
 
-    from engine.beats import CausalBeatTracker, offline_beats
+    from engine.beats import offline_beats
 
     from .evaluate import read_tracks
 
@@ -326,10 +337,10 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
             else:
                 act = got[mode]
                 if mode == "causal":
-                    est = act.t0 + CausalBeatTracker(fps=act.fps).run(act.beat)
+                    est, est_down = causal_bars(act)
                 else:
                     est = act.t0 + offline_beats(act.beat, fps=act.fps)
-                est_down = decode_downbeats(est, act, causal=mode == "causal") if act.downbeat is not None else None
+                    est_down = decode_downbeats(est, act, causal=False) if act.downbeat is not None else None
             s = score_track(ref, est, ref_down, est_down)
             rows[mode].append(s)
             rec[mode] = s
@@ -355,6 +366,7 @@ def print_beats(r: dict) -> None:
             continue
         print(f"{mode:10s} {f(m['F'])} {f(m['CMLt'])} {f(m['AMLt'])} {f(m.get('downbeat_F'), 7)} "
               f"{f(m.get('lock_s_median'), 7)} {f(m.get('locked'), 7)}")
+
 
 
 def markdown_table(results: list[dict]) -> str:
