@@ -276,9 +276,11 @@ def test_tracker_follows_the_link_session():
     assert max(s[3] for s in samples) >= 1, "the two peers never saw each other"
     _alone([s[3] for s in samples])
     tempos = [m["tempo"] for m in sub.of("beat") if m["tempo"] and m["stream_time"] > 8.0]
-    # the claim is the octave (188, not the demo's own ~94): within 5 %, which the beat network's
-    # wander near the end of the 16 s (up to 195 BPM) stays inside and the other octave is far from
-    assert tempos and all(abs(t / 188.0 - 1) < 0.05 for t in tempos), [round(t, 1) for t in tempos]
+    # the claim is the octave (188, not the demo's own ~94): within 7 %. At 50 fps the +-3 % range
+    # holds two whole-frame beat intervals, 16 and 15 frames (187.5 and 200 BPM), and near the end
+    # of the 16 s the beat network's wander takes the tracker to the 15 (up to 199.9 BPM); the
+    # other octave is far from it
+    assert tempos and all(abs(t / 188.0 - 1) < 0.07 for t in tempos), [round(t, 1) for t in tempos]
     # the cues' downbeats are the session's bar starts: at the cue's time the session is within
     # half a beat of a beat number divisible by 4 (the beat phase itself is the audio's)
     last_cue = {}
