@@ -285,3 +285,62 @@ def test_alignment_ranks_the_own_stem_among_all_and_within_its_category():
     r2 = _ranks(S2, cats)
     assert r2["median_rank"] == 1.0 and r2["mean_rank_in_category"] == 1.0
     assert r2["own_cos"] == 0.0 and r2["others_cos"] == 1.0
+
+
+def test_phase1_batch_negatives_term_adds_the_whole_batch_loss():
+    """Phase 1 with category groups and ``batch_negatives_weight``: the loss is the group InfoNCE
+    plus w times the InfoNCE over the whole batch, on the same pooled embeddings; w = 0 is the group
+    term alone."""
+    import torch
+
+    from training.config import get_config
+    from training.fit import PhaseStep
+    from training.losses import info_nce
+    from training.model import StemJEPA, retrieval_normalise
+
+    torch.manual_seed(0)
+    m = StemJEPA(get_config("micro"))
+    m.eval()
+    batch = {"mix": torch.randn(8, 16000), "target": torch.randn(8, 16000)}
+    runs = {}
+    for w in (0.0, 0.5):
+        step = PhaseStep(m, "contrastive", -5.0, 2.0, 0.0, 1.0, max_temp=0.1, center=True, group=4,
+                         batch_negatives_weight=w)
+        step.set_frames(80)
+        with torch.no_grad():
+            runs[w] = step(batch)
+    with torch.no_grad():
+        zc = m.encoder(step.features(batch["mix"]), 0)
+        zt = m.encoder(step.features(batch["target"]), 0)
+    p, t = retrieval_normalise(zc.float().mean(1)), retrieval_normalise(zt.float().mean(1))
+    g = torch.arange(8) // 4
+    grouped = info_nce(p, t, m.log_temp, max_temp=0.1, center=True, groups=g)
+    whole = info_nce(p, t, m.log_temp, max_temp=0.1, center=True)
+    np.testing.assert_allclose(float(runs[0.0][0]), float(grouped), rtol=1e-5)
+    assert "infonce_batch" not in runs[0.0][1]
+    np.testing.assert_allclose(float(runs[0.5][0]), float(grouped + 0.5 * whole), rtol=1e-5)
+    np.testing.assert_allclose(float(runs[0.5][1]["infonce_batch"]), float(whole), rtol=1e-5)
+
+
+def test_retrieval_centring_and_within_category_scores():
+    """A common offset on every query hides which candidate is whose until the queries are centred;
+    within-category figures rank each query among its own category's candidates only."""
+    from training.evaluate import RetrievalEmbeddings, centre_embeddings, score_retrieval
+
+    rng = np.random.default_rng(0)
+    n, d = 12, 16
+    C = rng.normal(size=(n, d))
+    Q = C + 0.1 * rng.normal(size=(n, d)) + 40.0 * rng.normal(size=(1, d))  # own stem + a big common part
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    meta = [(f"t{i}", "s", "bass" if i % 2 else "drums", "bass" if i % 2 else "drums") for i in range(n)]
+    e = RetrievalEmbeddings(unit(Q), unit(C), meta, "x", "contrastive", "film")
+    plain, centred = score_retrieval(e), score_retrieval(e, center=True)
+    assert centred["overall"]["R@1"] == 100.0 and plain["overall"]["R@1"] < 50.0
+    assert centred["centred"] and not plain["centred"]
+    ce = centre_embeddings(e)
+    np.testing.assert_allclose(np.linalg.norm(ce.Q, axis=1), 1.0, rtol=1e-6)
+    w = centred["within_category"]
+    assert set(w["per_category"]) == {"bass", "drums"}
+    assert w["per_category"]["bass"]["n_candidates"] == 6 and w["overall"]["n"] == n
+    # within a category a query has fewer rivals: its rank can only improve
+    assert w["overall"]["nrank_mean"] * 6 / 100 <= centred["overall"]["nrank_mean"] * n / 100 + 1e-9

@@ -126,6 +126,9 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("--keytempo-weight", type=float, default=None,
                     help="retrieval: rank by the model fused with the tempo + key descriptor at this weight in [0, 1], "
                     "as the engine does (default: the model alone)")
+    ap.add_argument("--center", action="store_true",
+                    help="retrieval: centre the queries and the candidates on their own means before ranking "
+                    "(for an encoder trained with center=true; default: as the engine ranks)")
     ap.add_argument("--save-embeddings", help="retrieval: write the queries and candidates here (.npz; suite: a folder; default: not written)")
     ap.add_argument("--json", help="write the results here (default: not written)")
     ap.add_argument("--plot", help="recall-at-k plot (PNG), retrieval only (default: none)")
@@ -150,11 +153,12 @@ def _eval(rest: list[str]) -> int:
                                 only=ev.read_track_list(a.track_list))
     if a.what == "suite":
         r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks,
-                              a.keytempo_weight, a.save_embeddings)
+                              a.keytempo_weight, a.save_embeddings, a.center)
         ev.print_suite(r)
     elif a.what == "retrieval":
         r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads,
-                                  tracks=tracks, keytempo_weight=a.keytempo_weight, save=a.save_embeddings)
+                                  tracks=tracks, keytempo_weight=a.keytempo_weight, save=a.save_embeddings,
+                                  center=a.center)
         ev.print_retrieval(r)
         if a.plot:
             ev.plot_recall({f"{r['phase']}/{r['model_conditioning']} ({a.conditioning})": r}, a.plot)

@@ -268,8 +268,42 @@ def fuse_embeddings(model: RetrievalEmbeddings, keytempo: RetrievalEmbeddings, w
                                f"{model.system} + keytempo {weight:g}", model.phase, model.model_conditioning)
 
 
-def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4) -> dict:
-    """Retrieval figures of :class:`RetrievalEmbeddings`: every stem's rank among all candidates."""
+def centre_embeddings(e: RetrievalEmbeddings) -> RetrievalEmbeddings:
+    """Queries and candidates each minus their own mean, re-normalised: the retrieval-side twin of the
+    phase-1 loss's ``center=true`` (``losses.info_nce``), whose encoder learns only what tells rows
+    apart while a common component grows unchecked (docs/report/generalisation.md)."""
+    def c(x: np.ndarray) -> np.ndarray:
+        x = x - x.mean(0, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    return RetrievalEmbeddings(c(e.Q), c(e.C), e.meta, f"{e.system} (centred)", e.phase, e.model_conditioning)
+
+
+def _within_category(dist: np.ndarray, cats: np.ndarray) -> dict:
+    """Figures when each query competes only with the candidates of its own category (the engine's
+    ``restrict_category``): ``overall`` pools every query's normalised rank within its category."""
+    out: dict = {"per_category": {}}
+    all_nr, all_ranks = [], []
+    for cat in sorted(set(cats)):
+        idx = np.flatnonzero(cats == cat)
+        if len(idx) < 2:
+            continue
+        r = ranks_from_distances(dist[np.ix_(idx, idx)], np.arange(len(idx)))
+        out["per_category"][cat] = {**retrieval_metrics(r, len(idx)), "n_candidates": int(len(idx))}
+        all_nr.append((r - 1) / len(idx) * 100.0)
+        all_ranks.append(r)
+    if all_ranks:
+        r, nr = np.concatenate(all_ranks), np.concatenate(all_nr)
+        out["overall"] = {**{f"R@{k}": float((r <= k).mean() * 100.0) for k in KS},
+                          "nrank_mean": float(nr.mean()), "nrank_median": float(np.median(nr)), "n": int(r.size)}
+    return out
+
+
+def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4, center: bool = False) -> dict:
+    """Retrieval figures of :class:`RetrievalEmbeddings`: every stem's rank among all candidates
+    (and, under ``within_category``, among its own category's); ``center``: :func:`centre_embeddings` first."""
+    if center:
+        e = centre_embeddings(e)
     Q, C = e.Q, e.C
     dist = np.sqrt(np.maximum(0.0, (Q**2).sum(1)[:, None] + (C**2).sum(1)[None] - 2 * Q @ C.T))
     ranks = ranks_from_distances(dist, np.arange(len(Q)))  # query i's own stem is candidate i
@@ -281,6 +315,8 @@ def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4) 
     cats = np.array([m[3] for m in e.meta])
     for cat in sorted(set(cats)):
         result["per_category"][cat] = retrieval_metrics(ranks[cats == cat], n_c)
+    result["within_category"] = _within_category(dist, cats)
+    result["centred"] = bool(center)
     result["recall_curve"] = [float((ranks <= k).mean() * 100.0) for k in range(1, 51)]
     result["max_chunks"] = int(max_chunks)
     result["track_ids"] = sorted({m[0] for m in e.meta})
@@ -289,7 +325,7 @@ def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4) 
 
 def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
                        max_tracks=None, threads=2, tracks=None, keytempo_weight=None,
-                       save: str | Path | None = None) -> dict:
+                       save: str | Path | None = None, center: bool = False) -> dict:
     """Retrieval figures of a checkpoint, or of the tempo + key heuristic (``ckpt="heuristic"``);
     ``keytempo_weight``: the checkpoint's ranking fused with the heuristic's (:func:`fuse_embeddings`);
     ``save``: write the embeddings (``.npz``; ``<save>.keytempo.npz`` for the heuristic's)."""
@@ -302,8 +338,11 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
         h = embed_retrieval(HEURISTIC, tracks, conditioning, max_chunks, threads)
         if save:
             h.save(str(save).removesuffix(".npz") + ".keytempo.npz")
-        e = fuse_embeddings(e, h, keytempo_weight)
-    return score_retrieval(e, conditioning, max_chunks)
+        e = fuse_embeddings(centre_embeddings(e) if center else e, h, keytempo_weight)
+        r = score_retrieval(e, conditioning, max_chunks)  # the model's half is centred, not the fused vectors
+        r["centred"] = bool(center)
+        return r
+    return score_retrieval(e, conditioning, max_chunks, center)
 
 
 def print_retrieval(r: dict) -> None:
@@ -320,6 +359,9 @@ def print_retrieval(r: dict) -> None:
     row("random ranking", {**r["random"], "n": r["overall"]["n"]})
     for cat, m in r["per_category"].items():
         row(f"  {cat}", m)
+    w = r.get("within_category", {})
+    if "overall" in w:
+        row("within its category", w["overall"])
 
 
 def plot_recall(results: dict[str, dict], path: str | Path) -> None:
@@ -419,7 +461,7 @@ VALIDATION_SETS = {
 
 
 def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, threads=1, max_tracks=None,
-                   keytempo_weight=None, save_dir: str | Path | None = None) -> dict:
+                   keytempo_weight=None, save_dir: str | Path | None = None, center: bool = False) -> dict:
     """Retrieval of ``ckpt`` (or ``"heuristic"``) on every validation set under ``root``;
     ``keytempo_weight`` and ``save_dir`` (one ``<set>.npz`` per set) as :func:`evaluate_retrieval`'s."""
     out = {"checkpoint": str(ckpt), "sets": {}}
@@ -436,7 +478,8 @@ def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, th
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             save = Path(save_dir) / f"{name}.npz"
         out["sets"][name] = evaluate_retrieval(ckpt, data, "validation", conditioning, max_chunks, threads=threads,
-                                               tracks=tracks, keytempo_weight=keytempo_weight, save=save)
+                                               tracks=tracks, keytempo_weight=keytempo_weight, save=save,
+                                               center=center)
         del tracks
     return out
 
@@ -448,3 +491,7 @@ def print_suite(r: dict) -> None:
         m = s["overall"]
         print(f"{name:16s} {s['n_tracks']:6d} {s['n_candidates']:6d} {m['R@1']:6.1f} {m['R@5']:6.1f} {m['R@10']:6.1f} "
               f"{m['nrank_mean']:8.2f} {m['nrank_median']:7.2f}")
+        w = s.get("within_category", {}).get("overall")
+        if w:
+            print(f"{'  within category':16s} {'':6s} {'':6s} {w['R@1']:6.1f} {w['R@5']:6.1f} {w['R@10']:6.1f} "
+                  f"{w['nrank_mean']:8.2f} {w['nrank_median']:7.2f}")

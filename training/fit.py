@@ -68,6 +68,9 @@ class TrainConfig:
     max_temp: float = 1.0  # cap of the InfoNCE temperature (phase 1 uses 0.1: see losses.info_nce)
     center: bool = False  # InfoNCE on batch-centred embeddings (no hubs, no collapse: losses.info_nce)
     group_negatives: bool = False  # phase 1: a row's negatives are its own group's rows only (group_size)
+    batch_negatives_weight: float = 0.0  # phase 1 with group_negatives: weight of a second InfoNCE term
+    # whose negatives are the whole batch (every category), so that the encoder also learns which
+    # kind of stem a context lacks; 0 = the group term alone
     beat_widen: int = 1
     beat_pos_weight: float = 5.0
     ckpt_every: int = 200
@@ -165,9 +168,11 @@ class PhaseStep(nn.Module):
     """One training step's forward for a phase; returns ``(loss, metrics)``. Wrapped by DDP."""
 
     def __init__(self, model: StemJEPA, phase: str, mean: float, std: float, contrastive_weight: float,
-                 beat_pos_weight: float, max_temp: float = 1.0, center: bool = False, group: int = 0):
+                 beat_pos_weight: float, max_temp: float = 1.0, center: bool = False, group: int = 0,
+                 batch_negatives_weight: float = 0.0):
         super().__init__()
         self.max_temp, self.center, self.group = max_temp, center, group
+        self.bnw = batch_negatives_weight
         self.model, self.phase = model, phase
         self.logmel = TorchLogMel(FrontEndConfig())
         self.mean, self.std = mean, std
@@ -206,10 +211,17 @@ class PhaseStep(nn.Module):
             groups = (torch.arange(len(p), device=p.device) // self.group) if self.group > 1 else None
             loss = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp, center=self.center,
                             groups=groups)
+            metrics = {"infonce": loss.detach()}
+            if groups is not None and self.bnw > 0:  # every category's rows as negatives too
+                whole = info_nce(p, t, m.log_temp, keys=batch.get("key"), max_temp=self.max_temp,
+                                 center=self.center)
+                loss = loss + self.bnw * whole
+                metrics["infonce_batch"] = whole.detach()
             with torch.no_grad():  # hubness: spread of the column means of the cosine matrix
                 hub = (p @ t.t()).mean(0).std()
-            return loss, {"infonce": loss.detach(), "temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach(),
-                          "hub": hub, "spread": t.std(0).mean().detach()}
+            metrics.update({"temp": m.log_temp.exp().clamp(0.01, self.max_temp).detach(), "hub": hub,
+                            "spread": t.std(0).mean().detach()})
+            return loss, metrics
         with torch.no_grad():
             zt = m.target_encoder(self.features(batch["target"]), self.col_offset)
         pred = m.predict(zc, batch["cond"])
@@ -420,7 +432,8 @@ def fit(cfg: TrainConfig) -> Path:
     params = trainable_for(model, cfg.phase, cfg.contrastive_weight)
     model.to(device)
     step_mod = PhaseStep(model, cfg.phase, norm["mean"], norm["std"], cfg.contrastive_weight, cfg.beat_pos_weight,
-                         cfg.max_temp, cfg.center, cfg.group_size if cfg.group_negatives else 0)
+                         cfg.max_temp, cfg.center, cfg.group_size if cfg.group_negatives else 0,
+                         cfg.batch_negatives_weight)
     step_mod.set_frames(cfg.frames)
     step_mod.queue = NegativeQueue(cfg.queue_size if cfg.phase == "jepa" else 0, model.cfg.d_model)
     if resume is not None:
