@@ -337,6 +337,13 @@ def test_retrieval_centring_and_within_category_scores():
     plain, centred = score_retrieval(e), score_retrieval(e, center=True)
     assert centred["overall"]["R@1"] == 100.0 and plain["overall"]["R@1"] < 50.0
     assert centred["centred"] and not plain["centred"]
+    # categories far apart: the top 5 (6 stems per category) are all of the asked category; queries
+    # pointing at the other category's cluster: none are
+    side = np.array([1.0 if m[3] == "bass" else -1.0 for m in meta])[:, None] * 10.0 * np.eye(d)[:1]
+    clustered = RetrievalEmbeddings(unit(C + side), unit(C + side), meta, "x", "contrastive", "film")
+    assert score_retrieval(clustered)["top5_category_precision"] == 100.0
+    crossed = RetrievalEmbeddings(unit(C - side), unit(C + side), meta, "x", "contrastive", "film")
+    assert score_retrieval(crossed)["top5_category_precision"] == 0.0
     ce = centre_embeddings(e)
     np.testing.assert_allclose(np.linalg.norm(ce.Q, axis=1), 1.0, rtol=1e-6)
     w = centred["within_category"]

@@ -316,6 +316,9 @@ def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4, 
     for cat in sorted(set(cats)):
         result["per_category"][cat] = retrieval_metrics(ranks[cats == cat], n_c)
     result["within_category"] = _within_category(dist, cats)
+    # how many of each query's top 5 are of the category it asked for (what a performer hears first)
+    top5 = np.argsort(dist, axis=1, kind="stable")[:, :5]
+    result["top5_category_precision"] = float((cats[top5] == cats[:, None]).mean() * 100.0)
     result["centred"] = bool(center)
     result["recall_curve"] = [float((ranks <= k).mean() * 100.0) for k in range(1, 51)]
     result["max_chunks"] = int(max_chunks)
@@ -362,6 +365,8 @@ def print_retrieval(r: dict) -> None:
     w = r.get("within_category", {})
     if "overall" in w:
         row("within its category", w["overall"])
+    if "top5_category_precision" in r:
+        print(f"top 5 of the asked category: {r['top5_category_precision']:.1f} %")
 
 
 def plot_recall(results: dict[str, dict], path: str | Path) -> None:
