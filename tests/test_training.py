@@ -351,3 +351,36 @@ def test_retrieval_centring_and_within_category_scores():
     assert w["per_category"]["bass"]["n_candidates"] == 6 and w["overall"]["n"] == n
     # within a category a query has fewer rivals: its rank can only improve
     assert w["overall"]["nrank_mean"] * 6 / 100 <= centred["overall"]["nrank_mean"] * n / 100 + 1e-9
+
+
+def test_streamed_retrieval_tokens_from_warm_blocks_equal_whole_tracks(dataset, tmp_path):
+    """The live-path token modes of the retrieval eval: windows kept with the 8 s before them
+    (read_tracks(warm=...), what the suite holds in memory) give the same queries and candidates
+    as the whole tracks, in every mode; streamed queries differ from window-encoded ones once a
+    chunk has audio before it."""
+    import torch
+
+    from training import evaluate as ev
+    from training.checkpoint import save_checkpoint
+    from training.config import get_config
+    from training.model import StemJEPA
+
+    torch.manual_seed(0)
+    m = StemJEPA(get_config("micro", causal=True, conditioning="class"))
+    ckpt = tmp_path / "c.pt"
+    save_checkpoint(ckpt, m, norm={"mean": -5.0, "std": 2.5}, text={"encoder": "none", "dim": 384},
+                    phase="jepa", step=0)
+    win = ev.TorchLogMel().cfg.n_samples(800)
+    whole = ev.read_tracks(dataset, None)
+    blocks = ev.read_tracks(dataset, None, chunks=(4, win), warm=ev._warm("stream"))
+    assert any(len(t.chunk_warm) > 1 and max(t.chunk_warm) > 0 for t in blocks)
+    got = {}
+    for mode in ev.TOKEN_MODES:
+        a = ev.embed_retrieval(ckpt, whole, max_chunks=4, threads=1, tokens=mode)
+        b = ev.embed_retrieval(ckpt, blocks, max_chunks=4, threads=1, tokens=mode)
+        np.testing.assert_allclose(a.Q, b.Q, atol=1e-5)
+        np.testing.assert_allclose(a.C, b.C, atol=1e-5)
+        got[mode] = a
+    np.testing.assert_allclose(got["live"].C, got["window"].C, atol=1e-6)  # live: candidates per chunk
+    assert np.abs(got["live"].Q - got["window"].Q).max() > 1e-3
+    assert np.abs(got["stream"].C - got["window"].C).max() > 1e-3

@@ -126,6 +126,10 @@ def _eval(rest: list[str]) -> int:
     ap.add_argument("--keytempo-weight", type=float, default=None,
                     help="retrieval: rank by the model fused with the tempo + key descriptor at this weight in [0, 1], "
                     "as the engine does (default: the model alone)")
+    ap.add_argument("--tokens", choices=["window", "live", "stream"], default="window",
+                    help="retrieval, causal models: 'window' encodes each 8-s chunk alone (default, as training "
+                    "crops); 'live' streams the queries as the live path does (8 s of the track before each chunk), "
+                    "candidates per chunk as the library builder indexes them; 'stream' streams both")
     ap.add_argument("--center", action="store_true",
                     help="retrieval: centre the queries and the candidates on their own means before ranking "
                     "(for an encoder trained with center=true; default: as the engine ranks)")
@@ -153,12 +157,12 @@ def _eval(rest: list[str]) -> int:
                                 only=ev.read_track_list(a.track_list))
     if a.what == "suite":
         r = ev.evaluate_suite(a.model, a.data, None, a.conditioning, a.max_chunks, a.threads, a.max_tracks,
-                              a.keytempo_weight, a.save_embeddings, a.center)
+                              a.keytempo_weight, a.save_embeddings, a.center, a.tokens)
         ev.print_suite(r)
     elif a.what == "retrieval":
         r = ev.evaluate_retrieval(a.model, a.data, split, a.conditioning, a.max_chunks, a.max_tracks, a.threads,
                                   tracks=tracks, keytempo_weight=a.keytempo_weight, save=a.save_embeddings,
-                                  center=a.center)
+                                  center=a.center, tokens=a.tokens)
         ev.print_retrieval(r)
         if a.plot:
             ev.plot_recall({f"{r['phase']}/{r['model_conditioning']} ({a.conditioning})": r}, a.plot)

@@ -60,6 +60,9 @@ class EvalTrack:
     stems: list[tuple[str, str, str, np.ndarray]]  # (stem_id, fine label, category, audio (S,))
     beats: np.ndarray | None
     downbeats: np.ndarray | None = None  # track.json's "downbeats", when the render wrote them
+    # read_tracks(warm=...): each kept chunk is a block of `warm` samples before the window (zeros
+    # where the track had fewer) then the window; chunk_warm[j]: samples of real audio before chunk j
+    chunk_warm: list[int] | None = None
 
 
 def read_track_list(path: str | Path) -> list[str]:
@@ -76,11 +79,13 @@ def read_track_list(path: str | Path) -> list[str]:
 
 def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = None,
                 max_seconds: float | None = None, only: list[str] | None = None,
-                chunks: tuple[int, int] | None = None) -> list[EvalTrack]:
+                chunks: tuple[int, int] | None = None, warm: tuple[int, int] | None = None) -> list[EvalTrack]:
     """Tracks of ``split``; ``only``: exactly these track ids of the split (in this order), every
     one must exist there. ``chunks = (max_chunks, window)``: keep only the windows retrieval will
     embed (:func:`chunk_starts`), back to back -- the same windows come out again, and whole songs
-    no longer sit in memory (a suite over 400 whole songs held 15 GB)."""
+    no longer sit in memory (a suite over 400 whole songs held 15 GB). ``warm = (samples, step)``
+    with ``chunks``: each window keeps up to ``samples`` of the audio before it (whole ``step``s),
+    for the live-path token modes of :func:`embed_retrieval` (``EvalTrack.chunk_warm``)."""
     from .data.layout import load_dataset
 
     tracks = load_dataset(root, split=split)
@@ -104,13 +109,24 @@ def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = No
             continue
         n = max(len(s[3]) for s in stems)
         stems = [(a, b, c, np.pad(x, (0, n - len(x)))) for a, b, c, x in stems]
-        if chunks is not None and n > chunks[1]:
+        chunk_warm = None
+        if chunks is not None and warm is not None:
+            win, (w, step) = chunks[1], warm
+            starts = chunk_starts(n, win, chunks[0])
+            chunk_warm = [min(s0, w) // step * step for s0 in starts]
+            stems = [(a, b, c, np.concatenate([np.pad(x, (0, max(0, s0 + win - n)))[s0 - cw:s0 + win]
+                                               if cw == w else np.concatenate(
+                                                   [np.zeros(w - cw, np.float32),
+                                                    np.pad(x, (0, max(0, s0 + win - n)))[s0 - cw:s0 + win]])
+                                               for s0, cw in zip(starts, chunk_warm)]))
+                     for a, b, c, x in stems]
+        elif chunks is not None and n > chunks[1]:
             starts = chunk_starts(n, chunks[1], chunks[0])
             stems = [(a, b, c, np.concatenate([x[s0:s0 + chunks[1]] for s0 in starts])) for a, b, c, x in stems]
         beats = np.asarray(t.beats, dtype=np.float64) if getattr(t, "beats", None) else None
         db = t.meta.get("downbeats") if isinstance(getattr(t, "meta", None), dict) else None
         downbeats = np.asarray(db, dtype=np.float64) if isinstance(db, list) and db else None
-        out.append(EvalTrack(t.track_id, stems, beats, downbeats))
+        out.append(EvalTrack(t.track_id, stems, beats, downbeats, chunk_warm))
     if not out:
         raise SystemExit(f"{root}: no usable tracks in split {split!r}")
     return out
@@ -148,6 +164,23 @@ class Embedder:
     def tokens(self, windows: np.ndarray, target: bool) -> torch.Tensor:
         enc = self.model.target_encoder if target else self.model.encoder
         outs = [enc(self.features(windows[i:i + self.batch])) for i in range(0, len(windows), self.batch)]
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def stream_tokens(self, excerpts: np.ndarray, warm: int, target: bool) -> torch.Tensor:
+        """Tokens of a window as a live stream computes them: ``excerpts (B, S)`` hold ``warm``
+        samples of earlier audio (a multiple of one 160-ms column) then the window; the causal
+        encoder's sliding-window reference runs over all of it (``Encoder.forward_banded``), and
+        the window's ``(B, 5 * 50, d)`` tokens are returned, each having seen up to 8 s before it."""
+        enc = self.model.target_encoder if target else self.model.encoder
+        patch = self.model.cfg.patch
+        frames = warm // self.lm.cfg.hop + self.frames
+        rows = self.model.cfg.n_mels // patch
+        outs = []
+        for i in range(0, len(excerpts), self.batch):
+            m = self.lm(torch.from_numpy(np.ascontiguousarray(excerpts[i:i + self.batch], dtype=np.float32)))
+            m = ((m - self.norm["mean"]) / self.norm["std"])[..., :frames]
+            outs.append(enc.forward_banded(m)[:, -rows * (self.frames // patch):])
         return torch.cat(outs)
 
     def conditioning(self, names: list[str], categories: list[str]) -> torch.Tensor:
@@ -208,9 +241,19 @@ class RetrievalEmbeddings:
         return cls(z["Q"], z["C"], [tuple(m) for m in z["meta"]], *[str(x) for x in z["info"]])
 
 
+TOKEN_MODES = ("window", "live", "stream")  # how query / candidate tokens are computed (embed_retrieval)
+
+
 def embed_retrieval(ckpt, tracks: list[EvalTrack], conditioning="label", max_chunks=4,
-                    threads=2) -> RetrievalEmbeddings:
-    """Queries and candidates of every stem of ``tracks``, for a checkpoint or the heuristic."""
+                    threads=2, tokens: str = "window") -> RetrievalEmbeddings:
+    """Queries and candidates of every stem of ``tracks``, for a checkpoint or the heuristic.
+
+    ``tokens`` (causal models): ``"window"`` encodes each 8-s chunk on its own, queries and
+    candidates alike (how training sees a crop); ``"live"`` computes the queries' tokens as the
+    live streaming path does (8 s of the track before the chunk warm the encoder's window) and the
+    candidates per chunk, as ``engine.library build`` indexes them; ``"stream"`` streams both."""
+    if tokens not in TOKEN_MODES:
+        raise ValueError(f"tokens={tokens!r}: one of {TOKEN_MODES}")
     from tqdm import tqdm
 
     heuristic = str(ckpt) == HEURISTIC
@@ -222,16 +265,27 @@ def embed_retrieval(ckpt, tracks: list[EvalTrack], conditioning="label", max_chu
         if len(t.stems) < 2:
             continue
         audio = np.stack([s[3] for s in t.stems])  # (n_stems, S)
-        starts = chunk_starts(audio.shape[1], win, max_chunks)
+        if t.chunk_warm is not None:  # blocks of (warm, window) from read_tracks(warm=...)
+            block = audio.shape[1] // len(t.chunk_warm)
+            starts, warms = [j * block + block - win for j in range(len(t.chunk_warm))], list(t.chunk_warm)
+        else:  # the whole track (or back-to-back windows, "window" tokens only)
+            starts = chunk_starts(audio.shape[1], win, max_chunks)
+            warms = None
         audio = np.pad(audio, ((0, 0), (0, max(0, starts[-1] + win - audio.shape[1]))))
         wins = np.stack([audio[:, s:s + win] for s in starts], axis=1)  # (n_stems, chunks, win)
         n, c, w = wins.shape
         if heuristic:
             q, tgt = _heuristic_embed(wins)
         else:
-            tgt = emb.tokens(wins.reshape(n * c, w), target=True).mean(1).reshape(n, c, -1).mean(1)
             mix_wo = wins.sum(0, keepdims=True) - wins  # (n_stems, chunks, win): mix without stem i
-            ctx = emb.tokens(mix_wo.reshape(n * c, w), target=False)  # (n*c, P, d)
+            if tokens == "window":
+                tgt = emb.tokens(wins.reshape(n * c, w), target=True)
+                ctx = emb.tokens(mix_wo.reshape(n * c, w), target=False)  # (n*c, P, d)
+            else:
+                tgt, ctx = _streamed_tokens(emb, audio, starts, warms, tokens == "stream")
+                if tgt is None:
+                    tgt = emb.tokens(wins.reshape(n * c, w), target=True)
+            tgt = tgt.mean(1).reshape(n, c, -1).mean(1)
             if emb.phase == "contrastive":
                 q = ctx.mean(1)
             else:
@@ -254,6 +308,27 @@ def embed_retrieval(ckpt, tracks: list[EvalTrack], conditioning="label", max_chu
         Q, C = _finish(Q), _finish(C)
     return RetrievalEmbeddings(Q, C, q_meta, str(ckpt), HEURISTIC if heuristic else emb.phase,
                                HEURISTIC if heuristic else emb.model.cfg.conditioning)
+
+
+def _streamed_tokens(emb: Embedder, audio: np.ndarray, starts: list[int], warms: list[int] | None, targets: bool):
+    """``audio (n_stems, S)`` -> streamed ``(target tokens or None, context tokens)``, each
+    ``(n_stems * chunks, P, d)`` in the order of ``wins.reshape``: chunk ``j`` of stem ``i`` at row
+    ``i * chunks + j``. Chunk ``j`` is preceded by ``warms[j]`` samples of the track (None: the
+    audio is the whole track, and up to 8 s of it in whole 160-ms columns are used)."""
+    if not emb.model.cfg.causal:
+        raise SystemExit("live / stream token modes need a causal (streaming) model")
+    col = emb.lm.cfg.hop * emb.model.cfg.patch  # samples per time column
+    reach = emb.model.cfg.max_columns * col  # a token sees at most this far back
+    warms = [min(s, reach) // col * col for s in starts] if warms is None else [min(w, reach) for w in warms]
+    per = []
+    mix_wo = audio.sum(0, keepdims=True) - audio
+    for s, warm in zip(starts, warms):
+        ex = slice(s - warm, s + emb.win)
+        ctx = emb.stream_tokens(mix_wo[:, ex], warm, target=False)
+        tgt = emb.stream_tokens(audio[:, ex], warm, target=True) if targets else None
+        per.append((tgt, ctx))
+    stack = lambda xs: torch.stack(xs, dim=1).flatten(0, 1)  # (n, chunks, P, d) -> (n * chunks, P, d)
+    return (stack([p[0] for p in per]) if targets else None), stack([p[1] for p in per])
 
 
 def fuse_embeddings(model: RetrievalEmbeddings, keytempo: RetrievalEmbeddings, weight: float) -> RetrievalEmbeddings:
@@ -326,15 +401,23 @@ def score_retrieval(e: RetrievalEmbeddings, conditioning="label", max_chunks=4, 
     return result
 
 
+def _warm(tokens: str) -> tuple[int, int] | None:
+    """read_tracks' ``warm`` for a token mode: 8 s (the encoder's reach) in whole 160-ms columns
+    (16 frames of 160 samples) before each window."""
+    col = 16 * TorchLogMel().cfg.hop
+    return None if tokens == "window" else (50 * col, col)
+
+
 def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max_chunks=4,
                        max_tracks=None, threads=2, tracks=None, keytempo_weight=None,
-                       save: str | Path | None = None, center: bool = False) -> dict:
+                       save: str | Path | None = None, center: bool = False, tokens: str = "window") -> dict:
     """Retrieval figures of a checkpoint, or of the tempo + key heuristic (``ckpt="heuristic"``);
     ``keytempo_weight``: the checkpoint's ranking fused with the heuristic's (:func:`fuse_embeddings`);
     ``save``: write the embeddings (``.npz``; ``<save>.keytempo.npz`` for the heuristic's)."""
     if tracks is None:  # only the windows retrieval embeds stay in memory (see read_tracks)
-        tracks = read_tracks(data, split, max_tracks, chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)))
-    e = embed_retrieval(ckpt, tracks, conditioning, max_chunks, threads)
+        tracks = read_tracks(data, split, max_tracks, chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)),
+                             warm=_warm(tokens))
+    e = embed_retrieval(ckpt, tracks, conditioning, max_chunks, threads, tokens)
     if save:
         e.save(save)
     if keytempo_weight is not None and str(ckpt) != HEURISTIC:
@@ -343,9 +426,11 @@ def evaluate_retrieval(ckpt, data, split="validation", conditioning="label", max
             h.save(str(save).removesuffix(".npz") + ".keytempo.npz")
         e = fuse_embeddings(centre_embeddings(e) if center else e, h, keytempo_weight)
         r = score_retrieval(e, conditioning, max_chunks)  # the model's half is centred, not the fused vectors
-        r["centred"] = bool(center)
+        r["centred"], r["tokens"] = bool(center), tokens
         return r
-    return score_retrieval(e, conditioning, max_chunks, center)
+    r = score_retrieval(e, conditioning, max_chunks, center)
+    r["tokens"] = tokens
+    return r
 
 
 def print_retrieval(r: dict) -> None:
@@ -466,7 +551,8 @@ VALIDATION_SETS = {
 
 
 def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, threads=1, max_tracks=None,
-                   keytempo_weight=None, save_dir: str | Path | None = None, center: bool = False) -> dict:
+                   keytempo_weight=None, save_dir: str | Path | None = None, center: bool = False,
+                   tokens: str = "window") -> dict:
     """Retrieval of ``ckpt`` (or ``"heuristic"``) on every validation set under ``root``;
     ``keytempo_weight`` and ``save_dir`` (one ``<set>.npz`` per set) as :func:`evaluate_retrieval`'s."""
     out = {"checkpoint": str(ckpt), "sets": {}}
@@ -477,14 +563,14 @@ def evaluate_suite(ckpt, root, sets=None, conditioning="label", max_chunks=4, th
             raise SystemExit(f"{data}: validation set {name!r} is not rendered (training/data/README.md)")
         only = read_track_list(spec["track_list"]) if spec["track_list"] else None
         tracks = read_tracks(data, "validation", max_tracks, None, only=only,
-                             chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)))
+                             chunks=(max_chunks, TorchLogMel().cfg.n_samples(800)), warm=_warm(tokens))
         save = None
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
             save = Path(save_dir) / f"{name}.npz"
         out["sets"][name] = evaluate_retrieval(ckpt, data, "validation", conditioning, max_chunks, threads=threads,
                                                tracks=tracks, keytempo_weight=keytempo_weight, save=save,
-                                               center=center)
+                                               center=center, tokens=tokens)
         del tracks
     return out
 
