@@ -370,3 +370,47 @@ def test_bench_streaming_rows(model_dir, tmp_path):
         assert b["speedup_p99"] > 0 and b["peak_fraction"] > 0
     assert rows["onnx-fp32-stream"]["agreement"]["min_cos"] > 0.9999
     assert "streaming hop (1 new column)" in r.stdout
+
+
+def test_library_streamed_segments_equal_the_stream_over_each_stem(model_dir, tmp_path):
+    """engine.library build --tokens stream: every segment is the pooled tokens of one causal
+    stream over its whole stem (Encoder.forward_banded over the stem, the target encoder), so the
+    first segment equals the window-by-window index and the later ones carry the 8 s before them;
+    an index of the other kind is not extended, and a model that cannot stream is refused."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_pipeline_backend import MicroBackend, write_dataset
+
+    from engine.audio import load_audio
+    from engine.backends import load_backend
+    from engine.frontend import FrontEndConfig, LogMel
+    from engine.library import LibraryError, build
+    from training.checkpoint import load_model
+
+    ds = write_dataset(tmp_path / "ds", n_tracks=1, seconds=20.0)
+    b = load_backend(model_dir / "model", kind="onnx-fp32")
+    win = build(ds, b, tmp_path / "win", hop_s=4.0, progress=False, log=lambda s: None)
+    st = build(ds, b, tmp_path / "st", hop_s=4.0, progress=False, log=lambda s: None, tokens="stream")
+    assert st.info["tokens"] == "stream" and win.info["tokens"] == "window"
+    np.testing.assert_array_equal(st.seg_offset, win.seg_offset)
+    first = st.seg_offset == 0.0
+    np.testing.assert_allclose(st.embeddings[first], win.embeddings[first], atol=2e-4)
+    assert np.abs(st.embeddings[~first] - win.embeddings[~first]).max() > 1e-3
+
+    m, _ = load_model(model_dir / "m.pt")
+    fe = FrontEndConfig()
+    stem = st.stems[0]
+    x = load_audio(ds / stem["path"], fe.sample_rate)
+    feats = LogMel(fe)(np.concatenate([x, np.zeros(fe.n_fft - fe.hop, np.float32)]))
+    rows = st.seg_stem == 0
+    cols = [int(round(o * 100)) // 16 for o in st.seg_offset[rows]]
+    ref = _reference_tokens(m.target_encoder, feats[None, :, : (cols[-1] + 50) * 16])[0]
+    want = normalise_mean(np.stack([ref[c * 5:(c + 50) * 5].mean(0) for c in cols]))
+    np.testing.assert_allclose(st.embeddings[rows], want, atol=2e-4)
+
+    with pytest.raises(LibraryError, match="tokens"):
+        build(ds, b, tmp_path / "st", hop_s=4.0, progress=False, log=lambda s: None)  # a stream index
+    with pytest.raises(LibraryError, match="causal"):
+        build(ds, MicroBackend(), tmp_path / "bi", progress=False, log=lambda s: None, tokens="stream")

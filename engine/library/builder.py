@@ -111,10 +111,29 @@ def segment_frames(n_frames: int, window: int, hop: int, patch: int = 16, min_fr
     return [(0, t)] if t >= min_frames else []
 
 
+LIBRARY_TOKENS = ("window", "stream")  # how a segment's tokens are computed (embed_stem)
+
+
+def stem_streamer(backend):
+    """A :class:`engine.stream.StreamingEncoder` over the backend's streaming target encoder, or
+    None when the backend cannot stream (a bidirectional model, or no streaming graphs)."""
+    if getattr(backend, "stream", None) is None or not hasattr(backend, "encode_target_step"):
+        return None
+    from ..controls import manifest_get
+    from ..stream import StreamingEncoder
+
+    return StreamingEncoder(backend.encode_target_step, manifest_get(backend, "config") or {})
+
+
 def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop: int, batch: int = 8,
-               min_rms_db: float = -60.0) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+               min_rms_db: float = -60.0, streamer=None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """One stem's segments -> (embeddings (n, d), offsets (n,) s, silent segments skipped,
-    key/tempo descriptors (n, 188))."""
+    key/tempo descriptors (n, 188)).
+
+    ``streamer`` (:func:`stem_streamer`): the segments' tokens are those of one causal stream over
+    the whole stem (each token has seen up to 8 s before it, as the live path's tokens have,
+    :func:`engine.stream.embed_stream`), instead of each 8-s window encoded on its own. Segment
+    starts and lengths are then whole 160-ms columns (the default 4-s hop is)."""
     cfg = logmel.cfg
     # pad n_fft - hop zeros so that S samples give exactly S // hop frames: an 8.00-s stem then
     # holds one full 800-frame window (the last frame reaches 15 ms past the end)
@@ -133,6 +152,17 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
         keep.append((s, t))
     embs, offs = [], []
     kts = [segment_keytempo(samples, s * cfg.hop, window * cfg.hop) for s, _ in keep]
+    if streamer is not None and keep:
+        from ..stream import embed_stream
+
+        patch = streamer.patch
+        if any(s % patch or t % patch for s, t in keep):
+            raise ValueError(f"streamed segments need starts and lengths in whole columns of {patch} frames; "
+                             f"use a hop that is a multiple of {patch * cfg.hop / cfg.sample_rate:g} s")
+        end = max(s + t for s, t in keep)
+        embs.append(embed_stream(streamer, feats[:, :end], [s // patch for s, _ in keep], keep[0][1] // patch))
+        offs = [s * cfg.hop / cfg.sample_rate for s, _ in keep]
+        keep = []
     for i in range(0, len(keep), batch):
         group = keep[i:i + batch]
         t = group[0][1]
@@ -266,8 +296,12 @@ def add_keytempo(lib: StemLibrary, audio_dir: str | Path | None = None, *, log=N
 
 def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, resume: bool = True, *,
           window_s: float = 8.0, batch: int = 8, min_rms_db: float = -60.0, progress: bool = True,
-          checkpoint_every: int = 25, log=None) -> StemLibrary:
+          checkpoint_every: int = 25, log=None, tokens: str = "window") -> StemLibrary:
     """Index every stem under ``audio_dir`` with ``backend.encode_target`` and save to ``out``.
+
+    ``tokens``: ``"window"`` encodes each segment's 8 s on its own; ``"stream"`` takes them from one
+    causal stream over the whole stem (:func:`embed_stem`; a causal model with streaming graphs),
+    as the live path computes its queries. Written to ``library.info["tokens"]``.
 
     Segments of ``window_s`` every ``hop_s`` seconds (both multiples of 10 ms); segments quieter
     than ``min_rms_db`` dBFS RMS are skipped (a stem is only a candidate where it plays).
@@ -278,6 +312,12 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
     ``library.info["failed"]`` and through ``log``. Returns the library.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    if tokens not in LIBRARY_TOKENS:
+        raise LibraryError(f"tokens={tokens!r}: one of {', '.join(LIBRARY_TOKENS)}")
+    streamer = stem_streamer(backend) if tokens == "stream" else None
+    if tokens == "stream" and streamer is None:
+        raise LibraryError("streamed library tokens need a causal model whose directory has the streaming graphs; "
+                           "use tokens='window' (--tokens window) with this model")
     fp = _backend_fingerprint(backend)
     fe = _backend_frontend(backend)
     lm = LogMel(fe)
@@ -298,8 +338,9 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
     empty: list[str] = []
     if resume and out_p.is_file():
         old = StemLibrary.load(out_p)
-        if old.fingerprint != fp or abs(old.hop_s - hop_s) > 1e-9 or abs(old.window_s - window_s) > 1e-9:
-            raise LibraryError(f"{out_p}: existing index was built by another model or with another hop/window; "
+        if (old.fingerprint != fp or abs(old.hop_s - hop_s) > 1e-9 or abs(old.window_s - window_s) > 1e-9
+                or old.info.get("tokens", "window") != tokens):
+            raise LibraryError(f"{out_p}: existing index was built by another model or with another hop/window/tokens; "
                                f"remove it or pass resume=False (--no-resume)")
         stem_meta = old.stems
         if old.info.get("audio_root") is None or any("grid" not in s for s in stem_meta):
@@ -332,7 +373,8 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
                           keytempo=np.concatenate(kts) if kts else np.zeros((0, KEYTEMPO_DIM), np.float32),
                           info={"audio_dir": str(audio_dir), "audio_root": _audio_root_info(audio_dir, out_p),
                                 "failed": failed, "empty": empty,
-                                "min_rms_db": min_rms_db, "backend": getattr(backend, "name", None)})
+                                "min_rms_db": min_rms_db, "backend": getattr(backend, "name", None),
+                                "tokens": tokens})
         lib.save(out_p)
         return lib
 
@@ -350,7 +392,7 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
         try:
             x = load_audio(st.path, fe.sample_rate)
             e, off, silent, kt = embed_stem(backend, x, lm, window=window, hop=hop, batch=batch,
-                                            min_rms_db=min_rms_db)
+                                            min_rms_db=min_rms_db, streamer=streamer)
             extras = grids(st, x) if len(e) else {}
         except AudioError as err:
             failed.append({"stem_id": st.stem_id, "path": str(st.path), "error": str(err)})

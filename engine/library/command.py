@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=int, default=8, help="segments embedded per forward pass")
     b.add_argument("--min-rms-db", type=float, default=-60.0, metavar="DBFS",
                    help="segments quieter than this (RMS, dBFS) are not indexed")
+    b.add_argument("--tokens", choices=["window", "stream"], default="window",
+                   help="window: each 8-s segment encoded on its own (default); stream: the segments' tokens from "
+                   "one causal stream over the stem, as the live path computes its queries (causal models)")
     b.add_argument("--no-resume", action="store_true",
                    help="start from scratch instead of keeping the stems an interrupted build already embedded")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         backend = load_backend(args.model, device=args.device, kind=args.kind, threads=args.threads)
         build(args.audio_dir, backend, args.out, hop_s=args.hop, resume=not args.no_resume, batch=args.batch,
-              min_rms_db=args.min_rms_db, progress=not args.no_progress)
+              min_rms_db=args.min_rms_db, progress=not args.no_progress, tokens=args.tokens)
         return 0
     except (LibraryError, AudioError, FileNotFoundError) as e:
         if "--debug" in (argv or []):
