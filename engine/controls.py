@@ -10,7 +10,8 @@ matcher's own: ``Matcher.set_hop``.)
 """
 from __future__ import annotations
 
-from .library import LibraryError, StemLibrary
+from .library.index import StemLibrary
+from .library.store import LibraryError
 
 
 def manifest_get(backend, key, default=None):
