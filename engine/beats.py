@@ -2,8 +2,10 @@
 
 * :class:`BeatStateSpace` and :func:`offline_beats` -- the beat-pointer state space and the
   offline Viterbi decoder (engine/beatspace.py);
-* :class:`CausalBeatTracker` and :class:`BeatState` -- the live beat, bar and no-beat tracker over
-  bar-pointer states built from that space, and what it reports (engine/tracker.py).
+* :class:`CausalBeatTracker` and :class:`BeatState` -- the live beat, bar and no-beat tracker
+  (engine/tracker.py) and what it reports (engine/beatstate.py);
+* :class:`BarStateSpace` -- the tracker's bar-pointer states built from that space
+  (engine/barspace.py); the calibration of its confidence is engine/beatcal.py.
 """
 from __future__ import annotations
 

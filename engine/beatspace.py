@@ -12,7 +12,7 @@ interval form the *beat region*; observations are scored as
 
 where ``a`` in ``[0, 1]`` is the activation. Intervals are whole frames from
 ``round(60 fps / max_bpm)`` to ``round(60 fps / min_bpm)`` (55-215 BPM at 50 fps: 14..55
-frames, 1 410 states). Defaults ``lambda_tempo = 30``, ``lambda_obs = 8`` were chosen on
+frames, 1 449 states). Defaults ``lambda_tempo = 30``, ``lambda_obs = 8`` were chosen on
 synthetic activations at 50 fps, where whole-frame intervals are coarse (4 % apart at 120 BPM):
 a stiffer tempo prior (100, as used at 100 fps) made jittered 128-BPM input decode at half tempo.
 

@@ -1,16 +1,11 @@
 """The live beat and bar tracker: a causal forward algorithm over a bar-pointer state space with
 an explicit "no beat" state.
 
-State space (after the bar-pointer models of Whiteley et al. and Krebs et al.). A *block* is one
-beat of a bar of a meter: ``(M, b)`` with ``M`` in ``meters`` (default 4 and 3 beats a bar) and
-``b`` in ``[0, M)`` (``b = 0``: the downbeat). Every block holds a copy of the beat-pointer states
-of :class:`engine.beatspace.BeatStateSpace`, ``(interval tau, phase phi)``. The phase advances one
-frame at a time; at the end of a beat (``phi = tau - 1``) the mass moves to the next beat of the
-bar, ``(M, b + 1 mod M)``, phase 0, with the interval drawn from the beat-pointer's tempo
-transition (so tempo may change at every beat). At the end of a bar a fraction ``meter_switch``
-moves to the other meters' downbeats. Beside these ``len(meters) * 1410`` states (at 50 fps,
-55-215 BPM) there is one **no-beat** state: it is left with probability ``p_enter`` a frame (into
-every tracking state alike) and entered from every tracking state with probability ``p_leave``.
+State space: :class:`engine.barspace.BarStateSpace`, blocks ``(meter, beat in bar)`` of
+beat-pointer states ``(interval tau, phase phi)`` (default meters 4 and 3, ``len(meters) * 1449``
+states at 50 fps, 55-215 BPM). Beside them there is one **no-beat** state: it is left with
+probability ``p_enter`` a frame (into every tracking state alike) and entered from every tracking
+state with probability ``p_leave``.
 
 Observations, per frame:
 
@@ -50,21 +45,24 @@ activation whole, in chunks or frame by frame gives bit-identical results.
 
 ``confidence`` is ``P(tracking) * (mass within +-2 interval steps and +-0.1 beat of the best
 state)``, mapped through a monotone calibration (``calibration``: knots ``(raw, calibrated)``,
-default the source's in :data:`CALIBRATION_FILE`, fitted with ``python -m training.beatcal``) so
-that it reads as the fraction of reported beats that are correct.
+default the source's in :data:`engine.beatcal.CALIBRATION_FILE`, fitted with ``python -m
+training.beatcal``) so that it reads as the fraction of reported beats that are correct.
+
+What it reports is a :class:`engine.beatstate.BeatState`. :class:`BarStateSpace`, :class:`BeatState`,
+:data:`CALIBRATION_FILE` and :func:`load_calibration` are imported here too.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .beatspace import BeatStateSpace, check_activation
+from .barspace import BarStateSpace
+from .beatcal import CALIBRATION_FILE, load_calibration
+from .beatspace import BeatStateSpace, check_activation  # noqa: F401 (BeatStateSpace: re-exported)
+from .beatstate import BeatState
 
 _HIST = 64  # activation frames the tracker keeps (1.28 s at 50 fps)
-CALIBRATION_FILE = Path(__file__).resolve().parent / "assets" / "beat_calibration.json"
 
 
 #: what differs with the beat source (``Matcher.beat_source``): the beat network's activation is
@@ -73,108 +71,6 @@ CALIBRATION_FILE = Path(__file__).resolve().parent / "assets" / "beat_calibratio
 #: and its weaker activation needs the quicker entry into tracking to lock at all
 SOURCES = {"net": {"background_period": 0, "p_enter": 3e-3, "p_leave": 1e-6},
            "head": {"background_period": 8, "p_enter": 1e-2, "p_leave": 1e-5}}
-
-
-def load_calibration(path: str | Path | None = CALIBRATION_FILE,
-                     source: str = "net") -> tuple[np.ndarray, np.ndarray] | None:
-    """Knots ``(raw, calibrated)`` for ``source`` from a calibration file (``{source: {"raw": [...],
-    "calibrated": [...]}, ...}``, or one such object for every source), or None (no file, or no
-    entry for the source: the raw confidence)."""
-    if path is None or not Path(path).is_file():
-        return None
-    doc = json.loads(Path(path).read_text())
-    if "raw" not in doc:
-        doc = doc.get(source)
-        if doc is None:
-            return None
-    x, y = np.asarray(doc["raw"], dtype=np.float64), np.asarray(doc["calibrated"], dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape or len(x) < 2 or np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0):
-        raise ValueError(f"{path}: calibration knots must be increasing raw values with non-decreasing outputs")
-    return x, np.clip(y, 0.0, 1.0)
-
-
-class BarStateSpace:
-    """Blocks ``(meter, beat in bar)`` of beat-pointer states; see the module docstring."""
-
-    def __init__(self, fps: float = 50.0, min_bpm: float = 55.0, max_bpm: float = 215.0,
-                 lambda_tempo: float = 30.0, lambda_obs: float = 8.0, meters=(4, 3), meter_switch: float = 1e-3):
-        meters = tuple(dict.fromkeys(int(m) for m in meters))
-        if not meters or min(meters) < 1:
-            raise ValueError(f"meters must be positive beat counts, got {meters}")
-        self.beat = bs = BeatStateSpace(fps, min_bpm, max_bpm, lambda_tempo, lambda_obs)
-        self.meters = meters
-        blocks = [(m, b) for m in meters for b in range(m)]
-        self.block_meter = np.array([m for m, _ in blocks])
-        self.block_beat = np.array([b for _, b in blocks])
-        nb, s1 = len(blocks), bs.n_states
-        self.n_blocks, self.block_size = nb, s1
-        self.n_states = nb * s1
-        off = np.arange(nb)[:, None] * s1
-        self.first = off + bs.first[None, :]  # (B, K) phase 0 of each interval of each block
-        self.last = off + bs.last[None, :]
-        # block transition at the end of a beat: rows = from, cols = to
-        bt = np.zeros((nb, nb))
-        index = {blk: i for i, blk in enumerate(blocks)}
-        for i, (m, b) in enumerate(blocks):
-            nxt = index[(m, (b + 1) % m)]
-            others = [index[(m2, 0)] for m2 in meters if m2 != m] if b == m - 1 else []
-            bt[i, nxt] = 1.0 - (meter_switch if others else 0.0)
-            for j in others:
-                bt[i, j] += meter_switch / len(others)
-        self.block_trans_t = np.ascontiguousarray(bt.T)
-        region = np.tile(bs.beat_mask, nb)
-        down = np.repeat(self.block_beat == 0, s1)
-        self.beat_region = region
-        self.down_region = region & down
-        # entry distribution of the tracking states: every meter alike, uniform within it; a hair
-        # more on the downbeat so that, without downbeat evidence, bars are still counted one way
-        w = np.array([(1.0 + 1e-6 * (b == 0)) / m for m, b in blocks])
-        w /= w.sum()
-        self.init = np.repeat(w / s1, s1)
-
-
-@dataclass
-class BeatState:
-    """The tracker's view after the last frame it processed.
-
-    ``time``: time of that frame (s). ``tempo``: BPM. ``phase``: position in the current beat,
-    [0, 1) (0 = on the beat). ``last_beat``: time of the latest beat (s) or None. ``next_beats``:
-    predicted times of the next beats (s), ``(n_predict,)``. ``confidence``: calibrated, [0, 1]:
-    about the fraction of beats reported at this confidence that are correct. ``beats``: beats
-    reported in the chunk just processed (s); ``downbeats``: those of them on a bar's first beat.
-    ``frames``: activation frames processed since reset. ``no_beat``: the no-beat state holds (no
-    beats are reported, the forecast is not to be played); ``beat_presence``: the mass outside it.
-    ``meter``: beats per bar of the likelier meter, ``meter_confidence`` its share.
-    ``beat_in_bar``: the current beat's place in the bar (0 = downbeat); ``bar_phase``: position
-    in the bar, [0, 1); ``next_downbeat``: predicted time of the next downbeat (s);
-    ``bar_confidence``: share of the mass on this (meter, beat in bar).
-    """
-
-    time: float
-    tempo: float
-    phase: float
-    last_beat: float | None
-    next_beats: np.ndarray
-    confidence: float
-    beats: list = field(default_factory=list)
-    frames: int = 0
-    no_beat: bool = False
-    beat_presence: float = 1.0
-    meter: int = 4
-    meter_confidence: float = 0.0
-    beat_in_bar: int = 0
-    bar_phase: float = 0.0
-    next_downbeat: float | None = None
-    bar_confidence: float = 0.0
-    downbeats: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"time": self.time, "tempo": self.tempo, "phase": self.phase, "last_beat": self.last_beat,
-                "next_beats": [float(b) for b in self.next_beats], "confidence": self.confidence,
-                "beats": [float(b) for b in self.beats], "frames": self.frames, "no_beat": self.no_beat,
-                "beat_presence": self.beat_presence, "meter": self.meter, "meter_confidence": self.meter_confidence,
-                "beat_in_bar": self.beat_in_bar, "bar_phase": self.bar_phase, "next_downbeat": self.next_downbeat,
-                "bar_confidence": self.bar_confidence, "downbeats": [float(b) for b in self.downbeats]}
 
 
 class CausalBeatTracker:
