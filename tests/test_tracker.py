@@ -215,3 +215,20 @@ def test_beat_eval_reads_the_trackers_own_downbeats():
     beats, downs = causal_bars(SimpleNamespace(beat=act, downbeat=down, fps=FPS, t0=1.0))
     assert fmeasure(ref + 1.0, beats) > 0.95 and fmeasure(ref_down + 1.0, downs) > 0.9
     assert causal_bars(SimpleNamespace(beat=act, downbeat=None, fps=FPS, t0=0.0))[1] is None
+
+
+def test_beat_eval_sweep_grid_and_tracker_settings():
+    """The tracker sweep's grid is every combination of the values given, and causal_bars hands
+    a setting to the tracker (a tempo range that excludes the track's tempo loses its beats)."""
+    from types import SimpleNamespace
+
+    from training.beat_eval import causal_bars, parse_grid
+
+    grid = parse_grid(["lambda_obs=4,8", "p_enter=1e-3,3e-3,1e-2"])
+    assert len(grid) == 6 and {"lambda_obs": 8.0, "p_enter": 1e-2} in grid
+    with pytest.raises(ValueError):
+        parse_grid(["lambda_obs"])
+    act, down, ref, _ = bars(120.0, 4, dur=20.0)
+    a = SimpleNamespace(beat=act, downbeat=down, fps=FPS, t0=0.0)
+    assert fmeasure(ref, causal_bars(a)[0]) > 0.95
+    assert fmeasure(ref, causal_bars(a, min_bpm=150.0, max_bpm=210.0)[0]) < 0.8

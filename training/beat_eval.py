@@ -243,12 +243,13 @@ def decode_downbeats(beats: np.ndarray, act, causal: bool, meters=(3, 4), alpha:
     return np.asarray(out)
 
 
-def causal_bars(act) -> tuple[np.ndarray, np.ndarray | None]:
+def causal_bars(act, **tracker) -> tuple[np.ndarray, np.ndarray | None]:
     """(beats, downbeats) the live tracker reports on a source's causal activations: its bar
-    pointer reads the downbeat activation when there is one (downbeats None without)."""
+    pointer reads the downbeat activation when there is one (downbeats None without);
+    ``tracker``: settings of ``CausalBeatTracker`` other than its defaults (:func:`sweep`)."""
     from engine.beats import CausalBeatTracker
 
-    beats, downs = CausalBeatTracker(fps=act.fps).run_bars(act.beat, act.downbeat)
+    beats, downs = CausalBeatTracker(fps=act.fps, **tracker).run_bars(act.beat, act.downbeat)
     return act.t0 + beats, (act.t0 + downs if act.downbeat is not None else None)
 
 
@@ -353,6 +354,49 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
     return out
 
 
+def parse_grid(items: list[str]) -> list[dict]:
+    """``["lambda_obs=4,8", "p_enter=1e-3,3e-3"]`` -> every combination as tracker settings."""
+    import itertools
+
+    keys, values = [], []
+    for it in items:
+        k, eq, v = it.partition("=")
+        if not eq or not v:
+            raise ValueError(f"{it!r}: grid items look like key=v1,v2")
+        keys.append(k)
+        values.append([float(x) for x in v.split(",")])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def sweep(model, data, grid: list[dict], split="validation", max_tracks=None, max_seconds=None,
+          source: str | None = None, log=print) -> list[dict]:
+    """The live tracker's figures for each setting of ``grid`` (:func:`parse_grid`) on the same
+    causal activations (computed once per track): for choosing its settings on a dev set, never
+    on the sets a report gives figures for. Returns one summary per setting, best causal F first."""
+    from .evaluate import read_tracks
+
+    src = resolve_source(str(model), source, 1)
+    tracks = spread([t for t in read_tracks(data, split, None, max_seconds)
+                     if t.beats is not None and len(t.beats) > 4], max_tracks)
+    acts = []
+    for t in tracks:
+        mix = np.sum([s[3] for s in t.stems], axis=0)
+        dur = len(mix) / 16000.0
+        acts.append((t.beats[t.beats <= dur], None if t.downbeats is None else t.downbeats[t.downbeats <= dur],
+                     src.run(mix)["causal"]))
+    out = []
+    for setting in grid or [{}]:
+        rows = []
+        for ref, ref_down, act in acts:
+            est, est_down = causal_bars(act, **setting)
+            rows.append(score_track(ref, est, ref_down, est_down))
+        out.append({"setting": setting, "n_tracks": len(rows), **summarise(rows)})
+        r = out[-1]
+        log(f"{setting}: F {r['F']:.3f} CMLt {r['CMLt']:.3f} AMLt {r['AMLt']:.3f} "
+            f"downbeat F {r['downbeat_F'] if r['downbeat_F'] is None else round(r['downbeat_F'], 3)}")
+    return sorted(out, key=lambda r: -r["F"])
+
+
 def print_beats(r: dict) -> None:
     print(f"beats: {r['model']} (source {r.get('source', 'head')}), {r['n_tracks']} tracks")
     print(f"{'decoder':10s} {'F':>6s} {'CMLt':>6s} {'AMLt':>6s} {'down F':>7s} {'lock s':>7s} {'locked':>7s}")
@@ -395,10 +439,28 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m training.beat_eval table FILE.json ...``: the Markdown table of saved results."""
+    """``python -m training.beat_eval table FILE.json ...``: the Markdown table of saved results.
+    ``python -m training.beat_eval sweep --data DIR --model M [--max-tracks N] [--max-seconds S]
+    [--json OUT] key=v1,v2 ...``: the live tracker's figures for every combination of settings."""
+    import argparse
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        ap = argparse.ArgumentParser(prog="python -m training.beat_eval sweep")
+        ap.add_argument("--data", required=True)
+        ap.add_argument("--model", required=True)
+        ap.add_argument("--split", default="validation")
+        ap.add_argument("--beats-source", default=None)
+        ap.add_argument("--max-tracks", type=int, default=None)
+        ap.add_argument("--max-seconds", type=float, default=None)
+        ap.add_argument("--json", default=None)
+        ap.add_argument("grid", nargs="*", help="key=v1,v2 settings of engine.tracker.CausalBeatTracker")
+        a = ap.parse_args(argv[1:])
+        res = sweep(a.model, a.data, parse_grid(a.grid), a.split, a.max_tracks, a.max_seconds, a.beats_source)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return 0
     if len(argv) < 2 or argv[0] != "table":
         print(main.__doc__)
         return 2
