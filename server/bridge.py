@@ -5,7 +5,8 @@ A :class:`Bridge` is a thread with a SUB socket on the server's publish address 
 every other client sees, so a bridge cannot slow the hop worker down -- that hands each message to
 its sinks. :class:`Scheduler` fires callbacks at wall-clock times (the ``*_wall`` and
 ``cue.wall_time`` fields); :class:`BeatClock` turns the beat forecasts into one event per live beat,
-numbered like the match cues (server/cues.py: beat numbers divisible by 4 are downbeats);
+numbered like the match cues (server/cues.py: beat numbers divisible by the tracker's meter are
+downbeats);
 :class:`CueWatcher` reports each instrument's new top match at its cue time.
 
 ``python -m server --osc HOST:PORT --link [--link-mode follow|lead] --web [HOST:PORT]`` (the live
@@ -99,7 +100,8 @@ class Scheduler:
 class BeatClock:
     """One ``on_beat(number, wall, stream_time, tempo)`` per live beat, at the forecast wall time.
     The newest forecast of a pending beat reschedules it; numbers follow the cues (the latest
-    ``cue.stream_time``/``cue.beat`` seen) so that ``number % 4 == 0`` is the cues' downbeat."""
+    ``cue.stream_time``/``cue.beat`` seen) so that a number divisible by the meter
+    (``beat.meter``) is the cues' downbeat."""
 
     def __init__(self, scheduler: Scheduler, on_beat: Callable[[int, float, float, float], None]):
         self.sched = scheduler
@@ -281,7 +283,8 @@ def add_arguments(ap) -> None:
                    help="follow: the Link session's tempo and beat phase follow the beat tracker; lead: the "
                         "tracker follows the session's tempo (default %(default)s)")
     g.add_argument("--link-quantum", type=int, default=4, metavar="BEATS",
-                   help="beats per bar in the Link session; bar starts fall on the cues' downbeats (default %(default)s)")
+                   help="beats per bar in the Link session; bar starts fall on the cues' downbeats when it is the "
+                        "piece's meter (3 for 3/4) (default %(default)s)")
     g.add_argument("--web", nargs="?", const="127.0.0.1:8765", default=None, metavar="HOST:PORT",
                    help="serve the live page (matches playable in the browser, beat, tempo, level, latency) on "
                         "http://HOST:PORT/, loopback only (default when given without a value: 127.0.0.1:8765; "

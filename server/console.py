@@ -3,13 +3,15 @@
 A thread subscribes to the server's own PUB stream -- like any other client, so the server
 itself knows nothing about it -- and keeps one line up to date on stderr:
 
-    ● running  in -18.4 dB ▮▮▮▮▮▯▯▯  121.3 BPM ◆  drums pop909-694/drums .71 · fretless bass
-    pop909-583/bass .64  hop p50 14.2 p99 19.8 ms  drops 0
+    ● running  in -18.4 dB ▮▮▮▮▮▯▯▯  121.3 BPM 3/4 beat 2 ◆ conf 0.83  drums pop909-694/drums .71 ·
+    fretless bass pop909-583/bass .64  hop p50 14.2 p99 19.8 ms  drops 0
 
-input level (with a meter), tempo and a beat flash (◆ on a hop that holds a beat), the best match
-per instrument (stem id and score), hop latency p50/p99 and dropped hops. On a terminal it is a
-rich live line (log records print above it); when stderr is not a terminal it becomes a plain log
-line every ``every_s`` seconds.
+input level (with a meter; "silence" below the signal threshold), tempo, the tracker's meter and
+the current beat's place in the bar (1 = the downbeat), a beat flash (◆ on a hop that holds a beat,
+yellow on a downbeat) and the tracker's confidence -- or "no beat" in place of all that while the
+tracker hears none -- then the best match per instrument (stem id and score), hop latency p50/p99
+and dropped hops. On a terminal it is a rich live line (log records print above it); when stderr
+is not a terminal it becomes a plain log line every ``every_s`` seconds.
 """
 from __future__ import annotations
 
@@ -55,7 +57,10 @@ class State:
         self.level_db = None
         self.signal = None
         self.tempo = None
+        self.no_beat = None  # None before the first beat message
+        self.bar_meter = self.beat_in_bar = self.confidence = None  # the tracker's meter, place in the bar
         self.beat_at = 0.0  # monotonic time of the last hop that held a beat
+        self.down_at = 0.0  # ... and a downbeat
         self.best: dict[str, tuple[str, float]] = {}
         self.instruments: list[str] = []
         self.p50 = self.p99 = None
@@ -69,9 +74,15 @@ class State:
         self.messages += 1
         if topic == "beat":
             self.level_db = d.get("level_db", self.level_db)
+            self.signal = d.get("signal", self.signal)
             self.tempo = d.get("tempo")
+            self.no_beat = bool(d.get("no_beat")) or not self.tempo
+            self.bar_meter, self.beat_in_bar = d.get("meter"), d.get("beat_in_bar")
+            self.confidence = d.get("confidence")
             if d.get("beats_in_hop"):
                 self.beat_at = now
+            if d.get("downbeats_in_hop"):
+                self.down_at = now
         elif topic == "match":
             self.signal = d.get("signal", self.signal)
             if d.get("level_db") is not None:
@@ -111,8 +122,7 @@ class State:
                (f"  in {lvl} dB ", ""), (self.meter(), "cyan" if self.signal else "dim")]
         if self.signal is False:
             out.append(("  silence", "dim"))
-        tempo = "  ? BPM" if not self.tempo else f"{self.tempo:5.1f} BPM"
-        out += [(f"  {tempo} ", ""), ("◆" if flash else "◇", "bold magenta" if flash else "dim")]
+        out += self.beat_parts(flash, now - self.down_at < 0.12)
         cells = []
         for inst in self.instruments:
             stem, score = self.best.get(inst, ("-", None))
@@ -123,6 +133,18 @@ class State:
         out.append((f"  hop p50 {p50} p99 {p99} ms", ""))
         out.append((f"  drops {self.drops}", "bold red" if self.drops else ""))
         return out
+
+    def beat_parts(self, flash: bool, down: bool) -> list[tuple[str, str]]:
+        """The tempo, bar, beat flash and confidence pieces (``no beat`` while there is none)."""
+        if self.no_beat is None:  # no beat message yet
+            return [("    ? BPM ", ""), ("◇", "dim")]
+        conf = "" if self.confidence is None else f" conf {self.confidence:.2f}"
+        if self.no_beat:
+            return [("  no beat", "yellow" if self.signal else "dim"), (conf, "dim")]
+        m, b = self.bar_meter, self.beat_in_bar
+        bar = "" if not m or b is None else f" {m}/4 beat {b + 1}"
+        style = ("bold yellow" if down else "bold magenta") if flash else "dim"
+        return [(f"  {self.tempo:5.1f} BPM{bar} ", ""), ("◆" if flash else "◇", style), (conf, "")]
 
     def text(self, now: float | None = None) -> str:
         return "".join(t for t, _ in self.parts(now))

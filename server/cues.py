@@ -14,13 +14,19 @@ The server adds these fields to every ``match`` item (docs/protocol.md, *Playabl
   when the stream reaches ``stream_time`` -- the next live downbeat at least :data:`LEAD_S` ahead
   -- i.e. at unix time ``wall_time``, playing at rate ``stretch``; then the stem's beats fall on
   the live beats. ``beat`` is that downbeat's live beat number. Null while the tracker has no
-  tempo (silence, the first seconds).
+  tempo (silence, no beat, the first seconds).
 
-Live downbeats: the tracker follows beats, not bars. The planner numbers the beats it is told
-about -- beat 0 is the first beat after the tempo locked, each later detected beat gets the number
-``round((t - last) / period)`` more than the last one -- and every :data:`BEATS_PER_BAR`-th
-beat (number divisible by 4) is a downbeat. Every client therefore sees the same bars; whether they
-are the performer's bars is not known to the tracker.
+Live downbeats: the planner numbers the beats it is told about -- beat 0 is the first beat after
+the tempo locked, each later detected beat gets the number ``round((t - last) / period)`` more than
+the last one -- and the bars are the tracker's own: each hop, the number of the tracker's next
+downbeat (``BeatState.next_downbeat``, one of its forecast beats) is made a multiple of its
+``meter`` by moving the numbering forward (never back) when it is not, so a downbeat is a beat whose
+number is divisible by the meter -- every 4th beat in 4/4, every 3rd in 3/4 -- and every client
+(OSC ticks, Link, the live page) sees the tracker's bars. Until the tracker has a bar (its first
+reported beat; a state without ``next_downbeat``) the beats are counted on in bars of the last
+meter it gave, :data:`BEATS_PER_BAR` at first. While the tracker hears no beat (``no_beat``) there
+is no tempo for the cues: ``cue`` and ``stretch`` are null, as ``beat.tempo`` is. A Link session
+that leads (``--link-mode lead``) takes the bars over (:meth:`LiveBars.session_bars`).
 """
 from __future__ import annotations
 
@@ -48,20 +54,48 @@ def finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def tracker_bar(b) -> tuple[int, float] | None:
+    """``(meter, next downbeat in stream s)`` of a tracker state, or None while it has no bar: no
+    state, the no-beat state, no beat reported yet, no finite ``next_downbeat``."""
+    if b is None or getattr(b, "no_beat", False) or getattr(b, "last_beat", None) is None:
+        return None
+    down, meter = finite(getattr(b, "next_downbeat", None)), getattr(b, "meter", None)
+    try:
+        meter = int(meter)
+    except (TypeError, ValueError):
+        return None
+    return None if down is None or meter < 2 else (meter, down)
+
+
 class LiveBars:
-    """Numbers the tracker's beats and finds the next live downbeat (see the module text)."""
+    """Numbers the tracker's beats and finds the next live downbeat (see the module text).
+    ``meter``: beats per bar of the numbering now; ``realigned``: how often the tracker's bar moved
+    the numbering."""
 
     def __init__(self, beats_per_bar: int = BEATS_PER_BAR):
-        self.beats_per_bar = int(beats_per_bar)
+        self.beats_per_bar = int(beats_per_bar)  # the bars before the tracker has one
+        self.session_meter: int | None = None  # set by session_bars(): the tracker's bars are not followed
         self.reset()
 
     def reset(self) -> None:
         self.last_beat: float | None = None  # stream s of the latest numbered beat
         self.last_number = -1
         self.last_st = -math.inf
+        self.meter = self.session_meter or self.beats_per_bar
+        self.realigned = 0
 
-    def update(self, st: float, tempo: float | None, detected, next_beats) -> None:
-        """One hop: ``detected`` beats (stream s) of this hop and the tracker's forecast."""
+    def session_bars(self, meter: int) -> None:
+        """Bars of ``meter`` beats that someone else numbers (a leading Link session moves
+        :attr:`last_number` onto its own beats): the tracker's bar is no longer followed."""
+        self.session_meter = self.meter = max(1, int(meter))
+
+    def number_of(self, t: float, period: float) -> int:
+        """The number of the beat at stream time ``t`` (a forecast beat, after the latest one)."""
+        return self.last_number + max(0, int(round((t - self.last_beat) / period)))
+
+    def update(self, st: float, tempo: float | None, detected, next_beats, bar=None) -> None:
+        """One hop: ``detected`` beats (stream s) of this hop, the tracker's forecast and its bar,
+        ``(meter, next downbeat)`` (:func:`tracker_bar`; None: it has none)."""
         if st < self.last_st:  # the stream restarted (reset): new bars
             self.reset()
         self.last_st = st
@@ -76,6 +110,13 @@ class LiveBars:
                 self.last_beat = t
         if self.last_beat is None and len(next_beats):  # locked, nothing detected yet: number the forecast
             self.last_beat, self.last_number = float(next_beats[0]) - period, -1
+        if bar is not None and self.session_meter is None and self.last_beat is not None:
+            meter, down = bar
+            shift = -self.number_of(down, period) % meter
+            if shift:  # the tracker's downbeat is not a multiple of its meter: renumber, forward
+                self.last_number += shift
+                self.realigned += 1
+            self.meter = meter
 
     def next_downbeat(self, st: float, tempo: float | None, next_beats) -> tuple[float, int] | None:
         """(stream s, beat number) of the first downbeat at or after ``st + LEAD_S``."""
@@ -84,15 +125,15 @@ class LiveBars:
         period = 60.0 / tempo
         nb = [float(x) for x in next_beats if finite(x) is not None]
         anchor = nb[0] if nb else self.last_beat
-        n0 = self.last_number + max(0, int(round((anchor - self.last_beat) / period))) if nb else self.last_number
+        n0 = self.number_of(anchor, period) if nb else self.last_number
         j = 0
         while True:
             n = n0 + j
             t = nb[j] if j < len(nb) else anchor + j * period
-            if n % self.beats_per_bar == 0 and t >= st + LEAD_S:
+            if n % self.meter == 0 and t >= st + LEAD_S:
                 return t, n
             j += 1
-            if j > 4 * self.beats_per_bar + len(nb):
+            if j > 4 * self.meter + len(nb):
                 return None
 
 
@@ -111,13 +152,13 @@ class CuePlanner:
 
     def plan(self, res: HopResult, st: float, arrival: float | None, speed: float | None, library) -> "CuePlanner":
         b = res.beat  # None before the window is ready
-        signal = bool(res.signal)
+        beating = bool(res.signal) and not (b is not None and getattr(b, "no_beat", False))
         tempo = None if b is None else finite(b.tempo)
-        tempo = tempo if (tempo and tempo > 0 and signal) else None
+        tempo = tempo if (tempo and tempo > 0 and beating) else None
         detected = [] if b is None else [float(x) for x in np.asarray(b.beats, dtype=np.float64).reshape(-1)]
-        nb = [] if b is None or not signal else \
+        nb = [] if b is None or not beating else \
             [float(x) for x in np.asarray(b.next_beats, dtype=np.float64).reshape(-1)]
-        self.bars.update(st, tempo, detected, nb)
+        self.bars.update(st, tempo, detected, nb, tracker_bar(b) if tempo else None)
         self.tempo = tempo
         self.downbeat = self.bars.next_downbeat(st, tempo, nb)
         self.st = st

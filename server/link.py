@@ -7,14 +7,17 @@ Two modes (``--link-mode``):
   tracked tempo of the last 16 hops (the per-hop figure wobbles by a few BPM: the tracker's beat
   intervals are whole 20-ms frames) when they differ by more than 0.05 BPM, and when the session's beat is more than 5 ms
   away from the live beat's number (numbered like the match cues, so bar starts -- beat numbers
-  divisible by the quantum -- are the cues' downbeats) it is moved there (``force_beat``: the
+  divisible by the quantum -- are the cues' downbeats when the quantum is the tracker's meter:
+  ``--link-quantum 3`` for a piece in 3/4) it is moved there (``force_beat``: the
   tracker is the session's clock). Silence leaves the session running at its last tempo.
 * ``lead`` -- the tracker follows the session: whenever the session's tempo changes (checked with
   every message) the tracker's tempo range is narrowed to that tempo +-3 % (a new
   :class:`engine.beats.CausalBeatTracker`, swapped in between two hops). The beat phase still
   comes from the audio; the session's tempo decides the tempo octave and keeps the tracker from
   wandering. The live beats are numbered like the session's (each beat gets the number of the
-  session beat nearest to it), so the cues' downbeats fall on the session's bar starts.
+  session beat nearest to it), and the cues' bars are the session's (``quantum`` beats, not the
+  tracker's bar: :meth:`server.cues.LiveBars.session_bars`), so the cues' downbeats fall on the
+  session's bar starts.
 
 ``aalink`` needs a running asyncio loop: the Link object lives in its own thread's loop, and every
 call into it is made in that loop.
@@ -111,6 +114,9 @@ class LinkSink:
         self.recent = collections.deque(maxlen=TEMPO_MEDIAN_OF)  # tracked tempos of the latest beat messages
         self.renumbered = 0  # lead: live beat numbering moved onto the session's bars
         self.clock = BeatClock(scheduler, self._on_beat if mode == "follow" else self._on_beat_lead)
+        bars = getattr(getattr(server, "cues", None), "bars", None)
+        if mode == "lead" and bars is not None:  # the cues' bars are the session's, not the tracker's
+            bars.session_bars(self.quantum)
 
     def handle(self, topic: str, m: dict) -> None:
         if self.mode == "follow":

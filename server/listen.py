@@ -1,7 +1,10 @@
 """``python -m server.listen [ADDR] [--topics match,beat,status]``: watch the stream in a terminal.
 
-Per instrument: the top-k stems (score, stem id, offset); the tempo, phase and next beat; a
-status line with counters and latency. ``--json``: exactly one JSON object per line on stdout
+Per instrument: the top-k stems (score, stem id, offset); per beat message the tempo, the meter
+and the current beat's place in the bar (1 = the downbeat), the beat phase, the time to the next
+beat and to the next downbeat ("one"), the confidence -- or "no beat" (and "no signal" below the
+signal threshold) while the tracker hears none; a status line with counters, latency, and the
+signal and no-beat state. ``--json``: exactly one JSON object per line on stdout
 (each message as sent; its ``topic`` field names the topic), everything else on stderr.
 Ctrl-C exits cleanly. Exit status: 0, 1 when --check found a message off the schema, 2 on an error.
 """
@@ -30,23 +33,33 @@ def _fmt_match(d: dict, width: int = 3) -> list[str]:
 
 
 def _fmt_beat(d: dict) -> str:
-    tempo = d.get("tempo")
-    nb = d.get("next_beats") or []
-    nxt = f"{nb[0] - d['stream_time']:+.3f}s" if nb else "-"
-    t = f"{tempo:6.1f} BPM" if tempo else "  ?   BPM"
+    """``beat    94.2 BPM 4/4 beat 1 [#.......] next +0.480s one +1.760s  conf 0.83 DOWNBEAT``, or
+    ``beat   no beat  -31.0 dB  conf 0.02`` (``no signal`` below the signal threshold)."""
+    tempo, conf = d.get("tempo"), f"conf {d.get('confidence') or 0:.2f}"
+    if d.get("no_beat") or not tempo:
+        level = d.get("level_db")
+        sig = "no signal" if d.get("signal") is False else ("" if level is None else f"{level:.1f} dB")
+        return "  ".join(x for x in ("beat   no beat", sig, conf) if x)
+    st = d["stream_time"]
+    nb, down = d.get("next_beats") or [], d.get("next_downbeat")
+    nxt = f"{nb[0] - st:+.3f}s" if nb else "-"
+    meter, bib = d.get("meter"), d.get("beat_in_bar")
+    bar = f" {meter}/4 beat {bib + 1}" if meter and bib is not None else ""
+    one = "" if down is None else f" one {down - st:+.3f}s"
     ph = d.get("phase")
-    bar = "" if ph is None else "[" + "".join("#" if i == int(ph * 8) else "." for i in range(8)) + "]"
-    hit = " BEAT" if d.get("beats_in_hop") else ""
-    return f"beat   {t} {bar} next {nxt}  conf {d.get('confidence') or 0:.2f}{hit}"
+    cells = "" if ph is None else " [" + "".join("#" if i == int(ph * 8) else "." for i in range(8)) + "]"
+    hit = " DOWNBEAT" if d.get("downbeats_in_hop") else " BEAT" if d.get("beats_in_hop") else ""
+    return f"beat   {tempo:6.1f} BPM{bar}{cells} next {nxt}{one}  {conf}{hit}"
 
 
 def _fmt_status(d: dict) -> str:
     c, lat = d.get("counters", {}), d.get("latency", {})
     p50, p99 = lat.get("p50"), lat.get("p99")
+    flags = ("  no signal" if d.get("signal") is False else "") + ("  no beat" if d.get("no_beat") else "")
     return (f"status {d.get('state')}  {d.get('backend')}  up {d.get('uptime_s', 0):.0f}s  hops {c.get('hops')} "
             f"drops {c.get('drops')} overruns {c.get('overruns')}  latency p50 "
             f"{'-' if p50 is None else f'{p50:.1f}'} p99 {'-' if p99 is None else f'{p99:.1f}'} ms  "
-            + _fmt_library(d.get("library") or {}))
+            + _fmt_library(d.get("library") or {}) + flags)
 
 
 def _fmt_library(lib: dict) -> str:
@@ -79,10 +92,12 @@ def main(argv=None) -> int:
     if unknown or not topics:
         ap.error(f"--topics: unknown topic(s) {', '.join(unknown) or '(none given)'}; choose from match, beat, status")
     info = sys.stderr if a.json else sys.stdout
+    # an inproc:// endpoint lives in one context: the in-process server's (zmq.Context.instance())
+    shared = a.addr.startswith("inproc://")
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    ctx = zmq.Context()
+    ctx = zmq.Context.instance() if shared else zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
     if a.curve_keys:
@@ -129,7 +144,8 @@ def main(argv=None) -> int:
                 break
     finally:
         sub.close(0)
-        ctx.term()
+        if not shared:
+            ctx.term()
     return 1 if bad else 0
 
 

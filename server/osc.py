@@ -1,13 +1,15 @@
 """``--osc HOST:PORT``: the server's stream as OSC messages over UDP (python-osc), for DAWs,
 samplers and controllers. The address space is documented in docs/protocol.md (*OSC*) and
 listed in :data:`ADDRESSES`; unknown values are sent as -1 (times, positions, numbers) or 0
-(tempos, ratios), never as OSC nil, so any OSC 1.0 receiver reads every message.
+(tempos, ratios), never as OSC nil, so any OSC 1.0 receiver reads every message. Arguments added
+later come last, so a receiver that reads only the first ones keeps working.
 
-Per ``beat`` message: ``/stemjepa/beat`` and, with a tempo, ``/stemjepa/tempo``; per ``match``
+Per ``beat`` message: ``/stemjepa/beat`` (with the no-beat flag, the meter, the beat in the bar
+and the time to the next downbeat) and, with a tempo, ``/stemjepa/tempo``; per ``match``
 message: ``/stemjepa/level`` and one ``/stemjepa/match`` per item; per ``status``:
 ``/stemjepa/status``. Scheduled on the wall clock (:mod:`server.bridge`): ``/stemjepa/tick`` at
-each live beat and ``/stemjepa/play`` at an instrument's new top match's cue -- a receiver that
-starts the file there, at rate ``stretch``, is on the beat.
+each live beat (with its place in the tracker's bar) and ``/stemjepa/play`` at an instrument's new
+top match's cue -- a receiver that starts the file there, at rate ``stretch``, is on the beat.
 """
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ from .bridge import BeatClock, CueWatcher, Scheduler
 PREFIX = "/stemjepa"
 #: address -> argument types (OSC type tags) and names, in order
 ADDRESSES = {
-    "/stemjepa/beat": ("fffffii", "tempo phase confidence next_in_s stream_time signal seq"),
+    "/stemjepa/beat": ("fffffiiiiif", "tempo phase confidence next_in_s stream_time signal seq no_beat meter "
+                       "beat_in_bar next_downbeat_in_s"),
     "/stemjepa/tempo": ("f", "bpm"),
-    "/stemjepa/tick": ("iiff", "beat beat_in_bar tempo stream_time"),
+    "/stemjepa/tick": ("iiffi", "beat beat_in_bar tempo stream_time meter"),
     "/stemjepa/match": ("sisfsffffffifi",
                         "instrument rank stem_id score file offset length stem_tempo stretch cue_stem_pos "
                         "cue_in_s cue_beat stream_time seq"),
     "/stemjepa/play": ("ssffsi", "instrument file stem_pos stretch stem_id beat"),
     "/stemjepa/level": ("fi", "level_db signal"),
-    "/stemjepa/status": ("siiffsii", "state hops drops latency_p50_ms level_db audio_root seq protocol"),
+    "/stemjepa/status": ("siiffsiiii", "state hops drops latency_p50_ms level_db audio_root seq protocol signal "
+                         "no_beat"),
 }
 
 
@@ -41,7 +45,7 @@ class OscSink:
         except ImportError as e:
             raise ImportError("--osc needs python-osc: pip install -e '.[osc]'") from e
         self.client = SimpleUDPClient(host, int(port))
-        self.beats_per_bar = int(beats_per_bar)
+        self.beats_per_bar = int(beats_per_bar)  # the meter of the ticks until a beat message gives one
         self.sent = 0
         self.clock = BeatClock(scheduler, self._tick)
         self.cues = CueWatcher(scheduler, self._play)
@@ -56,9 +60,14 @@ class OscSink:
     def handle(self, topic: str, m: dict) -> None:
         now = time.time()
         if topic == "beat":
-            nxt = m.get("next_beats_wall") or []
+            nxt, down = m.get("next_beats_wall") or [], m.get("next_downbeat_wall")
+            bib = m.get("beat_in_bar")
+            if m.get("meter") and bib is not None:  # the tracker has a bar: the ticks count in it
+                self.beats_per_bar = int(m["meter"])
             self.send(f"{PREFIX}/beat", _f(m.get("tempo"), 0.0), _f(m.get("phase")), _f(m.get("confidence"), 0.0),
-                      nxt[0] - now if nxt else -1.0, m["stream_time"], int(bool(m.get("signal"))), m["seq"])
+                      nxt[0] - now if nxt else -1.0, m["stream_time"], int(bool(m.get("signal"))), m["seq"],
+                      int(bool(m.get("no_beat"))), int(m.get("meter") or self.beats_per_bar),
+                      -1 if bib is None else int(bib), -1.0 if down is None else down - now)
             if m.get("tempo"):
                 self.send(f"{PREFIX}/tempo", m["tempo"])
             self.clock.on_beat_msg(m)
@@ -78,10 +87,11 @@ class OscSink:
             lib = m.get("library") or {}
             self.send(f"{PREFIX}/status", m["state"], m["counters"]["hops"], m["counters"]["drops"],
                       _f((m.get("latency") or {}).get("p50")), _f(m.get("level_db"), -200.0),
-                      lib.get("audio_root") or "", m["seq"], m["v"])
+                      lib.get("audio_root") or "", m["seq"], m["v"], int(bool(m.get("signal"))),
+                      int(bool(m.get("no_beat"))))
 
     def _tick(self, n: int, wall: float, stream_time: float, tempo: float) -> None:
-        self.send(f"{PREFIX}/tick", n, n % self.beats_per_bar, tempo, stream_time)
+        self.send(f"{PREFIX}/tick", n, n % self.beats_per_bar, tempo, stream_time, self.beats_per_bar)
 
     def _play(self, inst: str, it: dict) -> None:
         self.send(f"{PREFIX}/play", inst, it["file"], it["cue"]["stem_pos"], _f(it.get("stretch"), 1.0),

@@ -18,6 +18,7 @@ import zmq
 from server import config
 from server.bridge import BeatClock, Scheduler, parse_hostport
 from server.testing import Subscriber
+from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -100,6 +101,66 @@ def test_beat_clock_numbers_beats_like_the_cues():
         s.stop()
     assert len(got) == 1 and got[0][0] == 10 and got[0][1] == pytest.approx(now + 0.202)
 
+
+
+def test_osc_sends_the_bar_and_no_beat_over_an_inproc_bridge():
+    """OscSink behind a Bridge on ``inproc://``, received by a python-osc server: ``/stemjepa/beat``
+    carries no_beat, meter, beat in bar and the next downbeat (tempo 0 and -1s in the no-beat
+    state), ``/stemjepa/status`` signal and no_beat, and ``/stemjepa/tick`` counts in the
+    tracker's 3/4 bar (beat 7, one after the cue's downbeat 6, is beat 1 of its bar, not 3)."""
+    pytest.importorskip("pythonosc")
+    from pythonosc.dispatcher import Dispatcher
+    from pythonosc.osc_server import ThreadingOSCUDPServer
+
+    from server.bridge import Bridge
+    from server.osc import ADDRESSES, OscSink
+
+    got = []
+    disp = Dispatcher()
+    disp.set_default_handler(lambda addr, *args: got.append((addr, args)))
+    osc = ThreadingOSCUDPServer(("127.0.0.1", 0), disp)
+    threading.Thread(target=osc.serve_forever, daemon=True).start()
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.bind("inproc://osc-bars")
+    sched = Scheduler()
+    bridge = Bridge("inproc://osc-bars", [OscSink("127.0.0.1", osc.server_address[1], sched)], context=ctx).start()
+    try:
+        now, head = time.time(), {"v": 1, "latency_ms": 5.0, "wall_time": time.time()}
+        item = {"rank": 1, "stem_id": "s/drums", "score": 0.5, "file": "", "offset": 0.0, "length": 8.0,
+                "stem_tempo": None, "stretch": None,
+                "cue": {"stem_pos": 0.0, "stream_time": 10.0, "wall_time": now - 0.3, "beat": 6}}
+        msgs = [("beat", {**head, "seq": 0, "stream_time": 9.0, "tempo": None, "phase": None, "confidence": 0.01,
+                          "signal": True, "no_beat": True, "meter": 4, "beat_in_bar": None, "next_beats": [],
+                          "next_beats_wall": [], "next_downbeat_wall": None}),
+                ("status", {**head, "seq": 0, "stream_time": 9.0, "state": "running", "signal": True,
+                            "no_beat": True, "counters": {"hops": 9, "drops": 0}, "latency": {"p50": 5.0},
+                            "level_db": -30.0, "library": {}}),
+                ("match", {**head, "seq": 1, "stream_time": 9.8, "signal": True, "level_db": -20.0,
+                           "matches": {"drums": [item]}}),
+                ("beat", {**head, "seq": 1, "stream_time": 9.9, "tempo": 120.0, "phase": 0.8, "confidence": 0.9,
+                          "signal": True, "no_beat": False, "meter": 3, "beat_in_bar": 0, "next_beats": [10.5],
+                          "next_beats_wall": [now + 0.3], "next_downbeat_wall": now + 1.3})]
+        time.sleep(0.2)  # the bridge's subscription reaches the PUB socket
+        for topic, m in msgs:
+            pub.send_multipart([topic.encode(), json.dumps({**m, "topic": topic}).encode()])
+        wait_until(lambda: any(a == "/stemjepa/tick" for a, _ in got), 5, what="the scheduled tick")
+        time.sleep(0.1)
+    finally:
+        bridge.stop()
+        sched.stop()
+        pub.close(0)
+        osc.shutdown()
+    for a, args in got:
+        assert len(args) == len(ADDRESSES[a][0]), (a, args)
+    beats = [args for a, args in got if a == "/stemjepa/beat"]
+    assert beats[0][0] == 0.0 and beats[0][7:10] == (1, 4, -1) and beats[0][10] == -1.0
+    assert beats[1][7:10] == (0, 3, 0) and 1.0 < beats[1][10] < 1.31
+    status = [args for a, args in got if a == "/stemjepa/status"]
+    assert status and status[0][-2:] == (1, 1)
+    ticks = [args for a, args in got if a == "/stemjepa/tick"]
+    assert ticks[0][0] == 7 and ticks[0][1] == 1 and ticks[0][4] == 3, ticks
 
 def test_bad_bridge_options_are_refused_clearly(tmp_path, server_assets):
     for bad in ("9000", "localhost", "host:0", "host:70000"):

@@ -68,6 +68,30 @@ def test_state_folds_the_stream_into_one_line():
     assert "silence" in st.text(now=102.0) and st.meter() == "▯" * 8
 
 
+
+def _beat(no_beat, signal=True, seq=0):
+    """A ``beat`` message: the tracker in 3/4 on the second beat of the bar, or hearing no beat."""
+    d = {"v": 1, "topic": "beat", "seq": seq, "hop": seq, "stream_time": 8.0, "wall_time": time.time(),
+         "latency_ms": 9.0, "signal": signal, "level_db": -31.0 if signal else -95.0, "no_beat": no_beat,
+         "confidence": 0.02 if no_beat else 0.87, "meter": 3, "beats_in_hop": [], "downbeats_in_hop": []}
+    if no_beat:
+        return {**d, "tempo": None, "phase": None, "beat_in_bar": None, "next_beats": [], "next_downbeat": None}
+    return {**d, "tempo": 100.0, "phase": 0.25, "beat_in_bar": 1, "next_beats": [8.45, 9.05],
+            "next_downbeat": 9.05, "beats_in_hop": [7.85]}
+
+
+def test_state_line_shows_the_bar_the_confidence_and_no_beat():
+    st = State()
+    st.update("beat", _beat(False), now=50.0)
+    line = st.text(now=50.05)
+    assert "100.0 BPM 3/4 beat 2 ◆ conf 0.87" in line and "no beat" not in line
+    st.update("beat", _beat(True), now=51.0)
+    line = st.text(now=51.05)
+    assert "no beat conf 0.02" in line and "BPM" not in line and "\n" not in line
+    st.update("beat", _beat(True, signal=False), now=52.0)
+    assert "silence  no beat" in st.text(now=52.0)
+    assert "? BPM" in State().text()  # before the first beat message: not known yet
+
 def test_addresses():
     assert check_address("--pub", "tcp://127.0.0.1:5555") is None
     assert check_address("--pub", "tcp://*:5555") is None
@@ -80,22 +104,25 @@ def test_addresses():
 
 
 class _Pub:
-    """A PUB socket that republishes the three messages until stopped."""
+    """A PUB socket that republishes the three messages (or ``messages(seq)``) until stopped; on
+    ``inproc://`` in the shared context, the one the status line and the listen tool use there."""
 
-    def __init__(self, stem):
-        self.addr = f"tcp://127.0.0.1:{_port()}"
-        self.ctx = zmq.Context()
+    def __init__(self, stem, addr=None, messages=None):
+        self.addr = addr or f"tcp://127.0.0.1:{_port()}"
+        self.shared = self.addr.startswith("inproc://")
+        self.ctx = zmq.Context.instance() if self.shared else zmq.Context()
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.linger = 0
         self.sock.bind(self.addr)
         self.stem, self.stop = stem, threading.Event()
+        self.messages = messages or (lambda seq: _messages(self.stem, seq))
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
 
     def _run(self):
         seq = 0
         while not self.stop.is_set():
-            for topic, d in _messages(self.stem, seq):
+            for topic, d in self.messages(seq):
                 self.sock.send_multipart([topic.encode(), json.dumps(d).encode()])
             seq += 1
             time.sleep(0.02)
@@ -104,7 +131,8 @@ class _Pub:
         self.stop.set()
         self.t.join()
         self.sock.close(0)
-        self.ctx.term()
+        if not self.shared:
+            self.ctx.term()
 
 
 @pytest.fixture
@@ -165,6 +193,34 @@ def test_listen_json_is_json_lines_and_human_form_shows_the_stem_id(pub, capsys)
     out = capsys.readouterr().out
     assert "drops 3" in out and "latency p50 14.2 p99 19.8 ms" in out and "lib 30 stems, 178 segments" in out
 
+
+def test_no_beat_over_inproc_in_the_status_line_and_listen(capsys, caplog):
+    status = {"v": 1, "topic": "status", "seq": 0, "stream_time": 8.0, "state": "running", "signal": True,
+              "no_beat": True, "counters": {"hops": 50, "drops": 0}, "latency": {"p50": 9.0, "p99": 12.0},
+              "library": {"stems": 30}}
+    pub = _Pub(None, "inproc://console-nobeat", lambda seq: [("beat", _beat(True)), ("status", status)])
+    try:
+        line = StatusLine(live=False, stream=io.StringIO(), every_s=0.3)
+        with caplog.at_level(logging.INFO, logger="server"):
+            line.start(pub.addr)
+            wait_until(lambda: any("no beat" in r.getMessage() for r in caplog.records), 10,
+                       what="a status line that says no beat")
+            line.stop()
+        msg = next(r.getMessage() for r in caplog.records if "no beat" in r.getMessage())
+        assert "conf 0.02" in msg and "BPM" not in msg
+        from server.listen import main
+
+        assert main([pub.addr, "--count", "4", "--timeout", "10"]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"^beat +no beat +-31\.0 dB +conf 0\.02$", out, re.M), out
+        assert re.search(r"^status running .* no beat$", out, re.M), out
+        pub.messages = lambda seq: [("beat", _beat(False))]
+        assert main([pub.addr, "--count", "2", "--timeout", "10", "--topics", "beat"]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"^beat +100\.0 BPM 3/4 beat 2 \[\.\.#\.+\] next \+0\.450s one \+1\.050s +conf 0\.87 BEAT$",
+                         out, re.M), out
+    finally:
+        pub.close()
 
 def test_protocol_doc_uses_the_library_stem_id_form():
     """docs/protocol.md's example items use the stem_id form of the shipped demo library."""

@@ -18,7 +18,7 @@ from engine.audio import load_audio
 from engine.library import LibraryError, StemLibrary, add_grids
 from engine.stemgrid import FPS, Grid, estimate_grid, fold_ratio, onset_strength, track_consensus
 from server import config
-from server.cues import LEAD_S, LiveBars
+from server.cues import LEAD_S, CuePlanner, LiveBars
 from server.testing import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +210,67 @@ def test_live_bars_number_beats_and_find_downbeats():
     assert numbers and all(abs(tt - (1.0 + n * p)) < 1e-9 for tt, n in numbers)
     bars.update(0.16, 120.0, [], [0.5])  # stream restarted: numbering restarts
     assert bars.last_number == -1
+
+
+def _hop(st, state, signal=True):
+    from engine.hop import HopResult
+
+    return HopResult(stream_time=st, end_sample=int(st * SR), hop_index=int(round(st / 0.16)), ready=True,
+                     window_frames=800, matches={}, beat=state, activation=np.zeros(8, np.float32),
+                     activation_time=st - 0.16, timings={}, signal=signal)
+
+
+@pytest.mark.parametrize("meter,bpm,first", [(3, 100.0, 0), (4, 120.0, 1)])
+def test_cue_downbeats_are_the_trackers_bars(meter, bpm, first):
+    """The real tracker fed a bar of ``meter`` beats whose first downbeat is beat ``first`` (beat
+    and downbeat activations, 160-ms hops): once it has the bar, every cue downbeat is one of the
+    piece's downbeats and its number a multiple of the meter -- downbeats every 3 beats in 3/4, not
+    every 4th beat counted from the first."""
+    from engine.tracker import CausalBeatTracker
+    from test_tracker import bars as bar_activations
+
+    act, down, beats, _ = bar_activations(bpm, meter, dur=14.0)
+    down_times = beats[first] + np.arange(40) * meter * 60.0 / bpm  # on past the end: the forecast
+    shift = int(round(first * 60.0 / bpm * 50))  # move the downbeat bumps onto beat ``first`` of each bar
+    down = np.roll(down, shift)
+    down[:shift] = 0.0
+    tracker, planner = CausalBeatTracker(50.0), CuePlanner()
+    got = []
+    for hop in range(len(act) // 8):
+        st = 0.16 * (hop + 1)
+        state = tracker.process(act[8 * hop:8 * hop + 8], down[8 * hop:8 * hop + 8])
+        planner.plan(_hop(st, state), st, 1000.0 + st, 1.0, None)
+        if st > 6.0:
+            assert planner.downbeat is not None, st
+            got.append(planner.downbeat)
+    assert state.meter == meter and planner.bars.meter == meter
+    times = np.array([t for t, _ in got])
+    assert np.max(np.min(np.abs(times[:, None] - down_times[None, :]), axis=1)) < 0.03, times[:10]
+    assert all(n % meter == 0 for _, n in got)
+    distinct = sorted({n for _, n in got})
+    assert len(distinct) >= 3 and set(np.diff(distinct)) == {meter}, distinct
+
+
+def test_cues_without_a_tracker_bar_count_in_fours_and_none_without_a_beat():
+    """A tracker state with no bar (no ``next_downbeat``) is counted in bars of 4 from the first
+    beat; the no-beat state gives no cue and no tempo at all."""
+    from engine.tracker import BeatState
+
+    planner = CuePlanner()
+    p, downs = 0.5, []
+    for hop in range(40):
+        st = 0.16 * (hop + 1)
+        grid = np.arange(1.0, 12.0, p)
+        state = BeatState(time=st, tempo=120.0, phase=0.0, last_beat=1.0, next_beats=grid[grid > st][:4],
+                          confidence=0.9, beats=[b for b in grid if st - 0.16 <= b < st], meter=3,
+                          next_downbeat=None)
+        planner.plan(_hop(st, state), st, None, 1.0, None)
+        if planner.downbeat is not None:
+            downs.append(planner.downbeat)
+    assert downs and all(n % 4 == 0 and abs(t - (1.0 + n * p)) < 1e-9 for t, n in downs)
+    state.no_beat = True
+    planner.plan(_hop(7.0, state), 7.0, None, 1.0, None)
+    assert planner.downbeat is None and planner.tempo is None
 
 
 def _free_port():
