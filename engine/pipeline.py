@@ -27,15 +27,10 @@ category when ``restrict_category`` and the library knows the category, see
 :meth:`StemLibrary.category_of`), each segment scored by the model's cosine fused with the
 tempo + key descriptor's (a :class:`KeyTempoStream` over the input, about 1 ms a hop;
 ``keytempo_weight``, default the model's own, 0 for the model alone; docs/keytempo.md);
-``backend.beats(tokens)`` -> the window's 50 Hz activation, of
-which the values not yet seen (8 per 160 ms) go to the :class:`CausalBeatTracker`.
-
-**Beat source** (``beat_source``): ``"net"``, the default whenever the model directory ships the
-causal beat and downbeat network (``beatnet.npz``, engine/beatnet.py), runs that network on every
-hop's new log-mel frames (its state kept across hops, about 0.4 ms a hop; timed as ``beatnet``),
-and its beat activation feeds the tracker in place of the beat head's, which is then not run;
-its downbeat activation comes with the hop (``HopResult.downbeat_activation``). ``"head"``: the
-ViT encoder's linear beat head, as before (no downbeats).
+and the beat stage (engine/beatstage.py): the window's 50 Hz beat activation -- the beat
+network's over the new log-mel frames (``beat_source="net"``, the default when the model directory
+ships it) or the encoder's beat head's (``"head"``) -- of which the values not yet seen (8 per 160
+ms) go to the :class:`CausalBeatTracker`.
 
 **Streaming** (``stream=None``, the default, picks it whenever the backend has the streaming
 graphs of a causal model; ``stream=False`` forces the full recompute): each hop encodes only the
@@ -55,14 +50,18 @@ window (a stall), the front end restarts on the newest window of audio in the ri
 
 :meth:`Matcher.process_hop` runs the steps in order: ``_next_hop`` (which hop, dropping late
 ones), ``_read`` (the ring's new samples; ``_restart`` after a stall or a lapped read),
-``_frontend`` (key/tempo descriptor, log-mel window), the encoder (``_encode``, or the streaming
-hop of engine/stream.py), ``_match`` (predictor + search), ``_beats`` (beat head or network + tracker); what
-it returns and times is engine/hop.py, what a server changes between hops engine/controls.py.
+``_frontend`` (key/tempo descriptor, log-mel window, beat network), the encoder (``_encode``, or
+the streaming hop of engine/stream.py), ``_match`` (predictor + search), ``_beats`` (beat head or
+network + tracker, engine/beatstage.py); what it returns and times is engine/hop.py, what a server
+changes between hops engine/controls.py.
 
 Non-finite samples (NaN/Inf from the callback) are replaced by 0 and counted
 (``counters["nonfinite"]``). Times: ``stream_time = end_sample / 16000`` s on the ring's clock;
 beat activation frame ``m`` (50 Hz, counted from the origin) is at ``(o + 320 m + 280) / 16000``
-s, the centre of its two log-mel frames (the training side uses the same 17.5-ms offset).
+s, the centre of its two log-mel frames (:meth:`Matcher.act_time`; the training side uses the
+same 17.5-ms offset).
+
+:class:`HopResult`, :class:`BeatState` and :class:`CausalBeatTracker` are imported here too.
 """
 from __future__ import annotations
 
@@ -70,8 +69,9 @@ import time
 
 import numpy as np
 
-from .beatnet import BeatNet, find_beatnet
-from .beats import BeatState, CausalBeatTracker
+from .beatnet import BeatNet, find_beatnet  # noqa: F401 (find_beatnet, BeatState, CausalBeatTracker: re-exported)
+from .beats import BeatState, CausalBeatTracker  # noqa: F401
+from .beatstage import MatcherBeats
 from .controls import MatcherControls, manifest_get
 from .frontend import FrontEndConfig, StreamingLogMel
 from .hop import HopResult, LevelMeter, Stages
@@ -81,7 +81,7 @@ from .library import Match, StemLibrary, set_blas_threads
 from .ring import RingBuffer, RingOverwritten
 
 
-class Matcher(MatcherControls):
+class Matcher(MatcherControls, MatcherBeats):
     """The live matcher; see the module docstring for the hop.
 
     ``backend``: an ``engine.backends`` backend (or anything with the same interface);
@@ -98,7 +98,7 @@ class Matcher(MatcherControls):
     ``keytempo_weight``: weight of the tempo + key descriptor in the ranking, in [0, 1] (None: the
     model directory's ``ranking.keytempo_weight``, else :data:`engine.keytempo.DEFAULT_WEIGHT`; a
     library without descriptors ranks by the model alone); ``beat_source``: ``"net"`` (the beat
-    network, module docstring), ``"head"`` (the encoder's beat head), or None: the network when
+    network, engine/beatstage.py), ``"head"`` (the encoder's beat head), or None: the network when
     the model directory has one, else the head; ``beatnet``: a :class:`BeatNet` to use instead of
     the directory's. ``beat_source``: what the beats come from, after the choice.
     ``last_query``: the ``(N, d)`` query embeddings of the latest hop (None when not computed).
@@ -141,12 +141,7 @@ class Matcher(MatcherControls):
         self.ring = RingBuffer(cap)
         self.drop_late = bool(drop_late)
         self.enable_beats = bool(beats)
-        self.beatnet = self._beat_network(beat_source, beatnet)
-        self.beat_source = "net" if self.beatnet is not None else "head"
-        self.tracker = CausalBeatTracker(self.beat_fps, **{"source": self.beat_source, **(tracker_kw or {})})
-        if self.beatnet is not None:
-            self._bnet = self.beatnet.stream()
-            self._bact = np.zeros((2, self.W // self.frames_per_act), np.float32)  # the window's beat, downbeat
+        self._init_beats(beat_source, beatnet, tracker_kw)
         if blas_threads is not None:
             set_blas_threads(blas_threads)
         self.library: StemLibrary | None = None
@@ -208,8 +203,7 @@ class Matcher(MatcherControls):
         self._last_end = self._origin + self.lead
         self._next_end = self._last_end + self.hop
         self._hop_index = -1
-        self._act_next: int | None = None
-        self.tracker.reset(0.0)
+        self._reset_beats()
         self._keytempo.reset()
         self._levels.reset()
         self.hops = 0
@@ -220,40 +214,13 @@ class Matcher(MatcherControls):
         self.last_query = None
         if self.streaming:
             self._shop.reset()
-        if self.beatnet is not None:
-            self._bnet.reset()
-            self._bact[:] = 0.0
-            self._bdone = 0  # activation frames (from the origin) the beat network has produced
 
     resync = reset
-
-    def _beat_network(self, source: str | None, net: BeatNet | None) -> BeatNet | None:
-        """The beat network the hop runs (None: the beat head); see ``beat_source``."""
-        if source not in (None, "net", "head"):
-            raise ValueError(f"beat_source must be 'net', 'head' or None, not {source!r}")
-        if source == "head":
-            return None
-        if net is None:
-            path = find_beatnet(getattr(self.backend, "manifest", None))
-            net = BeatNet.load(path) if path is not None else None
-        if net is None:
-            if source == "net":
-                raise ValueError("beat_source='net' needs a model directory with the beat network (beatnet.npz, "
-                                 "docs/model_dir.md) or a BeatNet")
-            return None
-        if net.frontend != self.fe or self.frames_per_act != 2:
-            raise ValueError(f"the beat network's front end {net.frontend} does not match the model's {self.fe}")
-        return net
 
     # ------------------------------------------------------------------ the hop
     def counters(self) -> dict:
         return {"hops": self.hops, "drops": self.drops, "overruns": self.ring.overruns - self._overruns0,
                 "nonfinite": self.nonfinite, "restarts": self.restarts}
-
-    def act_time(self, m: int) -> float:
-        """Time (s) of 50-Hz activation frame ``m`` of the current stream."""
-        fpa = self.frames_per_act * self.fe.hop
-        return (self._origin + m * fpa) / self.sr + self.fe.frames_centre_s(self.frames_per_act)
 
     def pending_hops(self) -> int:
         """Complete hops waiting (0 when ``process_hop`` would return None)."""
@@ -319,10 +286,7 @@ class Matcher(MatcherControls):
         self._frame0 = self._frames = f0
         self._filled = 0
         self.restarts += 1
-        self._act_next = None
-        if self.beatnet is not None:  # the network starts again on the same 50-Hz grid
-            self._bnet.reset()
-            self._bdone = f0 // self.frames_per_act
+        self._restart_beats(f0)
         return self._origin + f0 * self.fe.hop
 
     def _read(self, end: int, end_frames: int, st: Stages) -> tuple[np.ndarray, int, float, float]:
@@ -363,16 +327,7 @@ class Matcher(MatcherControls):
                 self._mel[:, self.W - t:] = new
             self._filled = min(self.W, self._filled + t)
             self._frames += t
-        if self.beatnet is not None:
-            with st("beatnet"):
-                a = self._bnet.push(new)
-                n = len(a)
-                if n:
-                    k = min(n, self._bact.shape[1])
-                    self._bact[:, :-k] = self._bact[:, k:]
-                    self._bact[0, -k:] = a.beat[n - k:]
-                    self._bact[1, -k:] = a.downbeat[n - k:]
-                    self._bdone += n
+        self._push_beatnet(new, st)
 
     def _encode(self, T: int, st: Stages) -> np.ndarray:
         """The full path's encoder over the newest ``T`` frames of the window: ``(1, P, d)``."""
@@ -397,39 +352,6 @@ class Matcher(MatcherControls):
             found = self.library.search(emb, self.k, categories=cats, keytempo=kq,
                                         keytempo_weight=self.keytempo_weight)
             return {n: r for n, r in zip(self.instruments, found)}
-
-    def _beats(self, tokens, T: int, end_frames: int, quiet: bool,
-               st: Stages) -> tuple[BeatState, np.ndarray, float, np.ndarray | None]:
-        """The window's beat activation (the beat network's, run in ``_frontend``; or the beat
-        head's, streaming: computed per new column) -> the values not yet seen -> the causal
-        tracker (zeros when ``quiet``: it decays, never locks, in silence). Returns ``(tracker
-        state, the new activation, time of its first value, the new downbeat activation or None)``."""
-        down = None
-        if self.beatnet is not None:  # the window's part of what the network has produced
-            n = min(T // self.frames_per_act, self._bdone - self._frame0 // self.frames_per_act)
-            act, down = self._bact[0, self._bact.shape[1] - n:].copy(), self._bact[1, self._bact.shape[1] - n:].copy()
-            m_end = self._bdone
-        else:
-            with st("beat_head"):
-                if self.streaming:  # computed per new column; the window's part
-                    act = self._shop.act[len(self._shop.act) - T // self.frames_per_act:].copy()  # results keep theirs
-                else:
-                    act = np.asarray(self.backend.beats(tokens), dtype=np.float32).reshape(-1)  # (T/2,)
-            m_end = (self._shop.done if self.streaming else end_frames) // self.frames_per_act
-        with st("tracker"):
-            m_start = m_end - len(act)
-            if self._act_next is None or self._act_next < m_start:
-                self._act_next = m_start
-                self.tracker.reset(self.act_time(m_start))
-            new_act = act[self._act_next - m_start:]
-            new_down = None if down is None else down[self._act_next - m_start:]
-            if quiet:
-                new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
-                new_down = None if new_down is None else np.zeros_like(new_down)
-            act_time = self.act_time(self._act_next)
-            beat_state = self.tracker.process(new_act, new_down, gated=quiet)
-            self._act_next = m_end
-        return beat_state, new_act, act_time, new_down
 
     # ------------------------------------------------------------------ offline
     def run_array(self, samples: np.ndarray, chunk: int = 2560, sr: int | None = None,

@@ -8,7 +8,7 @@ FORBIDDEN = {"engine": {"server", "training", "export"}, "server": {"training", 
 #: the one allowed crossing: the server's command line builds a packed model directory's forms
 #: once at start-up, before any audio flows (export.cache; docs/model_dir.md)
 ALLOWED = {("server/__main__.py", "export")}
-TORCHLESS = ("contract", "backends", "pipeline", "hop", "controls", "library", "frontend", "beats",
+TORCHLESS = ("contract", "backends", "pipeline", "beatstage", "hop", "controls", "library", "frontend", "beats",
              "beatspace", "barspace", "tracker", "beatstate", "beatcal", "beatnet", "text", "categories", "manifest",
              "stream", "ring", "audio")
 
