@@ -27,8 +27,10 @@ The package, one job a module (everything public is importable from ``engine.lib
   metadata as a JSON string; loaded with ``allow_pickle=False``) and a ``.json`` copy of the
   metadata beside it for people to read; ``load(path, expect_fingerprint=...)`` refuses an index
   built by another model (:class:`LibraryError`, ``FORMAT``, ``VERSION``);
+* :mod:`engine.library.stems` -- the stems of a folder: :func:`find_stems`, :class:`StemFile`,
+  :func:`label_from_filename`;
 * :mod:`engine.library.builder` -- :func:`build` (every stem of a folder, resumable),
-  :func:`find_stems`, :func:`embed_stem`, :func:`segment_frames`, the per-stem beat grids
+  :func:`embed_stem`, :func:`segment_frames`, the per-stem beat grids
   (:class:`GridEstimator`, :func:`add_grids`) and the per-segment key/tempo descriptors
   (:func:`segment_keytempo`, :func:`add_keytempo`);
 * :mod:`engine.library.command` -- the command line, :func:`main`.
@@ -38,10 +40,10 @@ The index and the store import neither the builder nor the command line.
 CLI (:mod:`engine.library.command`): ``python -m engine.library build AUDIO_DIR OUT``, ``info``,
 ``grid`` and ``keytempo`` (``python -m engine.library --help``).
 """
-from .builder import (GridEstimator, StemFile, add_grids, add_keytempo, build, embed_stem, find_stems,
-                      label_from_filename, segment_frames, segment_keytempo)
+from .builder import GridEstimator, add_grids, add_keytempo, build, embed_stem, segment_frames, segment_keytempo
 from .command import main
 from .index import FAISS_MIN_SEGMENTS, Match, StemLibrary, category_from_label, pool_tokens, set_blas_threads
+from .stems import StemFile, find_stems, label_from_filename
 from .store import FORMAT, VERSION, LibraryError
 
 __all__ = ["FAISS_MIN_SEGMENTS", "FORMAT", "VERSION", "GridEstimator", "LibraryError", "Match", "StemFile",
