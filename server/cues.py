@@ -23,8 +23,10 @@ downbeat (``BeatState.next_downbeat``, one of its forecast beats) is made a mult
 ``meter`` by moving the numbering forward (never back) when it is not, so a downbeat is a beat whose
 number is divisible by the meter -- every 4th beat in 4/4, every 3rd in 3/4 -- and every client
 (OSC ticks, Link, the live page) sees the tracker's bars. Until the tracker has a bar (its first
-reported beat; a state without ``next_downbeat``) the beats are counted on in bars of the last
-meter it gave, :data:`BEATS_PER_BAR` at first. While the tracker hears no beat (``no_beat``) there
+reported beat, a ``bar_confidence`` of :data:`BAR_CONFIDENCE`; a state without ``next_downbeat``)
+and whenever it is less sure, the beats are counted on in bars of the last meter followed,
+:data:`BEATS_PER_BAR` at first -- so with the beat head, which hears no downbeats, in bars of 4
+from the first beat. While the tracker hears no beat (``no_beat``) there
 is no tempo for the cues: ``cue`` and ``stretch`` are null, as ``beat.tempo`` is. A Link session
 that leads (``--link-mode lead``) takes the bars over (:meth:`LiveBars.session_bars`).
 """
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 
 BEATS_PER_BAR = 4
 LEAD_S = 0.15  # a cue is never sooner than this after the hop's stream time (s)
+#: the tracker's bar is followed from this ``bar_confidence`` on (it starts near 0.3 on the demo,
+#: where the meter still flips, and stays near 1 / (2 meter) without a downbeat activation)
+BAR_CONFIDENCE = 0.5
 
 
 def finite(x) -> float | None:
@@ -56,8 +61,11 @@ def finite(x) -> float | None:
 
 def tracker_bar(b) -> tuple[int, float] | None:
     """``(meter, next downbeat in stream s)`` of a tracker state, or None while it has no bar: no
-    state, the no-beat state, no beat reported yet, no finite ``next_downbeat``."""
+    state, the no-beat state, no beat reported yet, no finite ``next_downbeat``, a
+    ``bar_confidence`` under :data:`BAR_CONFIDENCE`."""
     if b is None or getattr(b, "no_beat", False) or getattr(b, "last_beat", None) is None:
+        return None
+    if (finite(getattr(b, "bar_confidence", None)) or 0.0) < BAR_CONFIDENCE:
         return None
     down, meter = finite(getattr(b, "next_downbeat", None)), getattr(b, "meter", None)
     try:

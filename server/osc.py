@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 from .bridge import BeatClock, CueWatcher, Scheduler
+from .cues import BAR_CONFIDENCE
 
 PREFIX = "/stemjepa"
 #: address -> argument types (OSC type tags) and names, in order
@@ -62,8 +63,8 @@ class OscSink:
         if topic == "beat":
             nxt, down = m.get("next_beats_wall") or [], m.get("next_downbeat_wall")
             bib = m.get("beat_in_bar")
-            if m.get("meter") and bib is not None:  # the tracker has a bar: the ticks count in it
-                self.beats_per_bar = int(m["meter"])
+            if m.get("meter") and bib is not None and (m.get("bar_confidence") or 0.0) >= BAR_CONFIDENCE:
+                self.beats_per_bar = int(m["meter"])  # the bar the cues follow (server/cues.py): the ticks count in it
             self.send(f"{PREFIX}/beat", _f(m.get("tempo"), 0.0), _f(m.get("phase")), _f(m.get("confidence"), 0.0),
                       nxt[0] - now if nxt else -1.0, m["stream_time"], int(bool(m.get("signal"))), m["seq"],
                       int(bool(m.get("no_beat"))), int(m.get("meter") or self.beats_per_bar),
