@@ -26,7 +26,6 @@ command are ``server/control.py``. Both are mixed into :class:`Server`.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import os
 import queue
@@ -39,6 +38,7 @@ from typing import Any, Callable
 import zmq
 
 from . import config, protocol as P
+from .addresses import ConfigError, _is_ipv6, is_local_address, load_curve_server
 from .capture import Feeder
 from .control import Control, library_loader
 from .cues import CuePlanner
@@ -47,47 +47,6 @@ from .messages import Messages, Percentiles
 __all__ = ["ConfigError", "Server", "is_local_address", "library_loader", "load_curve_server"]
 
 log = logging.getLogger("server")
-
-
-class ConfigError(RuntimeError):
-    """A configuration the server refuses to start with (message is for the user)."""
-
-
-# ---------------------------------------------------------------------------- addresses / CURVE
-def is_local_address(addr: str) -> bool:
-    """True for inproc://, ipc:// and tcp:// on a loopback interface."""
-    if addr.startswith(("inproc://", "ipc://")):
-        return True
-    if not addr.startswith("tcp://"):
-        return False
-    host = addr[len("tcp://"):].rsplit(":", 1)[0]
-    if ";" in host:  # "source;dest" syntax (connect only)
-        return False
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", interface names, hostnames
-
-
-def load_curve_server(keys_dir: str | Path) -> tuple[bytes, bytes, Path | None]:
-    """(public, secret, authorized_clients_dir or None) from a directory made by server.keys."""
-    import zmq.auth
-
-    d = Path(keys_dir)
-    sec = d / config.CURVE_SERVER_SECRET
-    if not sec.is_file():
-        raise ConfigError(f"CURVE: {sec} not found; generate keys with `python -m server.keys {d}`")
-    try:
-        public, secret = zmq.auth.load_certificate(str(sec))
-    except Exception as e:
-        raise ConfigError(f"CURVE: cannot read {sec}: {e}")
-    if not secret:
-        raise ConfigError(f"CURVE: {sec} holds no secret key")
-    auth = d / config.CURVE_AUTHORIZED_DIR
-    return public, secret, (auth if auth.is_dir() else None)
 
 
 # ---------------------------------------------------------------------------- the server
@@ -405,8 +364,3 @@ class Server(Control, Messages):
                     if event.startswith("resumed"):
                         self._resync_now.set()  # the gap is not music: restart the stream after it
                     self.source.capture.ready.set()
-
-
-def _is_ipv6(addr: str) -> bool:
-    """A tcp:// address whose host is an IPv6 literal (libzmq binds it only with ZMQ_IPV6 on)."""
-    return addr.startswith("tcp://") and addr[len("tcp://"):].startswith("[")
