@@ -34,12 +34,13 @@ def ranks_from_distances(dist: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
     return 1 + (dist < d_true[:, None]).sum(1) + ((dist == d_true[:, None]).sum(1) - 1)
 
 
-def retrieval_metrics(ranks: np.ndarray, n_candidates: int) -> dict:
-    """Recall@k (%) and normalised rank ``(rank - 1) / n_candidates`` mean and median (%)."""
+def retrieval_metrics(ranks: np.ndarray, n_candidates) -> dict:
+    """Recall@k (%) and normalised rank ``(rank - 1) / n_candidates`` mean and median (%);
+    ``n_candidates``: one count for every rank, or one per rank (queries ranked among different sets)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         return {"n": 0}
-    nr = (ranks - 1) / n_candidates * 100.0
+    nr = (ranks - 1) / np.asarray(n_candidates, dtype=np.float64) * 100.0
     out = {f"R@{k}": float((ranks <= k).mean() * 100.0) for k in KS}
     out.update({"nrank_mean": float(nr.mean()), "nrank_median": float(np.median(nr)), "n": int(ranks.size)})
     return out
@@ -114,12 +115,10 @@ def read_tracks(root: str | Path, split: str | None, max_tracks: int | None = No
             win, (w, step) = chunks[1], warm
             starts = chunk_starts(n, win, chunks[0])
             chunk_warm = [min(s0, w) // step * step for s0 in starts]
-            stems = [(a, b, c, np.concatenate([np.pad(x, (0, max(0, s0 + win - n)))[s0 - cw:s0 + win]
-                                               if cw == w else np.concatenate(
-                                                   [np.zeros(w - cw, np.float32),
-                                                    np.pad(x, (0, max(0, s0 + win - n)))[s0 - cw:s0 + win]])
-                                               for s0, cw in zip(starts, chunk_warm)]))
-                     for a, b, c, x in stems]
+            # x padded by w zeros in front: block j = the w samples before chunk j (zeros before the
+            # track's start) then the chunk
+            stems = [(a, b, c, np.concatenate([xp[s0:s0 + w + win] for s0 in starts]))
+                     for a, b, c, x in stems for xp in [np.pad(x, (w, max(0, starts[-1] + win - n)))]]
         elif chunks is not None and n > chunks[1]:
             starts = chunk_starts(n, chunks[1], chunks[0])
             stems = [(a, b, c, np.concatenate([x[s0:s0 + chunks[1]] for s0 in starts])) for a, b, c, x in stems]
@@ -358,19 +357,17 @@ def _within_category(dist: np.ndarray, cats: np.ndarray) -> dict:
     """Figures when each query competes only with the candidates of its own category (the engine's
     ``restrict_category``): ``overall`` pools every query's normalised rank within its category."""
     out: dict = {"per_category": {}}
-    all_nr, all_ranks = [], []
+    all_ranks, all_n = [], []
     for cat in sorted(set(cats)):
         idx = np.flatnonzero(cats == cat)
         if len(idx) < 2:
             continue
         r = ranks_from_distances(dist[np.ix_(idx, idx)], np.arange(len(idx)))
         out["per_category"][cat] = {**retrieval_metrics(r, len(idx)), "n_candidates": int(len(idx))}
-        all_nr.append((r - 1) / len(idx) * 100.0)
         all_ranks.append(r)
+        all_n.append(np.full(len(r), len(idx)))
     if all_ranks:
-        r, nr = np.concatenate(all_ranks), np.concatenate(all_nr)
-        out["overall"] = {**{f"R@{k}": float((r <= k).mean() * 100.0) for k in KS},
-                          "nrank_mean": float(nr.mean()), "nrank_median": float(np.median(nr)), "n": int(r.size)}
+        out["overall"] = retrieval_metrics(np.concatenate(all_ranks), np.concatenate(all_n))
     return out
 
 
