@@ -410,6 +410,8 @@ def test_library_streamed_segments_equal_the_stream_over_each_stem(model_dir, tm
     want = normalise_mean(np.stack([ref[c * 5:(c + 50) * 5].mean(0) for c in cols]))
     np.testing.assert_allclose(st.embeddings[rows], want, atol=2e-4)
 
+    with pytest.raises(LibraryError, match="whole columns"):
+        build(ds, b, tmp_path / "odd", hop_s=2.5, progress=False, log=lambda s: None, tokens="stream")
     with pytest.raises(LibraryError, match="tokens"):
         build(ds, b, tmp_path / "st", hop_s=4.0, progress=False, log=lambda s: None)  # a stream index
     with pytest.raises(LibraryError, match="causal"):

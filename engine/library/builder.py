@@ -85,26 +85,21 @@ def embed_stem(backend, samples: np.ndarray, logmel: LogMel, *, window: int, hop
             silent += 1
             continue
         keep.append((s, t))
-    embs, offs = [], []
+    embs = []
     kts = [segment_keytempo(samples, s * cfg.hop, window * cfg.hop) for s, _ in keep]
-    if streamer is not None and keep:
+    offs = [s * cfg.hop / cfg.sample_rate for s, _ in keep]
+    if streamer is not None and keep:  # starts and lengths are whole columns (checked by build)
         from ..stream import embed_stream
 
         patch = streamer.patch
-        if any(s % patch or t % patch for s, t in keep):
-            raise ValueError(f"streamed segments need starts and lengths in whole columns of {patch} frames; "
-                             f"use a hop that is a multiple of {patch * cfg.hop / cfg.sample_rate:g} s")
         end = max(s + t for s, t in keep)
         embs.append(embed_stream(streamer, feats[:, :end], [s // patch for s, _ in keep], keep[0][1] // patch))
-        offs = [s * cfg.hop / cfg.sample_rate for s, _ in keep]
-        keep = []
-    for i in range(0, len(keep), batch):
-        group = keep[i:i + batch]
-        t = group[0][1]
-        x = np.stack([feats[:, s:s + t] for s, _ in group]).astype(np.float32)  # (B, 80, t)
-        tokens = backend.encode_target(x)
-        embs.append(pool_tokens(tokens))
-        offs += [s * cfg.hop / cfg.sample_rate for s, _ in group]
+    else:
+        for i in range(0, len(keep), batch):
+            group = keep[i:i + batch]
+            t = group[0][1]
+            x = np.stack([feats[:, s:s + t] for s, _ in group]).astype(np.float32)  # (B, 80, t)
+            embs.append(pool_tokens(backend.encode_target(x)))
     if not embs:
         return (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32), silent,
                 np.zeros((0, KEYTEMPO_DIM), dtype=np.float32))
@@ -261,6 +256,9 @@ def build(audio_dir: str | Path, backend, out: str | Path, hop_s: float = 4.0, r
     hop = int(round(hop_s * frames_per_s))
     if window <= 0 or window % 16 or hop <= 0:
         raise ValueError("window_s must give a positive multiple of 16 frames and hop_s must be positive")
+    if streamer is not None and hop % streamer.patch:
+        raise LibraryError(f"streamed segments start on whole columns of {streamer.patch} frames: give a hop that is "
+                           f"a multiple of {streamer.patch / frames_per_s:g} s (e.g. the default 4.0)")
     stems = find_stems(audio_dir)
     out_p = npz_path(out)
 
