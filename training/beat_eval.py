@@ -306,6 +306,17 @@ def spread(items: list, n: int | None) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
+def beat_references(tracks: list, max_tracks: int | None = None) -> list[tuple]:
+    """``(track, mix (S,), beats, downbeats or None)`` of the tracks with beats, ``max_tracks`` of
+    them spread over the list (:func:`spread`); the references cut at the mix's end."""
+    out = []
+    for t in spread([t for t in tracks if t.beats is not None and len(t.beats) > 4], max_tracks):
+        mix = np.sum([s[3] for s in t.stems], axis=0)
+        dur = len(mix) / 16000.0
+        out.append((t, mix, t.beats[t.beats <= dur], None if t.downbeats is None else t.downbeats[t.downbeats <= dur]))
+    return out
+
+
 def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, max_seconds=None, tracks=None,
                    source: str | None = None) -> dict:
     """Beat (and downbeat) figures of one source on the tracks of ``data``'s ``split`` (or ``tracks``)."""
@@ -319,15 +330,10 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
     torch.set_num_threads(max(1, int(threads)))
     src = resolve_source(str(model), source, threads)
     tracks = tracks if tracks is not None else read_tracks(data, split, None, max_seconds)
-    tracks = spread([t for t in tracks if t.beats is not None and len(t.beats) > 4], max_tracks)
     rows: dict[str, list] = {"causal": [], "offline": []}
     per_track = []
     t_start = time.time()
-    for t in tqdm(tracks, desc=f"beats ({src.name})", leave=False):
-        mix = np.sum([s[3] for s in t.stems], axis=0)
-        dur = len(mix) / 16000.0
-        ref = t.beats[t.beats <= dur]
-        ref_down = None if t.downbeats is None else t.downbeats[t.downbeats <= dur]
+    for t, mix, ref, ref_down in tqdm(beat_references(tracks, max_tracks), desc=f"beats ({src.name})", leave=False):
         got = src.run(mix)
         rec = {"track_id": t.track_id}
         for mode in ("causal", "offline"):
@@ -376,14 +382,8 @@ def sweep(model, data, grid: list[dict], split="validation", max_tracks=None, ma
     from .evaluate import read_tracks
 
     src = resolve_source(str(model), source, 1)
-    tracks = spread([t for t in read_tracks(data, split, None, max_seconds)
-                     if t.beats is not None and len(t.beats) > 4], max_tracks)
-    acts = []
-    for t in tracks:
-        mix = np.sum([s[3] for s in t.stems], axis=0)
-        dur = len(mix) / 16000.0
-        acts.append((t.beats[t.beats <= dur], None if t.downbeats is None else t.downbeats[t.downbeats <= dur],
-                     src.run(mix)["causal"]))
+    acts = [(ref, ref_down, src.run(mix)["causal"])
+            for _, mix, ref, ref_down in beat_references(read_tracks(data, split, None, max_seconds), max_tracks)]
     out = []
     for setting in grid or [{}]:
         rows = []

@@ -155,9 +155,10 @@ class Embedder:
         self.win = self.lm.cfg.n_samples(self.frames)
         self._text = None
 
-    def features(self, x: np.ndarray) -> torch.Tensor:
+    def features(self, x: np.ndarray, frames: int | None = None) -> torch.Tensor:
+        """``(B, S)`` audio -> ``(B, 80, frames)`` normalised log-mel (default: the model's window)."""
         m = self.lm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return ((m - self.norm["mean"]) / self.norm["std"])[..., : self.frames]
+        return ((m - self.norm["mean"]) / self.norm["std"])[..., : frames or self.frames]
 
     @torch.no_grad()
     def tokens(self, windows: np.ndarray, target: bool) -> torch.Tensor:
@@ -177,8 +178,7 @@ class Embedder:
         rows = self.model.cfg.n_mels // patch
         outs = []
         for i in range(0, len(excerpts), self.batch):
-            m = self.lm(torch.from_numpy(np.ascontiguousarray(excerpts[i:i + self.batch], dtype=np.float32)))
-            m = ((m - self.norm["mean"]) / self.norm["std"])[..., :frames]
+            m = self.features(excerpts[i:i + self.batch], frames)
             outs.append(enc.forward_banded(m)[:, -rows * (self.frames // patch):])
         return torch.cat(outs)
 
