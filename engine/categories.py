@@ -33,9 +33,16 @@ def _matches(word: str, kw: str) -> bool:
     return word in (kw, kw + "s", kw + "es") or (kw in SUFFIXES and word.endswith(kw) and len(word) > len(kw) + 2)
 
 
+#: words that make a name pitched whatever else it says: GM's "chromatic percussion" family
+#: (vibraphone, marimba, bells) is played in key, so it is "other", not drums
+PITCHED = ("chromatic",)
+
+
 def category_of(name: str) -> str:
     """The category of a free-text name ("other" when no keyword matches)."""
     ws = words(name)
+    if any(w in PITCHED for w in ws):
+        return "other"
     for cat, kws in KEYWORDS:
         if any(_matches(w, kw) for w in ws for kw in kws):
             return cat

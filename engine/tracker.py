@@ -34,6 +34,12 @@ Observations, per frame:
   evidence, ``bar_confidence`` stays near ``1 / (2 M)`` and the beats are still counted on in bars
   of the likelier meter.
 
+A **tempo prior** (``tempo_prior`` beta, default 0: none; ``tempo_centre`` c BPM) weights every
+beat a tracking state completes at ``bpm`` by ``exp(-beta log2(bpm / c)^2)`` (at most 1), and the
+entry into tracking alike. A tempo twice as fast completes twice as many beats, so the double-tempo
+reading of a song with busy off-beats (eighth-note hats) pays per second what the true one does
+not; a clear pulse still wins, since its evidence comes every beat too.
+
 Beats are detected on the beat-level posterior (the blocks summed): a beat is found when the most
 probable state's phase wraps (refractory half a beat), reported once its beat region has passed,
 on the strongest activation frame of that region (as :func:`engine.beatspace.offline_beats` places
@@ -91,7 +97,7 @@ class CausalBeatTracker:
                  p_enter: float | None = None, p_leave: float | None = None, none_weight: float = 1.0,
                  none_prior: float = 0.9, floor: float = 0.05, background_period: int | None = None,
                  background_rise_s: float = 2.0, background_fall_s: float = 0.5, calibration="default",
-                 source: str = "net"):
+                 source: str = "net", tempo_prior: float = 0.0, tempo_centre: float = 120.0):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
         self._kw = {k: v for k, v in locals().items() if k not in ("self", "fps", "__class__")}
@@ -101,6 +107,17 @@ class CausalBeatTracker:
         background_period = SOURCES[source]["background_period"] if background_period is None else background_period
         self.space = BarStateSpace(fps, min_bpm, max_bpm, lambda_tempo, lambda_obs, meters, meter_switch)
         self.ss = self.space.beat  # the beat-level state space (intervals, phases)
+        if not tempo_prior >= 0.0 or not tempo_centre > 0.0:
+            raise ValueError(f"need tempo_prior >= 0 and tempo_centre > 0, got {tempo_prior}, {tempo_centre}")
+        # tempo prior: every beat of interval tau is weighted exp(-tempo_prior * log2(bpm / centre)^2),
+        # at most 1; a tempo twice as fast passes twice as many beats, so an octave pays per second
+        bpm = 60.0 * fps / self.ss.intervals
+        w = np.exp(-float(tempo_prior) * np.log2(bpm / float(tempo_centre)) ** 2)
+        self._beat_w = w / w.max()  # (K,)
+        entry = self.space.init * np.tile(self._beat_w[self.ss.state_tempo], self.space.n_blocks)
+        # (n_states,) entry distribution of the tracking states
+        self._init = entry / entry.sum() if tempo_prior > 0.0 else self.space.init
+        self._prior = float(tempo_prior) > 0.0
         self.fps = float(fps)
         self.n_predict = int(n_predict)
         self.refractory = float(refractory)
@@ -130,7 +147,7 @@ class CausalBeatTracker:
         if time_offset is not None:
             self.time_offset = float(time_offset)
         sp = self.space
-        self.alpha = (1.0 - self.none_prior) * sp.init
+        self.alpha = (1.0 - self.none_prior) * self._init
         self.none = self.none_prior
         self._new = np.empty_like(self.alpha)
         self.frame = 0  # frames processed
@@ -179,9 +196,11 @@ class CausalBeatTracker:
         if self.frame > 0:
             new[1:] = al[:-1]
             new[sp.first] = sp.block_trans_t @ (al[sp.last] @ ss.trans)
+            if self._prior:
+                new[sp.first] *= self._beat_w
             tracking = 1.0 - none
             new *= 1.0 - self.p_leave
-            new += (none * self.p_enter) * sp.init
+            new += (none * self.p_enter) * self._init
             none = none * (1.0 - self.p_enter) + tracking * self.p_leave
         else:
             new[:] = al
@@ -197,7 +216,7 @@ class CausalBeatTracker:
         none *= self.none_weight * pn  # no beat anywhere: every frame scored as off the beat
         z = new.sum() + none
         if not z > 0 or not np.isfinite(z):
-            new[:] = sp.init * (1.0 - self.none_prior)
+            new[:] = self._init * (1.0 - self.none_prior)
             none = self.none_prior
         else:
             new /= z

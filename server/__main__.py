@@ -6,6 +6,7 @@ Ctrl-C / SIGTERM stop it cleanly (exit status 0).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -49,7 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-bpm", type=float, default=config.BPM_RANGE[1],
                     help="fastest tempo the beat tracker considers; a narrower range "
                          "avoids half/double-tempo errors when the style is known")
-    ap.add_argument("--restrict-category", action="store_true", help="only return stems of the queried category")
+    ap.add_argument("--restrict-category", action=argparse.BooleanOptionalAction, default=config.RESTRICT_CATEGORY,
+                    help="search each instrument only among the library's stems of its category (bass, drums, "
+                    "vocals, other; a category the library lacks: the whole library) (default: on)")
     ap.add_argument("--keytempo-weight", type=float, default=None, metavar="A",
                     help="weight of the tempo + key descriptor in the ranking, 0..1: a stem scores (1 - A) x the "
                     "model's cosine + A x the descriptor's (default: the model's own; 0: the model alone)")

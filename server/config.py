@@ -15,6 +15,8 @@ DEMO_TRACK = ASSETS_DIR / "demo" / "demo_track.flac"
 SAMPLE_RATE = 16000  # Hz, model rate
 DEFAULT_INSTRUMENTS = ["drums", "fretless bass", "warm pad"]
 DEFAULT_K = 5
+#: search each instrument among its category's stems only (``--no-restrict-category`` turns it off)
+RESTRICT_CATEGORY = True
 DEFAULT_HOP_MS = 160
 DEFAULT_WINDOW_S = 8.0
 BPM_RANGE = (55.0, 215.0)  # beat tracker tempo range (engine.beats defaults); --min-bpm / --max-bpm

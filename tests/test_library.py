@@ -64,7 +64,12 @@ def test_search_unique_per_stem_and_categories(rng):
         lib.search(np.ones((1, 31)), k=3)
     with pytest.raises(LibraryError):
         lib.search(np.full((1, 32), np.nan), k=3)
-    assert lib.category_of("drums") == "drums" and lib.category_of("kazoo") is None
+    assert lib.category_of("drums") == "drums" and lib.category_of("fretless bass") == "bass"
+    assert lib.category_of("kazoo") == "other" and lib.category_of("warm synth pad") == "other"
+    # a library without stems of a name's category: no restriction (searched whole), not no matches
+    no_other, *_ = random_lib(cats=("bass", "drums"))
+    assert no_other.category_of("kazoo") is None and no_other.category_of("lead vocal") is None
+    assert no_other.category_of("bass") == "bass"
 
 
 def test_k_larger_than_library_and_empty_library():
@@ -211,7 +216,8 @@ def test_one_category_vocabulary_for_library_conditioning_and_training():
               "Hi-Hat_02": "drums", "hihat": "drums", "kick drum": "drums", "fretless bass": "bass",
               "synthbass": "bass", "double bass": "bass", "lead vocals": "vocals", "choir": "vocals",
               "custom pad": "other", "bassoon": "other", "upbeat piano": "other", "atmosphere": "other",
-              "warm synth pad": "other", "stomp box guitar": "other"}
+              "warm synth pad": "other", "stomp box guitar": "other", "chromatic percussion": "other",
+              "vibraphone": "other"}
     for name, cat in expect.items():
         assert category_of(name) == cat, name
         assert category_from_label(name) == cat, name
@@ -241,3 +247,23 @@ def test_build_stores_key_tempo_descriptors_and_adds_them_to_an_older_index(tmp_
     logs = []
     resumed = build(ds, backend, tmp_path / "idx", hop_s=4.0, progress=False, log=logs.append)
     assert np.allclose(resumed.keytempo, built, atol=1e-6) and any("key/tempo" in m for m in logs)
+
+
+def test_coarse_category_restriction_over_fine_categories(rng):
+    """A library labelled by GM family: "warm pad" (coarse other) searches every family that is
+    not bass, drums or vocals; a family's own name searches only it; "fretless bass" the bass."""
+    fams = ("bass", "drums", "piano", "reed", "synth lead", "chromatic percussion", "ensemble")
+    lib, e, sid, cat, off = random_lib(n=1400, stems=70, cats=fams)
+    assert lib.category_of("warm pad") == "other" and lib.category_of("fretless bass") == "bass"
+    assert lib.category_of("reed") == "reed" and lib.category_of("lead vocals") is None
+    q = rng.standard_normal((3, 32)).astype(np.float32)
+    res = lib.search(q, k=30, categories=["other", "reed", "bass"])
+    others = {"piano", "reed", "synth lead", "chromatic percussion", "ensemble"}
+    assert len(res[0]) == 30 and {m.category for m in res[0]} <= others and len({m.category for m in res[0]}) > 2
+    assert all(m.category == "reed" for m in res[1]) and len(res[1]) == 10  # 10 reed stems
+    assert all(m.category == "bass" for m in res[2])
+    # the restricted top-1 is the best of the coarse category's segments (brute force)
+    _, sc = brute(e, q[:1], 1)
+    best = max(sc[0, j] for j in range(len(cat)) if cat[j] in others)
+    assert res[0][0].score == pytest.approx(best, abs=1e-5)
+    assert sorted(lib.categories) == sorted(fams)  # the library's own categories, not the coarse ones

@@ -102,11 +102,16 @@ def test_predictor_once_per_hop_and_conditioning_cached(library):
     assert b.calls["condition"] == 2
     # category restriction: "electric bass" is a label of the library -> category bass
     m.set_instruments(["electric bass", "drum kit", "kazoo"])
-    m.set_restrict_category(True)
+    assert m.restrict_category  # on by default
     r = m.run_array(mixture(0, 0.32))[-1]
     assert all(x.category == "bass" for x in r.matches["electric bass"])
     assert all(x.category == "drums" for x in r.matches["drum kit"])
-    assert len(r.matches["kazoo"]) == 4  # unknown category: unrestricted
+    assert len(r.matches["kazoo"]) == 4 and all(x.category == "other" for x in r.matches["kazoo"])
+    m.set_restrict_category(False)  # off: every instrument ranks the whole library
+    r = m.run_array(mixture(0, 0.32))[-1]
+    assert len({x.category for v in r.matches.values() for x in v}) > 1
+    assert {x.category for x in r.matches["electric bass"]} != {"bass"}
+    m.set_restrict_category(True)
     m.set_k(2)
     r = m.run_array(mixture(0, 0.16))[-1]
     assert all(len(v) == 2 for v in r.matches.values())

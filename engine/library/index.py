@@ -77,6 +77,15 @@ def category_from_label(label: str) -> str:
     return category_of(label)
 
 
+def _ranges(sorted_names: np.ndarray) -> dict[str, tuple[int, int]]:
+    """``{name: (start, end)}`` of each run of equal names in a sorted ``(S,)`` array."""
+    out: dict[str, tuple[int, int]] = {}
+    for c in dict.fromkeys(sorted_names.tolist()):
+        idx = np.flatnonzero(sorted_names == c)
+        out[c] = (int(idx[0]), int(idx[-1]) + 1)
+    return out
+
+
 class StemLibrary:
     """Index of stem segments. Build with :func:`engine.library.build`, :meth:`from_arrays` or :meth:`load`.
 
@@ -111,8 +120,13 @@ class StemLibrary:
             if not np.all(np.isfinite(kt)):
                 raise LibraryError("keytempo descriptors contain non-finite values")
         self.stems = [dict(s) for s in stems]
-        cats = np.array([self.stems[i]["category"] for i in seg_stem], dtype=object)
-        order = np.lexsort((seg_offset, seg_stem, cats.astype(str))) if len(e) else np.zeros(0, dtype=np.int64)
+        cats = np.array([self.stems[i]["category"] for i in seg_stem], dtype=object).astype(str)
+        # a library's categories may be finer than the four of engine.categories (GM families:
+        # "piano", "reed", ...); each falls in one coarse category, and segments are sorted by
+        # (coarse, category, stem, offset) so that both are contiguous slices
+        coarse_of = {c: category_of(c) for c in dict.fromkeys(cats.tolist())}
+        coarse = np.array([coarse_of[c] for c in cats.tolist()], dtype=str)
+        order = np.lexsort((seg_offset, seg_stem, cats, coarse)) if len(e) else np.zeros(0, dtype=np.int64)
         self.embeddings = np.ascontiguousarray(e[order])
         self.keytempo = None if kt is None else np.ascontiguousarray(kt[order])
         self.seg_stem = seg_stem[order]
@@ -121,12 +135,9 @@ class StemLibrary:
         self.hop_s = float(hop_s)
         self.window_s = float(window_s)
         self.info = dict(info or {})
-        # contiguous [start, end) per category
-        self._cat_range: dict[str, tuple[int, int]] = {}
-        sorted_cats = cats[order].astype(str) if len(e) else np.zeros(0, dtype=str)
-        for c in dict.fromkeys(sorted_cats.tolist()):
-            idx = np.flatnonzero(sorted_cats == c)
-            self._cat_range[c] = (int(idx[0]), int(idx[-1]) + 1)
+        # contiguous [start, end) per category, and per coarse category (engine.categories)
+        self._cat_range = _ranges(cats[order] if len(e) else np.zeros(0, dtype=str))
+        self._coarse_range = _ranges(coarse[order] if len(e) else np.zeros(0, dtype=str))
         self._labels = {}
         for s in self.stems:
             self._labels.setdefault(s["label"].lower(), s["category"])
@@ -217,16 +228,18 @@ class StemLibrary:
 
     def category_of(self, name: str) -> str | None:
         """Category for an instrument name: the category of a stem with exactly that label, the
-        name itself when it is a category of this library, or the category its words name
-        (engine.categories: "fretless bass" -> bass) when this library has stems of it; else None
-        (no restriction)."""
+        name itself when it is a category of this library, or the coarse category its words name
+        (engine.categories: "fretless bass" -> bass, "warm synth pad" -> other, which in a
+        library of GM families holds piano, reed, synth lead, ...) when this library has stems of
+        it; else None (no restriction: a library without any stem of that category is searched
+        whole rather than answering nothing). :meth:`search` takes any of these names."""
         n = " ".join(str(name).strip().lower().split())
         if n in self._labels:
             return self._labels[n]
-        if n in self._cat_range:
+        if n in self._cat_range or n in self._coarse_range:
             return n
         cat = category_of(n)
-        return cat if cat != "other" and cat in self._cat_range else None
+        return cat if cat in self._coarse_range else None
 
     def summary(self) -> dict:
         return {"segments": len(self), "stems": self.n_stems, "tracks": self.n_tracks,
@@ -255,7 +268,7 @@ class StemLibrary:
         m = min(n, k if unique != "stem" else max(4 * k, k + 16))
         while True:
             if m < n:
-                cand = np.argpartition(-scores, m - 1)[:m]
+                cand = np.argpartition(scores, n - m)[n - m:]  # the m highest, unordered
             else:
                 cand = np.arange(n)
             cand = cand[np.lexsort((cand, -scores[cand]))]  # by score, ties by position
@@ -285,8 +298,9 @@ class StemLibrary:
         """Top-``k`` matches for each query.
 
         ``queries``: ``(N, d)`` (or ``(d,)``) float, normalised here. ``categories``: None, or a
-        list of N entries, each a category name restricting that query (a category the library
-        does not hold gives no matches) or None. ``unique``: ``"stem"`` (default) keeps only each
+        list of N entries, each a category name restricting that query (one of the library's
+        categories, or a coarse one of engine.categories, which covers every category that falls
+        in it; a category the library does not hold gives no matches) or None. ``unique``: ``"stem"`` (default) keeps only each
         stem's best segment; None returns raw segments. Returns N lists of :class:`Match`, best
         first (score descending). ``keytempo``: the ``(188,)`` descriptor of what is playing (one
         for all queries) and ``keytempo_weight`` ``a`` in [0, 1]: segments score ``(1 - a) *
@@ -326,6 +340,8 @@ class StemLibrary:
         for cat, idx in groups.items():
             if cat is None:
                 lo, hi = 0, len(self)
+            elif cat in self._coarse_range:  # a coarse category: all of it (a superset of a fine one of that name)
+                lo, hi = self._coarse_range[cat]
             elif cat in self._cat_range:
                 lo, hi = self._cat_range[cat]
             else:
@@ -342,8 +358,11 @@ class StemLibrary:
                 if not idx:
                     continue
             scores = (self.embeddings[lo:hi] @ q[idx].T).T  # (n, hi - lo) cosine similarities
-            if kq is not None:  # fused: (1 - a) cos_model + a cos_keytempo
-                scores = (1.0 - a) * scores + a * (self.keytempo[lo:hi] @ kq)[None, :]
+            if kq is not None:  # fused, in place: (1 - a) cos_model + a cos_keytempo
+                kts = self.keytempo[lo:hi] @ kq
+                kts *= a
+                scores *= 1.0 - a
+                scores += kts[None, :]
             for r, i in enumerate(idx):
                 results[i] = self._select(scores[r], lo, k, unique)
         return results
