@@ -77,8 +77,10 @@ def test_matcher_on_the_model_dir_finds_the_stem_it_hears(backend, library):
 
 def test_matcher_real_predictor_and_conditioning(backend, library):
     x = mixture(0, 9.0)
-    whole = Matcher(backend, library, instruments=["drums", "electric bass"], k=4).run_array(x, chunk=len(x))
-    framed = Matcher(backend, library, instruments=["drums", "electric bass"], k=4).run_array(x, chunk=160)
+    # the whole library for both instruments, so that only the conditioning tells them apart
+    kw = dict(instruments=["drums", "electric bass"], k=4, restrict_category=False)
+    whole = Matcher(backend, library, **kw).run_array(x, chunk=len(x))
+    framed = Matcher(backend, library, **kw).run_array(x, chunk=160)
     assert len(whole) == len(framed) == (len(x) - 240) // 2560
     for a, b in zip(whole, framed):
         assert a.end_sample == b.end_sample
@@ -94,6 +96,10 @@ def test_matcher_real_predictor_and_conditioning(backend, library):
     assert np.all((last.activation >= 0) & (last.activation <= 1))
     assert set(last.timings) >= {"read", "frontend", "encode", "predict", "search", "beat_head", "tracker", "total"}
     json.dumps(last.to_dict())  # plain data for the wire
+    # by default each instrument ranks only its category's stems (fewer than k when it has fewer)
+    r = Matcher(backend, library, instruments=["drums", "electric bass"], k=4).run_array(x[:16000 * 3])[-1]
+    assert r.matches["drums"] and all(m_.category == "drums" for m_ in r.matches["drums"])
+    assert r.matches["electric bass"] and all(m_.category == "bass" for m_ in r.matches["electric bass"])
     m = Matcher(backend, library, instruments=["drums"])
     with pytest.raises(ValueError, match="cannot condition"):
         m.set_instruments(["fretless bass"])  # no text encoder in this model dir, not a known label
