@@ -218,8 +218,17 @@ def test_examples_targets_and_negatives(clicks):
     ex = BeatExamples(s, cfg)
     rng = np.random.default_rng(0)
     x, y, mask = ex.example(rng)
-    assert x.shape == (s.S,) and y.shape == (2, ex.n_act) and mask == 1.0
+    assert x.shape == (s.S,) and y.shape == (4, ex.n_act) and mask == 1.0
     assert y[0].max() == 1.0 and (y[1] == 1.0).sum() < (y[0] == 1.0).sum()
+    # hard negatives: the half-beat points lie between the beats, never on one; the non-downbeat
+    # beats are beats, never downbeats
+    beat_frames, half = np.flatnonzero(y[0] == 1.0), np.flatnonzero(y[2] == 1.0)
+    assert len(half) >= len(beat_frames) - 1 and not (y[2] * y[0]).any()
+    gaps = np.diff(beat_frames)
+    mids = beat_frames[:-1] + gaps / 2
+    assert np.abs(half[:, None] - mids[None, :]).min(1).max() <= cfg.widen + 0.5
+    assert (y[3] == 1.0).any() and not (y[3] * y[1]).any()
+    assert (y[0][y[3] == 1.0] > 0).all()
     # the target frames sit on the kicks: the mix is loud there
     frames = np.flatnonzero(y[0] == 1.0)
     env = np.array([np.abs(x[int((f / 50 + 0.0175) * SR):int((f / 50 + 0.0175) * SR) + 320]).max() for f in frames])
@@ -231,7 +240,7 @@ def test_examples_targets_and_negatives(clicks):
     x, y, _ = neg.example(rng)
     assert not y.any()
     b = ex.batch(np.random.default_rng(2), 3)
-    assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 2, ex.n_act)
+    assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 4, ex.n_act)
 
 
 def test_config_refuses_unknown_and_bad_values():
@@ -407,3 +416,27 @@ def test_the_shipped_network_hears_no_beat_without_music_and_the_demo_tempo_with
     tracker = CausalBeatTracker()
     st = tracker.process(a.beat)
     assert abs(st.tempo - 94.0) / 94.0 < 0.04, st.tempo  # its MIDI tempo map: 94 BPM
+
+
+def test_hard_negative_terms_penalise_half_beats_and_non_downbeats():
+    from training.beatnet import beat_losses
+
+    T = 100
+    targets = torch.zeros(1, 4, T)
+    targets[0, 0, ::20] = 1.0      # beats
+    targets[0, 1, ::80] = 1.0      # downbeats
+    targets[0, 2, 10::20] = 1.0    # half-beat points
+    targets[0, 3, 20::20] = 1.0    # beats that are not downbeats
+    targets[0, 3, 80] = 0.0
+    mask = torch.ones(1)
+    quiet = torch.full((1, 2, T), -4.0)
+    octave = quiet.clone()
+    octave[0, 0, 10::20] = 4.0     # fires on the half-beats
+    octave[0, 1, 20::20] = 4.0     # calls every beat a downbeat
+    b0, d0 = beat_losses(octave, targets, mask, 2.0)
+    b1, d1 = beat_losses(octave, targets, mask, 2.0, offbeat_weight=1.0, nondownbeat_weight=1.0)
+    assert b1 > b0 + 1.0 and d1 > d0 + 1.0
+    # where the output is quiet on the masks the extra terms cost almost nothing
+    b2, d2 = beat_losses(quiet, targets, mask, 2.0)
+    b3, d3 = beat_losses(quiet, targets, mask, 2.0, offbeat_weight=1.0, nondownbeat_weight=1.0)
+    assert float(b3 - b2) < 0.05 and float(d3 - d2) < 0.05

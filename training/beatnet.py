@@ -21,7 +21,10 @@ run draws exactly what an unbroken one would):
 * every example at a random gain of ``gain_min_db`` .. ``gain_max_db``.
 
 Loss: binary cross-entropy per output (``pos_weight`` on positives), downbeats weighted by
-``downbeat_weight`` and masked for tracks that have none. AdamW; learning rate from
+``downbeat_weight`` and masked for tracks that have none; optionally hard negatives
+(``offbeat_weight``: the half-beat points between beats, for the beat output;
+``nondownbeat_weight``: the beats that are not downbeats, for the downbeat output). The validation
+loss is always the plain BCE. AdamW; learning rate from
 ``training.schedules.lr_at`` (warm-up, cosine; a pure function of the step). The checkpoint
 (``OUT/last.pt`` every ``ckpt_every`` steps, ``OUT/final.pt`` at the end) holds the config, the
 architecture, the front end, the normalisation (per mel bin), the weights, the optimiser and the
@@ -125,6 +128,11 @@ class BeatNetConfig:
     widen: int = 1
     pos_weight: float = 2.0
     downbeat_weight: float = 1.0
+    # hard negatives (octave-aware targets): an extra BCE towards 0, weighted by these, on the beat
+    # output at the half-beat points between two beats, and on the downbeat output at the beats
+    # that are not downbeats (0: off, the plain BCE of every other frame only)
+    offbeat_weight: float = 0.0
+    nondownbeat_weight: float = 0.0
     # augmentation
     gain_min_db: float = -30.0
     gain_max_db: float = 6.0
@@ -245,9 +253,11 @@ class BeatExamples:
         self.offset_s = self.fe.frames_centre_s(2)  # centre of activation frame 0
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(audio (S,), targets (2, n_act), downbeat mask)``."""
+        """``(audio (S,), targets (4, n_act), downbeat mask)``. Rows of the targets: beat, downbeat
+        (widened, 0..1), and the hard-negative masks (0/1): half-beat points between two beats,
+        beats that are not downbeats (only where the track has downbeats)."""
         c, n, sr = self.cfg, self.S, self.fe.sample_rate
-        y = np.zeros((2, self.n_act), np.float32)
+        y = np.zeros((4, self.n_act), np.float32)
         if rng.random() < c.p_negative:
             return negative_example(rng, n, sr), y, 1.0
         it = self.sampler.sample_beats(rng, keep=c.stem_keep if rng.random() < c.p_stem_drop else 1.0)
@@ -268,8 +278,17 @@ class BeatExamples:
             x = x + (rng.standard_normal(n) * rms * 10.0 ** (-rng.uniform(5.0, 40.0) / 20.0)).astype(np.float32)
         x = x * np.float32(10.0 ** (rng.uniform(c.gain_min_db, c.gain_max_db) / 20.0))
         y[0] = widen_beat_targets(beats - self.offset_s, self.n_act, self.fps, c.widen).numpy()
+        b = np.sort(np.asarray(beats, np.float64))
+        if len(b) > 1:
+            y[2] = _mark(0.5 * (b[1:] + b[:-1]) - self.offset_s, self.n_act, self.fps, c.widen)
         if downs is not None:
             y[1] = widen_beat_targets(downs - self.offset_s, self.n_act, self.fps, c.widen).numpy()
+            d = np.asarray(downs, np.float64)
+            # a beat more than 70 ms from every downbeat is not a downbeat
+            off = b[np.abs(b[:, None] - d[None, :]).min(1) > 0.07] if len(d) else b
+            y[3] = _mark(off - self.offset_s, self.n_act, self.fps, c.widen)
+        y[2] *= y[0] == 0
+        y[3] *= y[1] == 0
         return x.astype(np.float32), y, 0.0 if downs is None else 1.0
 
     def batch(self, rng: np.random.Generator, size: int) -> dict:
@@ -287,13 +306,34 @@ def estimate_norm(sampler, n: int, seed: int) -> dict:
     return {"mean": m.mean(1).tolist(), "std": m.std(1).clamp_min(1e-3).tolist()}
 
 
+def _mark(times_s, n_frames: int, fps: float, widen: int) -> np.ndarray:
+    """A 0/1 mask ``(n_frames,)`` over the frames within ``widen`` of each time (s)."""
+    m = np.zeros(n_frames, np.float32)
+    for t in times_s:
+        i = int(round(float(t) * fps))
+        m[max(0, i - widen):max(0, min(n_frames, i + widen + 1))] = 1.0
+    return m
+
+
 def beat_losses(logits: torch.Tensor, targets: torch.Tensor, downbeat_mask: torch.Tensor,
-                pos_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean BCE of the beat output, and of the downbeat output over the examples that have downbeats."""
+                pos_weight: float, offbeat_weight: float = 0.0,
+                nondownbeat_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean BCE of the beat output, and of the downbeat output over the examples that have downbeats.
+
+    ``logits (B, 2, T)``; ``targets (B, 4, T)`` as :meth:`BeatExamples.example` makes them. With the
+    hard-negative weights, each output also pays ``weight x`` the mean BCE towards 0 over its mask
+    (half-beat points for beats, non-downbeat beats for downbeats): the octave and the bar phase
+    are then what the loss asks for, not only the onsets."""
     w = torch.tensor(pos_weight, device=logits.device)
     beat = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0], pos_weight=w)
     per = F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1], pos_weight=w, reduction="none").mean(1)
     down = (per * downbeat_mask).sum() / downbeat_mask.sum().clamp_min(1.0)
+    if targets.shape[1] > 2 and offbeat_weight:
+        m = targets[:, 2]
+        beat = beat + offbeat_weight * (F.softplus(logits[:, 0]) * m).sum() / m.sum().clamp_min(1.0)
+    if targets.shape[1] > 3 and nondownbeat_weight:
+        m = targets[:, 3] * downbeat_mask[:, None]
+        down = down + nondownbeat_weight * (F.softplus(logits[:, 1]) * m).sum() / m.sum().clamp_min(1.0)
     return beat, down
 
 
@@ -398,6 +438,7 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
         with torch.no_grad():
             for j in range(cfg.val_batches):
                 b = val.batch(np.random.default_rng([cfg.seed, 10 ** 9 + j]), cfg.batch_size)
+                # the plain BCE, comparable across runs whatever their hard-negative weights
                 lb, ld = beat_losses(model(lm(b["audio"])), b["targets"], b["downbeat_mask"], cfg.pos_weight)
                 tot += [float(lb), float(ld)]
         model.train()
@@ -421,7 +462,8 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
             g["lr"] = lr
         with torch.no_grad():
             feats = lm(b["audio"])
-        lb, ld = beat_losses(model(feats), b["targets"], b["downbeat_mask"], cfg.pos_weight)
+        lb, ld = beat_losses(model(feats), b["targets"], b["downbeat_mask"], cfg.pos_weight,
+                             cfg.offbeat_weight, cfg.nondownbeat_weight)
         loss = lb + cfg.downbeat_weight * ld
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {step}")
