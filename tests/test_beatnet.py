@@ -440,3 +440,16 @@ def test_hard_negative_terms_penalise_half_beats_and_non_downbeats():
     b2, d2 = beat_losses(quiet, targets, mask, 2.0)
     b3, d3 = beat_losses(quiet, targets, mask, 2.0, offbeat_weight=1.0, nondownbeat_weight=1.0)
     assert float(b3 - b2) < 0.05 and float(d3 - d2) < 0.05
+
+
+def test_demo_check_counts_beats_on_the_beat_and_half_beat_grids():
+    """The shipped network on the demo track (94 BPM): most live beats on the true beats, few on
+    the half-beats between them, and the tempo the song's; a tracker forced to the double tempo's
+    range must show up on the half-beat grid instead."""
+    from training.beat_eval import demo_check
+
+    r = demo_check(ROOT / "engine" / "assets" / "model")
+    assert r["beats"] > 20 and r["on_beat"] > 0.6 and r["on_half"] < 0.25
+    assert 85 < r["bpm"] < 105
+    fast = demo_check(ROOT / "engine" / "assets" / "model", {"min_bpm": 170.0, "max_bpm": 215.0})
+    assert fast["bpm"] > 160 and fast["on_half"] > 0.3 and fast["beats"] > 1.5 * r["beats"]
