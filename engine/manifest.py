@@ -20,6 +20,8 @@ MODEL_GRAPHS = ("encoder", "target_encoder", "predictor", "beat_head")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 #: the shipped model directory: the default of every command that loads a model
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "model"
+#: the shipped demo track (the mix of one demo-library song; its true beats in demo_track.json)
+DEMO_TRACK = Path(__file__).resolve().parent / "assets" / "demo" / "demo_track.flac"
 
 
 class ModelDirError(ValueError):

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import engine
 from engine.manifest import DEFAULT_MODEL_DIR as _DEFAULT_MODEL_DIR
+from engine.manifest import DEMO_TRACK as _DEMO_TRACK
 
 #: shipped assets (produced by export/ and engine/library; may be absent in a fresh checkout)
 ASSETS_DIR = Path(engine.__file__).resolve().parent / "assets"
 DEFAULT_MODEL_DIR = _DEFAULT_MODEL_DIR  # one owner: engine.manifest
 DEFAULT_LIBRARY = ASSETS_DIR / "demo" / "library.npz"
-DEMO_TRACK = ASSETS_DIR / "demo" / "demo_track.flac"
+DEMO_TRACK = _DEMO_TRACK  # one owner: engine.manifest
 
 SAMPLE_RATE = 16000  # Hz, model rate
 DEFAULT_INSTRUMENTS = ["drums", "fretless bass", "warm pad"]

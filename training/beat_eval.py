@@ -405,7 +405,7 @@ def demo_check(model, tracker: dict | None = None, tol: float = TOL) -> dict:
     of them); ``bpm``: the median of 60 / the intervals between its beats. The true tempo is
     94 BPM; the end-to-end server test asks for ``on_beat`` above 0.6."""
     from engine.audio import load_audio
-    from server.config import DEMO_TRACK
+    from engine.manifest import DEMO_TRACK
 
     meta = json.loads(DEMO_TRACK.with_suffix(".json").read_text())
     truth = np.asarray(meta["beats"], np.float64)
