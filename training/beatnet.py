@@ -280,13 +280,13 @@ class BeatExamples:
         y[0] = widen_beat_targets(beats - self.offset_s, self.n_act, self.fps, c.widen).numpy()
         b = np.sort(np.asarray(beats, np.float64))
         if len(b) > 1:
-            y[2] = _mark(0.5 * (b[1:] + b[:-1]) - self.offset_s, self.n_act, self.fps, c.widen)
+            y[2] = widen_beat_targets(0.5 * (b[1:] + b[:-1]) - self.offset_s, self.n_act, self.fps, c.widen).numpy() > 0
         if downs is not None:
             y[1] = widen_beat_targets(downs - self.offset_s, self.n_act, self.fps, c.widen).numpy()
             d = np.asarray(downs, np.float64)
             # a beat more than 70 ms from every downbeat is not a downbeat
             off = b[np.abs(b[:, None] - d[None, :]).min(1) > 0.07] if len(d) else b
-            y[3] = _mark(off - self.offset_s, self.n_act, self.fps, c.widen)
+            y[3] = widen_beat_targets(off - self.offset_s, self.n_act, self.fps, c.widen).numpy() > 0
         y[2] *= y[0] == 0
         y[3] *= y[1] == 0
         return x.astype(np.float32), y, 0.0 if downs is None else 1.0
@@ -304,15 +304,6 @@ def estimate_norm(sampler, n: int, seed: int) -> dict:
     with torch.no_grad():
         m = torch.cat([lm(torch.from_numpy(sampler.sample_beats(rng)["mix"])[None])[0] for _ in range(n)], dim=1)
     return {"mean": m.mean(1).tolist(), "std": m.std(1).clamp_min(1e-3).tolist()}
-
-
-def _mark(times_s, n_frames: int, fps: float, widen: int) -> np.ndarray:
-    """A 0/1 mask ``(n_frames,)`` over the frames within ``widen`` of each time (s)."""
-    m = np.zeros(n_frames, np.float32)
-    for t in times_s:
-        i = int(round(float(t) * fps))
-        m[max(0, i - widen):max(0, min(n_frames, i + widen + 1))] = 1.0
-    return m
 
 
 def beat_losses(logits: torch.Tensor, targets: torch.Tensor, downbeat_mask: torch.Tensor,
