@@ -184,3 +184,17 @@ def test_missing_sources_are_named():
     r = vary.SetRecipe("t", melodic=("fluidr3",), drums=("hydrogen:no-such-kit",))
     miss = vary.missing_sources(r)
     assert any("no-such-kit" in m for m in miss)
+
+
+def test_slow_factor_puts_the_song_at_the_drawn_tempo():
+    import math
+
+    import numpy as np
+
+    from training.data.vary import slow_factor
+
+    beats = np.arange(0.0, 60.0, 60.0 / 155.0)  # 155 BPM
+    f = slow_factor(beats, math.log(60.0))
+    assert abs(155.0 * f - 60.0) < 1e-6
+    assert slow_factor(beats, math.log(20.0)) == 0.3  # clipped
+    assert slow_factor(beats[:2], math.log(60.0)) == 1.0  # too few beats: unchanged

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                    "list docs/report/validation_125.json) (default: all)")
     v = sub.add_parser("render-varied", help="render a varied set (random key/tempo/instruments/soundfonts/room)",
                        description="Varied renders (training/data/vary.py). Sets: 'train' (touhou + nottingham, "
-                       "training soundfonts, every song), 'xcorpus' (POP909, never trained on: cross-corpus "
+                       "training soundfonts, every song), 'train-slow' (the same songs as variant 1, slowed to 45-100 BPM: "
+                       "ballad tempi for the beat network), 'xcorpus' (POP909, never trained on: cross-corpus "
                        "validation), 'xsf' (validation songs of the training corpora with the held-out soundfont "
                        "TimGM6mb and room sound: cross-soundfont validation); 'abl-*' (the 125 in-domain "
                        "validation songs, 60 s each, plain as the default render, or with one factor varied: "
@@ -174,6 +175,11 @@ def _train_recipe():
     return TRAIN_RECIPE
 
 
+def _train_slow_recipe():
+    from .vary import TRAIN_SLOW_RECIPE
+    return TRAIN_SLOW_RECIPE
+
+
 def _xsf_recipe():
     from .vary import HELD_OUT_RECIPE
     return HELD_OUT_RECIPE
@@ -182,6 +188,7 @@ def _xsf_recipe():
 # The varied sets: corpora, recipe, variants, and which songs (training/data/README.md)
 VARIED_SETS = {
     "train": {"corpora": ("touhou", "nottingham"), "recipe": _train_recipe, "variants": (0,)},
+    "train-slow": {"corpora": ("touhou", "nottingham"), "recipe": _train_slow_recipe, "variants": (1,)},
     "xcorpus": {"corpora": ("pop909",), "recipe": _train_recipe, "variants": (0,), "limit": 130,
                 "force_split": "validation"},
     "xsf": {"corpora": ("touhou", "nottingham"), "recipe": _xsf_recipe, "variants": (0,),

@@ -5,7 +5,12 @@ generator seeded with that triple, so a render is deterministic and can be resum
 
 * **Key and tempo**, for the whole song together: transposition by -3..+3 semitones (drums are
   not transposed), tempo scaled by 0.85..1.15 (note, controller and beat times divided by it).
-  The stems stay compatible with each other; only the absolute key and tempo change.
+  The stems stay compatible with each other; only the absolute key and tempo change. A set with
+  ``slow_bpm`` (``train-slow``) instead draws the song's *resulting* tempo, log-uniform in that
+  range (the factor is that tempo over the song's own median beat rate, clipped to 0.3..1.5): the
+  training corpora are fast (touhou's median beat is about 155 BPM), and slowed to 45-100 BPM
+  they carry the many notes per beat of a ballad, so that a beat tracker learns the beat from
+  the music rather than from the note rate.
 * **Instruments**: every part (channel, program) gets a new General-MIDI program, drawn within
   its family; parts whose role allows it are drawn across families too (a melody may become a
   lead synth, a flute or a guitar; a chord part a piano, an organ, a guitar or a pad). Bass stays
@@ -68,11 +73,15 @@ class SetRecipe:
     reverb_prob: float = 0.8
     effects: bool = True
     max_seconds: float = 300.0  # longer songs are cut here (a few medleys run for many minutes)
+    slow_bpm: tuple[float, float] | None = None  # draw the resulting tempo (BPM) instead of the factor
 
 
 TRAIN_RECIPE = SetRecipe("train", melodic=("fluidr3", "gmbank", "opl3"),
                          drums=("fluidr3", "gmbank", "opl3", "avl-blackpearl", "avl-redzeppelin", "hydrogen:*"))
 # cross-soundfont validation: the held-out soundfont for everything, always with room sound
+# the training songs slowed to ballad tempi (module docstring); 150 s at most (slowed songs run long)
+TRAIN_SLOW_RECIPE = SetRecipe("train-slow", melodic=TRAIN_RECIPE.melodic, drums=TRAIN_RECIPE.drums,
+                              slow_bpm=(45.0, 100.0), max_seconds=150.0)
 HELD_OUT_RECIPE = SetRecipe("xsf", melodic=(HELD_OUT_SOUNDFONT,), drums=(HELD_OUT_SOUNDFONT,),
                             reverb=(0.15, 0.45), reverb_prob=1.0)
 
@@ -138,11 +147,23 @@ def variant_rng(seed: int, variant: int, key: str, what: str) -> np.random.Gener
     return np.random.default_rng(stable_hash("vary", what, seed, variant, key))
 
 
+def slow_factor(beats, log_bpm: float) -> float:
+    """The tempo factor that puts a song with ``beats`` (s) at ``exp(log_bpm)`` BPM, clipped to
+    0.3..1.5; 1.0 for a song with fewer than 3 beats."""
+    b = np.sort(np.asarray(beats, np.float64))
+    if len(b) < 3:
+        return 1.0
+    bpm = 60.0 / float(np.median(np.diff(b)))
+    return float(np.clip(math.exp(log_bpm) / bpm, 0.3, 1.5))
+
+
 def vary_song(song: Song, recipe: SetRecipe, seed: int, variant: int, key: str) -> tuple[Song, Variant]:
     """A new :class:`Song` with key, tempo and instruments drawn for ``(seed, variant, key)``."""
     rng = variant_rng(seed, variant, key, "song")
     tr = int(rng.integers(-recipe.transpose, recipe.transpose + 1)) if recipe.transpose else 0
     tempo = float(np.exp(rng.uniform(math.log(1 - recipe.tempo), math.log(1 + recipe.tempo)))) if recipe.tempo else 1.0
+    if recipe.slow_bpm is not None:
+        tempo = slow_factor(song.beats, rng.uniform(math.log(recipe.slow_bpm[0]), math.log(recipe.slow_bpm[1])))
     # one new program per (channel, old program) part, in first-use order
     parts: dict[tuple[int, int], int] = {}
     for n in song.notes:
