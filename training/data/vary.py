@@ -78,10 +78,10 @@ class SetRecipe:
 
 TRAIN_RECIPE = SetRecipe("train", melodic=("fluidr3", "gmbank", "opl3"),
                          drums=("fluidr3", "gmbank", "opl3", "avl-blackpearl", "avl-redzeppelin", "hydrogen:*"))
-# cross-soundfont validation: the held-out soundfont for everything, always with room sound
 # the training songs slowed to ballad tempi (module docstring); 150 s at most (slowed songs run long)
 TRAIN_SLOW_RECIPE = SetRecipe("train-slow", melodic=TRAIN_RECIPE.melodic, drums=TRAIN_RECIPE.drums,
                               slow_bpm=(45.0, 100.0), max_seconds=150.0)
+# cross-soundfont validation: the held-out soundfont for everything, always with room sound
 HELD_OUT_RECIPE = SetRecipe("xsf", melodic=(HELD_OUT_SOUNDFONT,), drums=(HELD_OUT_SOUNDFONT,),
                             reverb=(0.15, 0.45), reverb_prob=1.0)
 
@@ -161,9 +161,12 @@ def vary_song(song: Song, recipe: SetRecipe, seed: int, variant: int, key: str) 
     """A new :class:`Song` with key, tempo and instruments drawn for ``(seed, variant, key)``."""
     rng = variant_rng(seed, variant, key, "song")
     tr = int(rng.integers(-recipe.transpose, recipe.transpose + 1)) if recipe.transpose else 0
-    tempo = float(np.exp(rng.uniform(math.log(1 - recipe.tempo), math.log(1 + recipe.tempo)))) if recipe.tempo else 1.0
     if recipe.slow_bpm is not None:
         tempo = slow_factor(song.beats, rng.uniform(math.log(recipe.slow_bpm[0]), math.log(recipe.slow_bpm[1])))
+    elif recipe.tempo:
+        tempo = float(np.exp(rng.uniform(math.log(1 - recipe.tempo), math.log(1 + recipe.tempo))))
+    else:
+        tempo = 1.0
     # one new program per (channel, old program) part, in first-use order
     parts: dict[tuple[int, int], int] = {}
     for n in song.notes:
