@@ -147,14 +147,17 @@ def variant_rng(seed: int, variant: int, key: str, what: str) -> np.random.Gener
     return np.random.default_rng(stable_hash("vary", what, seed, variant, key))
 
 
+SLOW_FACTOR_RANGE = (0.3, 1.5)  # the tempo factors a slow recipe may apply
+
+
 def slow_factor(beats, log_bpm: float) -> float:
     """The tempo factor that puts a song with ``beats`` (s) at ``exp(log_bpm)`` BPM, clipped to
-    0.3..1.5; 1.0 for a song with fewer than 3 beats."""
+    :data:`SLOW_FACTOR_RANGE`; 1.0 for a song with fewer than 3 beats."""
     b = np.sort(np.asarray(beats, np.float64))
     if len(b) < 3:
         return 1.0
     bpm = 60.0 / float(np.median(np.diff(b)))
-    return float(np.clip(math.exp(log_bpm) / bpm, 0.3, 1.5))
+    return float(np.clip(math.exp(log_bpm) / bpm, *SLOW_FACTOR_RANGE))
 
 
 def vary_song(song: Song, recipe: SetRecipe, seed: int, variant: int, key: str) -> tuple[Song, Variant]:
