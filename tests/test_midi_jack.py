@@ -97,24 +97,43 @@ class Recorder:
 
 
 def check_note_every_24_clocks(rec: Recorder, sent_clocks: int, sent_notes: int) -> None:
-    """The sender puts a beat note after every 24th clock, never skipping or doubling one. What a
-    dummy JACK server delivers on a loaded 2-core machine can lose an event of a cycle now and then,
-    so: between consecutive received notes there are exactly 24 clocks, except at most one gap that
-    one lost event explains (23: a clock lost; 48: a note lost; 47: both), and against the sender's
-    own counts at most 2 clocks and 1 note are missing (none extra)."""
+    """The sender puts a beat note after every 24th clock, never skipping or doubling one (one
+    thread writes both, in order). What a dummy JACK server delivers on a loaded 2-core machine can
+    lose an event of a cycle now and then or deliver one out of place (a CI run received one gap of
+    23 and, later, one of 25 from a sender that wrote 24 every time). So, on the received stream: between consecutive
+    notes there are exactly 24 clocks, but for at most two gaps; each of those is one clock off a
+    whole number of beats (23, 25: a clock lost or moved; 47, 48: a note lost too), the offsets
+    together come to 2 clocks at most; and against the sender's own counts at most 2 clocks and 1
+    note are missing (none extra)."""
     gaps = rec.clocks_between_notes()
     assert len(gaps) >= 2, gaps
-    odd = [g for g in gaps if g != 24]
-    assert len(odd) <= 1 and all(g in (23, 47, 48) for g in odd), gaps
+    odd = {i: g for i, g in enumerate(gaps) if g != 24}
+    off = {i: g - 24 * round(g / 24) for i, g in odd.items()}
+    assert len(odd) <= 2 and all(abs(o) <= 1 for o in off.values()) and all(g >= 23 for g in odd.values()) \
+        and sum(abs(o) for o in off.values()) <= 2, f"{len(gaps)} gaps, irregular (index: clocks) {odd}"
     got_clocks, got_notes = len(rec.clocks()), len(rec.note_ons())
     assert 0 <= sent_clocks - got_clocks <= 2, (sent_clocks, got_clocks)
     assert 0 <= sent_notes - got_notes <= 1, (sent_notes, got_notes)
 
 
+def check_sender_log(clock) -> None:
+    """What the sender itself wrote (its ``keep_log``): exactly 24 clocks between consecutive beat
+    notes, every time."""
+    gaps, n = [], None
+    for _, _, status in clock.sent:
+        if status == 0xF8 and n is not None:
+            n += 1
+        elif status & 0xF0 == 0x90:
+            if n is not None:
+                gaps.append(n)
+            n = 0
+    assert len(gaps) >= 2 and set(gaps) == {24}, gaps
+
+
 def test_clock_and_notes_follow_the_grid(jack):
     from server.midi import MidiClock
 
-    clock = MidiClock(port_name="unit clock", channel=10, note=42)
+    clock = MidiClock(port_name="unit clock", channel=10, note=42, keep_log=4096)
     rec = Recorder("unit clock")
     anchor = time.time() + 0.05
     clock.update(0.5, anchor)  # 120 BPM
@@ -140,6 +159,7 @@ def test_clock_and_notes_follow_the_grid(jack):
             assert -0.005 < err < 0.02, err
     late = c[c > anchor + 2.6]
     assert abs(np.median(np.diff(late)) - 0.4 / 24) < 0.002, "clock follows the new tempo"
+    check_sender_log(clock)
     check_note_every_24_clocks(rec, clock.clocks, clock.notes)
 
 
@@ -158,7 +178,7 @@ def test_clock_follows_the_causal_tracker(jack):
     act = np.clip(0.03 + 0.9 * np.exp(-0.5 * (dist / 0.02) ** 2) + 0.05 * rng.random(t.size), 0, 1)
     tracker = CausalBeatTracker(fps)
     tracker.reset(0.0)
-    clock = MidiClock(port_name="tracker clock", channel=10, note=42)
+    clock = MidiClock(port_name="tracker clock", channel=10, note=42, keep_log=4096)
     rec = Recorder("tracker clock")
     t0 = time.time() + 0.05  # wall time of stream time 0
     clock.start()
@@ -182,6 +202,7 @@ def test_clock_follows_the_causal_tracker(jack):
     for tn in notes:  # on the activation's beats (tracker: 20-ms frames; JACK: up to a 5.3-ms period)
         err = ((tn - t0 - first + period / 2) % period) - period / 2
         assert -0.02 < err < 0.03, err
+    check_sender_log(clock)
     check_note_every_24_clocks(rec, clock.clocks, clock.notes)
 
 
