@@ -243,6 +243,31 @@ def test_examples_targets_and_negatives(clicks):
     assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 4, ex.n_act)
 
 
+def test_pooled_sampler_draws_every_root_by_its_track_count(clicks, tmp_path):
+    """data=A,B: one pool of tracks. A root of 4 training tracks beside one of 2 gives two crops in
+    three from the first; one root alone gives the very crops of its own sampler; a root without
+    beats adds nothing to the pool, and crop lengths must agree."""
+    from training.beatnet import data_roots
+    from training.data.layout import DatasetError
+    from training.data.sampler import PooledBeatSampler, StemSampler
+
+    other = click_dataset(tmp_path / "other", n_tracks=5, bpm=50.0)  # 4 train tracks at 50-80 BPM
+    a, b = StemSampler(other, split="train", seconds=3.0), StemSampler(clicks, split="train", seconds=3.0)
+    pool = PooledBeatSampler([a, b])
+    assert len(pool) == 6 and pool.S == a.S
+    rng = np.random.default_rng(0)
+    fast = sum(60.0 / np.median(np.diff(pool.sample_beats(rng)["beats"])) < 100 for _ in range(600))
+    assert abs(fast / 600 - 4 / 6) < 0.06, fast  # the slow root: 4 of the 6 tracks (the other 120-130 BPM)
+    alone = PooledBeatSampler([b])
+    x, y = alone.sample_beats(np.random.default_rng(3)), b.sample_beats(np.random.default_rng(3))
+    assert np.array_equal(x["mix"], y["mix"]) and x["offset"] == y["offset"]
+    with pytest.raises(ValueError, match="crop lengths"):
+        PooledBeatSampler([a, StemSampler(clicks, split="train", seconds=4.0)])
+    with pytest.raises(DatasetError):
+        PooledBeatSampler([])
+    assert data_roots(f" {other}, {clicks} ") == [str(other), str(clicks)]
+
+
 def test_config_refuses_unknown_and_bad_values():
     from engine.cli import CliError
     from training.beatnet import load_config
@@ -272,6 +297,13 @@ def test_fit_resumes_exactly_and_exports(clicks, tmp_path):
     assert any((tmp_path / "a" / "tb").iterdir())
     n = BeatNet.load(export_weights(whole, tmp_path / "w.npz"))
     assert n.meta["train"]["step"] == 6
+    # two roots (data=A,B): trains on their pool, validates on both validation splits
+    two = click_dataset(tmp_path / "slow", n_tracks=3, bpm=60.0)
+    pooled = fit(load_config(None, keys + [f"data={clicks},{two}", f"out={tmp_path / 'c'}"]), log=lambda m: None)
+    c = torch.load(pooled, weights_only=False)["model"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[2]["val_beat"])
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -105,7 +105,7 @@ class BeatNetTorch(nn.Module):
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class BeatNetConfig:
-    data: str = "/work/data/varied"
+    data: str = "/work/data/varied"  # a dataset root, or several separated by commas (one pool of tracks)
     split: str = "train"
     out: str = "runs/beatnet"
     # architecture (engine.beatnet.BeatNetArch)
@@ -241,7 +241,8 @@ def negative_example(rng: np.random.Generator, n: int, sr: int = 16000, kind: st
 
 
 class BeatExamples:
-    """The training examples of the module docstring, from a :class:`training.data.sampler.StemSampler`."""
+    """The training examples of the module docstring, from a :class:`training.data.sampler.StemSampler`
+    or a :class:`training.data.sampler.PooledBeatSampler` (anything with ``S`` and ``sample_beats``)."""
 
     def __init__(self, sampler, cfg: BeatNetConfig, fe: FrontEndConfig | None = None):
         self.sampler, self.cfg = sampler, cfg
@@ -370,25 +371,39 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- training
+def data_roots(data: str) -> list[str]:
+    """The dataset roots of ``data``: one folder, or several separated by commas."""
+    roots = [r.strip() for r in str(data).split(",") if r.strip()]
+    if not roots:
+        raise CliError(f"data={data!r}: no folder named", "data=FOLDER or data=FOLDER1,FOLDER2")
+    return roots
+
+
 def fit(cfg: BeatNetConfig, log=print) -> Path:
     from tqdm import tqdm
 
-    from .data.sampler import StemSampler
+    from .data.sampler import PooledBeatSampler, StemSampler
 
     torch.set_num_threads(max(1, cfg.threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     fe = FrontEndConfig()
-    sampler = StemSampler(cfg.data, split=cfg.split, seconds=cfg.seconds, seed=cfg.seed,
-                          max_tracks=cfg.max_tracks or None, write_cache=cfg.write_cache)
+    roots = data_roots(cfg.data)
+    # several roots (data=A,B): one pool of their tracks with beats (PooledBeatSampler)
+    sampler = PooledBeatSampler([StemSampler(r, split=cfg.split, seconds=cfg.seconds, seed=cfg.seed,
+                                             max_tracks=cfg.max_tracks or None, write_cache=cfg.write_cache)
+                                 for r in roots])
     examples = BeatExamples(sampler, cfg, fe)
     val = None
-    try:
-        vs = StemSampler(cfg.data, split="validation", seconds=cfg.seconds, seed=cfg.seed, max_tracks=40,
-                         write_cache=cfg.write_cache)
-        val = BeatExamples(vs, cfg, fe)
-    except Exception:  # no validation split: no validation loss
-        val = None
+    vals = []
+    for r in roots:  # the validation splits of the roots that have one (40 tracks of each at most)
+        try:
+            vals.append(StemSampler(r, split="validation", seconds=cfg.seconds, seed=cfg.seed, max_tracks=40,
+                                    write_cache=cfg.write_cache))
+        except Exception:  # no validation split in this root
+            pass
+    if vals:
+        val = BeatExamples(PooledBeatSampler(vals), cfg, fe)
     torch.manual_seed(cfg.seed)
     model = BeatNetTorch(cfg.arch(), cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -507,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("overrides", nargs="*", metavar="key=value")
         a = ap.parse_args(rest)
         cfg = load_config(a.config, a.overrides)
-        if not Path(cfg.data).is_dir():
-            raise CliError(f"data={cfg.data}: no such folder", "render a dataset first (python -m training.data)")
+        for r in data_roots(cfg.data):
+            if not Path(r).is_dir():
+                raise CliError(f"data={r}: no such folder", "render a dataset first (python -m training.data)")
         fit(cfg)
         return 0
     if cmd == "export":

@@ -329,3 +329,34 @@ class StemSampler:
             out[k] = [it[k] for it in items]
         out["class_idx"] = np.asarray(out["class_idx"], dtype=np.int64)
         return out
+
+
+class PooledBeatSampler:
+    """Several :class:`StemSampler` (one per dataset root) seen as one pool of tracks with beats,
+    for :meth:`sample_beats`: each crop comes from a root drawn in proportion to its number of
+    tracks with beats, so every such track is as likely as in one merged dataset. The samplers must
+    share the crop length (``S`` samples)."""
+
+    def __init__(self, samplers: list[StemSampler]):
+        if not samplers:
+            raise DatasetError("PooledBeatSampler: no sampler")
+        if len({s.S for s in samplers}) != 1:
+            raise ValueError("PooledBeatSampler: the samplers' crop lengths differ")
+        self.samplers = list(samplers)
+        self.S = samplers[0].S
+        n = np.array([len(s._beat_tracks) for s in samplers], np.float64)
+        if n.sum() == 0:
+            raise DatasetError("PooledBeatSampler: no track with beats in any root")
+        self._cum = np.cumsum(n) / n.sum()
+        self.root = ", ".join(str(s.root) for s in samplers)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.samplers)
+
+    def sample_beats(self, rng: np.random.Generator, keep: float = 1.0) -> dict:
+        """As :meth:`StemSampler.sample_beats`; with several roots one uniform draw picks the root
+        first (with one, nothing more is drawn: the same crops as the sampler alone)."""
+        if len(self.samplers) == 1:
+            return self.samplers[0].sample_beats(rng, keep)
+        i = int(np.searchsorted(self._cum, rng.random(), side="right"))
+        return self.samplers[min(i, len(self.samplers) - 1)].sample_beats(rng, keep)
