@@ -228,6 +228,7 @@ def test_beat_eval_sweep_grid_and_tracker_settings():
     assert len(grid) == 6 and {"lambda_obs": 8.0, "p_enter": 1e-2} in grid
     with pytest.raises(ValueError):
         parse_grid(["lambda_obs"])
+    assert parse_grid(["meters=4+3,4+3+2"]) == [{"meters": (4, 3)}, {"meters": (4, 3, 2)}]
     act, down, ref, _ = bars(120.0, 4, dur=20.0)
     a = SimpleNamespace(beat=act, downbeat=down, fps=FPS, t0=0.0)
     assert fmeasure(ref, causal_bars(a)[0]) > 0.95

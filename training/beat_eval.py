@@ -361,7 +361,8 @@ def evaluate_beats(model, data, split="validation", max_tracks=None, threads=1, 
 
 
 def parse_grid(items: list[str]) -> list[dict]:
-    """``["lambda_obs=4,8", "p_enter=1e-3,3e-3"]`` -> every combination as tracker settings."""
+    """``["lambda_obs=4,8", "p_enter=1e-3,3e-3"]`` -> every combination as tracker settings. A value
+    joined by ``+`` is a tuple of integers: ``meters=4+3,4+3+2`` tries meters (4, 3) and (4, 3, 2)."""
     import itertools
 
     keys, values = [], []
@@ -370,7 +371,7 @@ def parse_grid(items: list[str]) -> list[dict]:
         if not eq or not v:
             raise ValueError(f"{it!r}: grid items look like key=v1,v2")
         keys.append(k)
-        values.append([float(x) for x in v.split(",")])
+        values.append([tuple(int(p) for p in x.split("+")) if "+" in x else float(x) for x in v.split(",")])
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
