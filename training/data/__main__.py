@@ -92,6 +92,12 @@ def main(argv=None) -> int:
     m.add_argument("--songs", type=int, default=6, help="songs in the library")
     m.add_argument("--seconds", type=float, default=30.0, help="seconds per song")
     m.add_argument("--demo-track", default="engine/assets/demo/demo_track.flac", help="demo track to write")
+    rp = sub.add_parser("rephase-downbeats", help="move a rendered set's downbeats onto the drummer's bars",
+                        description="For datasets rendered before the downbeats followed the crash cymbals "
+                        "(training.data.midi.drum_bar_shift): each track without a downbeat_shift gets the "
+                        "shift its source MIDI gives; its old downbeats stay as downbeats_grid. Idempotent.")
+    rp.add_argument("roots", nargs="+", help="dataset folders (ROOT/<track_id>/track.json ...)")
+    rp.add_argument("--midi-root", required=True, help="folder holding the corpora the tracks were rendered from")
     s = sub.add_parser("stats", help="size of a dataset folder",
                        description="Tracks, stems, hours and per-category counts of a dataset folder, as JSON.")
     s.add_argument("root", help="dataset folder (ROOT/<track_id>/track.json ...)")
@@ -156,6 +162,15 @@ def main(argv=None) -> int:
 
         rep = build_demo(a.out_dir, a.midi_root, a.soundfont, a.songs, a.seconds, a.demo_track)
         print(json.dumps(rep, indent=1))
+    elif a.cmd == "rephase-downbeats":
+        from pathlib import Path
+
+        from .render import rephase_downbeats
+
+        for root in a.roots:
+            if not Path(root).is_dir():
+                raise CliError(f"{root}: no such folder", "give a dataset folder (ROOT/<track_id>/track.json ...)")
+            print(json.dumps({"root": root, **rephase_downbeats(root, a.midi_root)}))
     elif a.cmd == "stats":
         from pathlib import Path
 

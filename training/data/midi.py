@@ -50,6 +50,7 @@ class Song:
     downbeats: np.ndarray  # seconds (first beat of each bar)
     end: float  # last note end, seconds
     labels: dict[str, str] = field(default_factory=dict)  # category -> fine label (most used program)
+    downbeat_shift: int = 0  # beats the downbeats were moved off the time signatures' bar grid (drum_bar_shift)
 
     def categories(self) -> list[str]:
         return sorted({n.category for n in self.notes})
@@ -146,6 +147,71 @@ def beat_grid(timesigs: list[tuple[int, int, int]], tpb: int, end_tick: float):
             i += 1
             t = t0 + i * unit
     return np.asarray(beats), np.asarray(downs)
+
+
+#: GM drum keys a drummer marks a bar's first beat with: crash cymbals 1 and 2, Chinese cymbal, splash
+BAR_CYMBALS = (49, 52, 55, 57)
+
+
+def bar_positions(n_beats: int, down_idx: np.ndarray) -> np.ndarray:
+    """(n_beats,) each beat's position in its bar (0: a downbeat), from the downbeats' beat indices;
+    beats before the first downbeat count back from it in bars of the first bar's length."""
+    pos = np.zeros(n_beats, np.int64)
+    if not len(down_idx):
+        return pos
+    d = np.asarray(down_idx, np.int64)
+    last = np.searchsorted(d, np.arange(n_beats), side="right") - 1
+    first_len = int(d[1] - d[0]) if len(d) > 1 else 4
+    before = last < 0
+    pos[~before] = np.arange(n_beats)[~before] - d[last[~before]]
+    pos[before] = (np.arange(n_beats)[before] - d[0]) % max(1, first_len)
+    return pos
+
+
+def drum_bar_shift(notes: list[Note], beats: np.ndarray, downbeats: np.ndarray, min_hits: int = 8,
+                   share: float = 0.5) -> int:
+    """Beats by which the drummer's bars start after the time signatures' bar grid, or 0.
+
+    Many MIDI files start with a pickup or a count-in that is not a bar of its own, so the bar grid
+    the time signatures give is one or more beats off the music (in a sample of 98 Touhou songs with
+    crash cymbals, the crashes fell mostly on the grid's first beat in 55, and on one other beat of
+    the bar in most of the rest). A drummer marks the first beat of a bar with a crash: when at least
+    ``min_hits`` crashes (:data:`BAR_CYMBALS`, within 40 ms of a beat) fall on the beats, at least
+    ``share`` of them on one bar position p > 0 and at least twice as many there as on the grid's
+    first beat, the bars start p beats later. ``beats``, ``downbeats``: seconds (a downbeat is one of
+    the beats)."""
+    b = np.asarray(beats, np.float64)
+    d = np.asarray(downbeats, np.float64)
+    if len(b) < 2 or len(d) < 2:
+        return 0
+    hits = np.array([n.start for n in notes if n.category == gm.DRUMS and n.pitch in BAR_CYMBALS], np.float64)
+    if len(hits) < min_hits:
+        return 0
+    i = np.clip(np.searchsorted(b, hits), 1, len(b) - 1)
+    i = np.where(np.abs(b[i - 1] - hits) <= np.abs(b[i] - hits), i - 1, i)
+    on = np.abs(b[i] - hits) <= 0.04
+    if on.sum() < min_hits:
+        return 0
+    pos = bar_positions(len(b), np.searchsorted(b, d - 1e-6))[i[on]]
+    count = np.bincount(pos)
+    p = int(np.argmax(count))
+    if p > 0 and count[p] >= share * on.sum() and count[p] >= 2 * count[0]:
+        return p
+    return 0
+
+
+def shift_downbeats(beats: np.ndarray, downbeats: np.ndarray, shift: int) -> np.ndarray:
+    """The downbeats moved ``shift`` beats later along ``beats`` (seconds), with the bar that the move
+    opens at the start filled in (one bar before the first, where there is a beat for it)."""
+    b = np.asarray(beats, np.float64)
+    d = np.asarray(downbeats, np.float64)
+    if not shift or not len(d) or not len(b):
+        return d.copy()
+    idx = np.searchsorted(b, d - 1e-6) + int(shift)
+    first_len = int(idx[1] - idx[0]) if len(idx) > 1 else 4
+    if idx[0] - first_len >= 0:
+        idx = np.r_[idx[0] - first_len, idx]
+    return b[idx[idx < len(b)]]
 
 
 def read_song(path: str | Path, assign: str | None = None, key: str | None = None) -> Song:
@@ -248,6 +314,10 @@ def read_song(path: str | Path, assign: str | None = None, key: str | None = Non
     bt, dt = beat_grid(sigs, tpb, end_tick)
     beats = tmap.seconds(bt) if len(bt) else np.zeros(0)
     downbeats = tmap.seconds(dt) if len(dt) else np.zeros(0)
+    # the drummer's bars where the crashes say the time signatures' grid is off (drum_bar_shift)
+    shift = drum_bar_shift(notes, beats, downbeats)
+    if shift:
+        downbeats = shift_downbeats(beats, downbeats, shift)
     # fine label per category: most used program by note count
     counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     for n in notes:
@@ -256,7 +326,7 @@ def read_song(path: str | Path, assign: str | None = None, key: str | None = Non
     for cat, c in counts.items():
         prog = max(sorted(c), key=lambda p: c[p])
         labels[cat] = gm.drum_label(prog) if cat == gm.DRUMS else gm.program_name(prog)
-    return Song(notes, controls, np.asarray(beats), np.asarray(downbeats), float(end), labels)
+    return Song(notes, controls, np.asarray(beats), np.asarray(downbeats), float(end), labels, shift)
 
 
 def _note(t0, t1, ch, pitch, vel, prog) -> Note:

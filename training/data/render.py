@@ -124,8 +124,9 @@ def load_song(job: Job) -> Song:
     song = read_song(job.path, assign=assign, key=job.rel)
     if job.corpus == "pop909":
         b = read_pop909_beats(Path(job.path).parent)
-        if b is not None:
+        if b is not None:  # POP909's annotated beats and downbeats replace the MIDI's grid
             song.beats, song.downbeats = b
+            song.downbeat_shift = 0
     return song
 
 
@@ -255,7 +256,7 @@ def _run_job(args) -> dict:
             return {**res, "status": "skipped",
                     "reason": f"fewer than 2 non-silent stems ({sorted(r['stems'])}, silent: {r['dropped']})"}
         meta = {"beats": [round(float(b), 4) for b in r["beats"]],
-                "downbeats": [round(float(b), 4) for b in r["downbeats"]],
+                "downbeats": [round(float(b), 4) for b in r["downbeats"]], "downbeat_shift": int(song.downbeat_shift),
                 "source": job.rel, "corpus": job.corpus, "group": job.group,
                 "excerpt": [round(r["start"], 4), round(r["end"], 4)], "sample_rate": SR,
                 "dropped_silent": r["dropped"]}
@@ -481,7 +482,7 @@ def _run_varied_job(args) -> dict:
             return {**res, "status": "skipped",
                     "reason": f"fewer than 2 non-silent stems ({sorted(r['stems'])}, silent: {r['dropped']})"}
         meta = {"beats": [round(float(b), 4) for b in r["beats"]],
-                "downbeats": [round(float(b), 4) for b in r["downbeats"]],
+                "downbeats": [round(float(b), 4) for b in r["downbeats"]], "downbeat_shift": int(song.downbeat_shift),
                 "source": job.rel, "corpus": job.corpus, "group": job.group, "song_id": job.track_id,
                 "excerpt": [0.0, round(r["end"], 4)], "sample_rate": SR, "dropped_silent": r["dropped"],
                 "recipe": recipe.name, "seed": seed, "variant_index": variant, "variant": r["variant"].to_dict()}
@@ -590,3 +591,47 @@ def render_varied(midi_dirs, out_dir, recipe, variants=(0,), jobs: int = 1, limi
               "skipped_tracks": [{k: r.get(k) for k in ("track_id", "source", "reason")} for r in skipped]}
     (out_dir / "render_report.json").write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def rephase_downbeats(out_dir: str | Path, midi_root: str | Path, progress: bool = True) -> dict:
+    """Bring a dataset rendered before :func:`training.data.midi.drum_bar_shift` existed up to it:
+    every track whose ``track.json`` has no ``downbeat_shift`` gets the shift its source MIDI gives
+    (0 for POP909, whose downbeats are annotated), its downbeats moved that many beats along its own
+    beats (the ones it had are kept as ``downbeats_grid``), and ``downbeat_shift`` recorded. A
+    track already carrying ``downbeat_shift`` is left as it is, so running it twice changes nothing.
+    Returns counts: ``{"tracks", "shifted", "unchanged", "already", "failed"}``."""
+    from .midi import shift_downbeats
+
+    out_dir, midi_root = Path(out_dir), Path(midi_root)
+    paths = sorted(out_dir.glob("*/track.json"))
+    counts = {"tracks": len(paths), "shifted": 0, "unchanged": 0, "already": 0, "failed": 0}
+    it = paths
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(paths, desc=f"rephase {out_dir.name}", unit="track")
+    for p in it:
+        meta = json.loads(p.read_text())
+        if "downbeat_shift" in meta:
+            counts["already"] += 1
+            continue
+        shift = 0
+        if meta.get("corpus") != "pop909" and meta.get("downbeats"):
+            try:
+                corpus = meta.get("corpus")
+                song = read_song(midi_root / meta["source"], assign=corpus if corpus in ASSIGN_CORPORA else None,
+                                 key=meta["source"])
+                shift = int(song.downbeat_shift)
+            except Exception:  # source missing or unreadable: leave the track untouched
+                counts["failed"] += 1
+                continue
+        if shift:
+            meta["downbeats_grid"] = meta["downbeats"]
+            moved = shift_downbeats(np.asarray(meta["beats"]), np.asarray(meta["downbeats"]), shift)
+            meta["downbeats"] = [round(float(b), 4) for b in moved]
+        meta["downbeat_shift"] = shift
+        counts["shifted" if shift else "unchanged"] += 1
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(p)
+    return counts
