@@ -111,8 +111,10 @@ def isotonic(x: np.ndarray, y: np.ndarray, n_knots: int = 8) -> tuple[np.ndarray
         bx, by = bx[idx], by[idx]
     kx = np.concatenate([[0.0], bx, [1.0]])
     ky = np.concatenate([[min(by[0], 0.0) if bx[0] > 0 else by[0]], by, [by[-1]]])
-    keep = np.concatenate([[True], np.diff(kx) > 1e-9])
-    return kx[keep], np.maximum.accumulate(ky[keep])
+    # knots as written (4 decimals): of raw values that round alike, the last (highest output) stays
+    kx, ky = kx.round(4), np.maximum.accumulate(ky).round(4)
+    keep = np.concatenate([np.diff(kx) > 0, [True]])
+    return kx[keep], ky[keep]
 
 
 def reliability(conf: np.ndarray, ok: np.ndarray, bins: int = 10) -> dict:
