@@ -119,9 +119,14 @@ def _per_folder(value, i: int):
     return value[i] if isinstance(value, (list, tuple)) else value
 
 
+def read_corpus_song(path, corpus: str | None, rel: str) -> Song:
+    """``read_song`` with the corpus's instrument rules (:data:`ASSIGN_CORPORA`); ``rel``: the
+    file's path below the MIDI root (the seed of the assignment)."""
+    return read_song(path, assign=corpus if corpus in ASSIGN_CORPORA else None, key=rel)
+
+
 def load_song(job: Job) -> Song:
-    assign = job.corpus if job.corpus in ASSIGN_CORPORA else None
-    song = read_song(job.path, assign=assign, key=job.rel)
+    song = read_corpus_song(job.path, job.corpus, job.rel)
     if job.corpus == "pop909":
         b = read_pop909_beats(Path(job.path).parent)
         if b is not None:  # POP909's annotated beats and downbeats replace the MIDI's grid
@@ -618,10 +623,8 @@ def rephase_downbeats(out_dir: str | Path, midi_root: str | Path, progress: bool
         shift = 0
         if meta.get("corpus") != "pop909" and meta.get("downbeats"):
             try:
-                corpus = meta.get("corpus")
-                song = read_song(midi_root / meta["source"], assign=corpus if corpus in ASSIGN_CORPORA else None,
-                                 key=meta["source"])
-                shift = int(song.downbeat_shift)
+                shift = int(read_corpus_song(midi_root / meta["source"], meta.get("corpus"),
+                                             meta["source"]).downbeat_shift)
             except Exception:  # source missing or unreadable: leave the track untouched
                 counts["failed"] += 1
                 continue
