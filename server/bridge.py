@@ -99,14 +99,18 @@ class Scheduler:
 
 class BeatClock:
     """One ``on_beat(number, wall, stream_time, tempo)`` per live beat, at the forecast wall time.
-    The newest forecast of a pending beat reschedules it; numbers follow the cues (the latest
-    ``cue.stream_time``/``cue.beat`` seen) so that a number divisible by the meter
-    (``beat.meter``) is the cues' downbeat."""
+    The newest forecast of a pending beat reschedules it. The numbers are the server's
+    (``beat.next_beats_number``, the numbering of ``cue.beat``: a number divisible by
+    ``beat.live_meter`` is a downbeat), so a cue's downbeat and its tick are one beat even when the
+    tracker's tempo changes octave. A message without numbers (an older server) is numbered from
+    the latest cue seen (``cue.stream_time``/``cue.beat``) at the message's period."""
 
     def __init__(self, scheduler: Scheduler, on_beat: Callable[[int, float, float, float], None]):
         self.sched = scheduler
         self.on_beat = on_beat
-        self.last_fired = -float("inf")
+        self.last_fired = -float("inf")  # wall s of the latest beat fired
+        self.last_number: int | None = None  # its number
+        self.last_period = float("inf")  # s, the period it was forecast at
         self.anchor: tuple[float, int] | None = None  # (stream s, beat number) of a cue
         self.count = 0
         self.tempo = None
@@ -131,21 +135,37 @@ class BeatClock:
             return
         self.tempo = tempo
         period = 60.0 / tempo
+        # two beats are never closer than half a period of the faster of the two tempi: after an
+        # octave change the slower period would swallow the first beat of the new tempo
+        gap = 0.5 * min(period, self.last_period)
+        nums = msg.get("next_beats_number") or []
         now = time.time()
         pending = self.sched.pending("beat")
-        for t, w in zip(msg.get("next_beats") or [], msg.get("next_beats_wall") or []):
-            if w <= now + 0.003 or w <= self.last_fired + 0.5 * period:
+        if pending is not None and pending <= now + 0.003:
+            return  # a beat fires now: the next message schedules the one after it
+        for i, (t, w) in enumerate(zip(msg.get("next_beats") or [], msg.get("next_beats_wall") or [])):
+            n = int(nums[i]) if i < len(nums) else None
+            if w <= now + 0.003 or w <= self.last_fired + gap:
                 continue
-            if pending is not None and abs(w - pending) >= 0.5 * period:
-                return  # another, earlier beat is pending: it fires first
-            n = self.number(t, period)
-            self.sched.at(w, lambda n=n, w=w, t=t, tempo=tempo: self._fire(n, w, t, tempo), key="beat")
+            if n is not None and self.last_number is not None and n <= self.last_number:
+                continue  # that number has ticked already
+            if n is None:
+                if pending is not None and abs(w - pending) >= 0.5 * period:
+                    return  # another, earlier beat is pending: it fires first
+                n = self.number(t, period)
+            self.sched.at(w, lambda n=n, w=w, t=t, tempo=tempo, p=period: self._fire(n, w, t, tempo, p), key="beat")
             return
 
-    def _fire(self, n, w, t, tempo) -> None:
-        self.last_fired = w
+    def _fire(self, n, w, t, tempo, period) -> None:
+        self.last_fired, self.last_number, self.last_period = w, n, period
         self.count += 1
         self.on_beat(n, w, t, tempo)
+
+
+#: a pending play this close (s) is not moved to another downbeat a match message announces: the
+#: cues stay ``server.cues.LEAD_S`` (0.15 s) ahead, so a downbeat sooner than that is announced no
+#: more; further off, another beat number means the numbering moved (the tracker's tempo or bar)
+CUE_HOLD_S = 0.25
 
 
 class CueWatcher:
@@ -175,7 +195,8 @@ class CueWatcher:
             if self.current.get(inst) == key:
                 if self.sched.pending(("play", inst)) is None:
                     continue  # started already: it plays on
-                if self.beat.get(inst) != top["cue"]["beat"]:
+                when = self.sched.pending(("play", inst))
+                if self.beat.get(inst) != top["cue"]["beat"] and when < time.time() + CUE_HOLD_S:
                     continue  # the pending downbeat is too close to be announced again: it stays
             # a new top match, or the newest estimate of the pending downbeat (the tracker refines
             # its forecast every hop until the downbeat comes)
@@ -191,12 +212,17 @@ class CueWatcher:
             return
         half = 30.0 / msg["tempo"]
         now = time.time()
+        walls = msg.get("next_beats_wall") or []
+        nums = msg.get("next_beats_number") or []
         for inst, top in list(self.item.items()):
             when = self.sched.pending(("play", inst))
             if when is None:
                 continue
-            for w in msg.get("next_beats_wall") or []:
-                if abs(w - when) < half and w > now + 0.003:
+            # the forecast of the cue's own beat number where the message numbers its beats (the
+            # tick of that number comes from the same forecast); else the forecast nearest in time
+            numbered = [w for w, n in zip(walls, nums) if n == self.beat.get(inst)]
+            for w in numbered or [w for w in walls if abs(w - when) < half]:
+                if w > now + 0.003:
                     self.sched.at(w, lambda inst=inst, top=top: self.on_play(inst, top), key=("play", inst))
                     break
 

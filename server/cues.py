@@ -18,7 +18,8 @@ The server adds these fields to every ``match`` item (docs/protocol.md, *Playabl
 
 Live downbeats: the planner numbers the beats it is told about -- beat 0 is the first beat after
 the tempo locked, each later detected beat gets the number ``round((t - last) / period)`` more than
-the last one -- and the bars are the tracker's own: each hop, the number of the tracker's next
+the last one; a forecast beat whose time has passed by the next hop counts as a beat too (the
+clients ticked it), so that a tempo change of an octave never gives two beats one number -- and the bars are the tracker's own: each hop, the number of the tracker's next
 downbeat (``BeatState.next_downbeat``, one of its forecast beats) is made a multiple of its
 ``meter`` by moving the numbering forward (never back) when it is not, so a downbeat is a beat whose
 number is divisible by the meter -- every 4th beat in 4/4, every 3rd in 3/4 -- and every client
@@ -91,15 +92,34 @@ class LiveBars:
         self.last_st = -math.inf
         self.meter = self.session_meter or self.beats_per_bar
         self.realigned = 0
+        self.forecast: list[tuple[float, int]] = []  # (stream s, number) of the previous hop's forecast beats
 
     def session_bars(self, meter: int) -> None:
         """Bars of ``meter`` beats that someone else numbers (a leading Link session moves
         :attr:`last_number` onto its own beats): the tracker's bar is no longer followed."""
         self.session_meter = self.meter = max(1, int(meter))
 
+    def renumber(self, delta: int) -> None:
+        """Move the numbering by ``delta`` beats (a leading Link session's beat numbers)."""
+        if self.last_beat is not None:
+            self.last_number += int(delta)
+            self.forecast = [(t, n + int(delta)) for t, n in self.forecast]
+
     def number_of(self, t: float, period: float) -> int:
         """The number of the beat at stream time ``t`` (a forecast beat, after the latest one)."""
         return self.last_number + max(0, int(round((t - self.last_beat) / period)))
+
+    def numbers(self, next_beats, period: float) -> list[int]:
+        """The numbers of the forecast beats (stream s, ascending): the first one's
+        :meth:`number_of`, but at least one more than the latest beat's when it is later, and one
+        more for each next one -- one number per beat, never one twice."""
+        if self.last_beat is None or not len(next_beats):
+            return []
+        t0 = float(next_beats[0])
+        n0 = self.number_of(t0, period)
+        if t0 > self.last_beat:
+            n0 = max(n0, self.last_number + 1)
+        return [n0 + j for j in range(len(next_beats))]
 
     def update(self, st: float, tempo: float | None, detected, next_beats, bar=None) -> None:
         """One hop: ``detected`` beats (stream s) of this hop, the tracker's forecast and its bar,
@@ -107,6 +127,10 @@ class LiveBars:
         if st < self.last_st:  # the stream restarted (reset): new bars
             self.reset()
         self.last_st = st
+        passed = [(t, n) for t, n in self.forecast if t <= st and n > self.last_number]
+        if passed:  # announced beats whose time came: the clients ticked them with these numbers
+            self.last_beat, self.last_number = passed[-1]
+        self.forecast = []
         if not tempo:
             return
         period = 60.0 / tempo
@@ -120,11 +144,17 @@ class LiveBars:
             self.last_beat, self.last_number = float(next_beats[0]) - period, -1
         if bar is not None and self.session_meter is None and self.last_beat is not None:
             meter, down = bar
-            shift = -self.number_of(down, period) % meter
+            nb = [float(t) for t in next_beats if finite(t) is not None]
+            near = min(range(len(nb)), key=lambda j: abs(nb[j] - down)) if nb else None
+            n = self.numbers(nb, period)[near] if near is not None and abs(nb[near] - down) < 0.5 * period \
+                else self.number_of(down, period)
+            shift = -n % meter
             if shift:  # the tracker's downbeat is not a multiple of its meter: renumber, forward
                 self.last_number += shift
                 self.realigned += 1
             self.meter = meter
+        nb = [float(t) for t in next_beats if finite(t) is not None]
+        self.forecast = [(t, n) for t, n in zip(nb, self.numbers(nb, period)) if t > self.last_beat]
 
     def next_downbeat(self, st: float, tempo: float | None, next_beats) -> tuple[float, int] | None:
         """(stream s, beat number) of the first downbeat at or after ``st + LEAD_S``."""
@@ -133,7 +163,7 @@ class LiveBars:
         period = 60.0 / tempo
         nb = [float(x) for x in next_beats if finite(x) is not None]
         anchor = nb[0] if nb else self.last_beat
-        n0 = self.number_of(anchor, period) if nb else self.last_number
+        n0 = self.numbers(nb, period)[0] if nb else self.last_number
         j = 0
         while True:
             n = n0 + j

@@ -181,8 +181,9 @@ class LinkSink:
             return
         with self.server.lock:  # between two hops
             if bars.last_beat is not None:
-                bars.last_number += k - n
+                bars.renumber(k - n)
                 self.renumbered += 1
+        self.clock.last_number = k  # this beat, renumbered: the next forecasts are numbered on from it
         if self.clock.anchor is not None:  # until the next match message brings the new numbering
             self.clock.anchor = (self.clock.anchor[0], self.clock.anchor[1] + k - n)
 

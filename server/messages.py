@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 
 from . import config, protocol as P
-from .cues import finite as _num, library_root
+from .cues import BEATS_PER_BAR, finite as _num, library_root
 
 if TYPE_CHECKING:
     from engine.pipeline import HopResult
@@ -126,6 +126,8 @@ class Messages:
         timings = {str(k_): float(v) for k_, v in res.timings.items() if _num(v) is not None}
         for k_, v in timings.items():
             self.timings.setdefault(k_, collections.deque(maxlen=config.LATENCY_WINDOW)).append(v)
+        # the hop's live bars first: the beat message numbers its forecast beats as the cues do
+        self.cues.plan(res, st, arrival, getattr(self.source, "speed", None) or 1.0, self.matcher.library)
         beat = self._beat_msg(res, st, hop, arrival)
         if beat is not None:
             self._publish("beat", beat)
@@ -143,7 +145,7 @@ class Messages:
     def _match_msg(self, res: HopResult, st, hop, arrival, timings, k: int) -> dict:
         m = self._header("match", st, arrival)
         matches = res.matches
-        cues = self.cues.plan(res, st, arrival, getattr(self.source, "speed", None) or 1.0, self.matcher.library)
+        cues = self.cues  # planned for this hop (see the hop handler)
         out = {}
         for inst, items in matches.items():
             out[str(inst)] = [{"rank": r + 1, "stem_id": str(it.stem_id), "track_id": str(it.track_id),
@@ -178,6 +180,9 @@ class Messages:
             nb = []
         if not signal:
             conf = 0.0
+        planner = getattr(self, "cues", None)  # the hop's live bars (server/cues.py), planned already
+        bars = None if planner is None or not tempo or planner.tempo is None else planner.bars
+        numbers = [] if bars is None else bars.numbers(nb, 60.0 / tempo)
         speed = getattr(self.source, "speed", None) or 1.0
         base = arrival if arrival is not None else time.time()
         wall = lambda x: base + (x - st) / speed  # noqa: E731
@@ -189,6 +194,8 @@ class Messages:
             "tempo": tempo, "phase": phase, "period_s": (60.0 / tempo) if tempo else None,
             "last_beat": _num(b.last_beat) if signal else None, "next_beats": nb,
             "next_beats_wall": [wall(x) for x in nb],
+            "next_beats_number": numbers,
+            "live_meter": int(planner.bars.meter) if planner is not None else BEATS_PER_BAR,
             "beats_in_hop": [] if no_beat else [float(x) for x in np.asarray(b.beats, dtype=np.float64).reshape(-1)],
             "confidence": None if conf is None else min(1.0, max(0.0, conf)),
             "meter": int(getattr(b, "meter", 4)),

@@ -63,8 +63,10 @@ class OscSink:
         if topic == "beat":
             nxt, down = m.get("next_beats_wall") or [], m.get("next_downbeat_wall")
             bib = m.get("beat_in_bar")
-            if m.get("meter") and bib is not None and (m.get("bar_confidence") or 0.0) >= BAR_CONFIDENCE:
-                self.beats_per_bar = int(m["meter"])  # the bar the cues follow (server/cues.py): the ticks count in it
+            if m.get("live_meter"):  # the bar the cues and beat numbers follow (server/cues.py): the ticks count in it
+                self.beats_per_bar = int(m["live_meter"])
+            elif m.get("meter") and bib is not None and (m.get("bar_confidence") or 0.0) >= BAR_CONFIDENCE:
+                self.beats_per_bar = int(m["meter"])  # an older server: the same rule, here
             self.send(f"{PREFIX}/beat", _f(m.get("tempo"), 0.0), _f(m.get("phase")), _f(m.get("confidence"), 0.0),
                       nxt[0] - now if nxt else -1.0, m["stream_time"], int(bool(m.get("signal"))), m["seq"],
                       int(bool(m.get("no_beat"))), int(m.get("meter") or self.beats_per_bar),

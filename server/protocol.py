@@ -304,6 +304,8 @@ BEAT = Obj({
     "last_beat": Num(null=True),  # stream s of the latest beat
     "next_beats": List(Num()),  # stream s of predicted beats, ascending
     "next_beats_wall": List(Num()),  # the same, as unix s
+    "next_beats_number": List(Int()),  # their live beat numbers (as cue.beat); empty before the first beat
+    "live_meter": Int(1),  # beats per bar of those numbers: a number divisible by it is a downbeat
     "beats_in_hop": List(Num()),  # stream s of beats detected inside this hop
     "confidence": Num(0, 1, null=True),  # calibrated: about the fraction of beats at it that are right
     "meter": Int(1),  # beats per bar of the likelier meter (3 or 4)

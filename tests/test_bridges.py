@@ -103,6 +103,55 @@ def test_beat_clock_numbers_beats_like_the_cues():
 
 
 
+def test_beat_clock_ticks_the_servers_numbers_through_an_octave_change():
+    """With ``next_beats_number`` the ticks carry the server's numbers: a number ticks once, and
+    the first beat after a drop to half tempo, closer to the last tick than half the new period,
+    still ticks."""
+    s = Scheduler()
+    got = []
+    try:
+        clock = BeatClock(s, lambda n, w, t, tempo: got.append((n, w)))
+        now = time.time()
+        clock.on_beat_msg({"signal": True, "tempo": 120.0, "next_beats": [1.0, 1.5], "next_beats_number": [4, 5],
+                           "next_beats_wall": [now + 0.1, now + 0.6]})
+        time.sleep(0.2)
+        clock.on_beat_msg({"signal": True, "tempo": 60.0, "next_beats": [1.0, 1.3, 2.3], "next_beats_number": [4, 5, 6],
+                           "next_beats_wall": [now + 0.1, now + 0.4, now + 1.4]})  # 4 has ticked: 5 is next
+        time.sleep(0.35)
+        clock.on_beat_msg({"signal": True, "tempo": 60.0, "next_beats": [1.3, 2.3], "next_beats_number": [5, 6],
+                           "next_beats_wall": [now + 0.4, now + 1.4]})  # 5 has ticked: nothing before 6
+        time.sleep(0.1)
+    finally:
+        s.stop()
+    assert [n for n, _ in got] == [4, 5], got
+    assert got[1][1] == pytest.approx(now + 0.4)
+
+
+def test_cue_watcher_plays_at_the_forecast_of_its_own_beat_number():
+    """A pending play follows the beat message's forecast of its cue's number (the tick of that
+    number comes from the same forecast), not the forecast nearest in time; a match message that
+    announces another number while the play is still far off (the numbering moved) replaces it."""
+    from server.bridge import CueWatcher
+
+    s = Scheduler()
+    played = []
+    try:
+        cw = CueWatcher(s, lambda inst, it: played.append((it["cue"]["beat"], time.time())))
+        now = time.time()
+        item = lambda beat, wall: {"stem_id": "a", "offset": 0.0, "file": "a.wav",  # noqa: E731
+                                   "cue": {"beat": beat, "wall_time": wall, "stream_time": 0.0, "stem_pos": 0.0}}
+        cw.on_match({"signal": True, "matches": {"drums": [item(8, now + 0.5)]}})
+        cw.on_beat_msg({"signal": True, "tempo": 120.0, "next_beats_wall": [now + 0.45, now + 0.7],
+                        "next_beats_number": [7, 8]})
+        assert s.pending(("play", "drums")) == pytest.approx(now + 0.7)  # beat 8's forecast, not the nearer 7
+        cw.on_match({"signal": True, "matches": {"drums": [item(12, now + 0.9)]}})  # renumbered, 0.7 s off
+        assert s.pending(("play", "drums")) == pytest.approx(now + 0.9) and cw.beat["drums"] == 12
+        time.sleep(1.0)
+    finally:
+        s.stop()
+    assert [b for b, _ in played] == [12]
+
+
 def test_osc_sends_the_bar_and_no_beat_over_an_inproc_bridge():
     """OscSink behind a Bridge on ``inproc://``, received by a python-osc server: ``/stemjepa/beat``
     carries no_beat, meter, beat in bar and the next downbeat (tempo 0 and -1s in the no-beat

@@ -212,6 +212,33 @@ def test_live_bars_number_beats_and_find_downbeats():
     assert bars.last_number == -1
 
 
+def test_live_bars_give_one_number_per_beat_through_octave_changes():
+    """The demo's first seconds: the tracker forecasts at 187 BPM, then at 94, then at 187 again,
+    detecting few beats. A client ticks each number at its latest forecast when that time comes. A
+    forecast beat whose time passed was ticked, so it counts: the ticks' numbers rise one by one
+    with time, none twice, and the octave changes skip no beat of the new tempo."""
+    bars = LiveBars()
+    fast, slow = 60 / 187.5, 60 / 93.75
+    latest, ticks = {}, []  # number -> its latest forecast (stream s); (s, number) ticked
+    for hop in range(40):
+        st = 1.0 + 0.16 * hop
+        for n, t in sorted(latest.items()):
+            if t <= st and n not in {m for _, m in ticks}:
+                ticks.append((t, n))
+        tempo, period = (187.5, fast) if (st < 2.0 or 2.6 <= st < 2.9) else (93.75, slow)
+        nxt = [b for b in np.arange(1.1, 12.0, period) if b > st][:4]
+        bars.update(st, tempo, [], nxt)
+        latest.update({n: t for t, n in zip(nxt, bars.numbers(nxt, period))})
+    times, nums = zip(*ticks)
+    assert list(nums) == list(range(nums[0], nums[0] + len(nums))), ticks
+    assert all(b - a > fast / 2 for a, b in zip(times, times[1:])), ticks
+    grid = np.arange(1.1, 7.0, fast)  # every tick is on a beat (of either tempo), and every slow beat ticks
+    assert all(np.min(np.abs(grid - t)) < 1e-6 for t in times)
+    slow_beats = [b for b in np.arange(1.1, 7.0, slow) if 3.1 < b < 6.8]
+    assert all(np.min(np.abs(np.array(times) - b)) < 1e-6 for b in slow_beats), ticks
+    assert bars.numbers([], slow) == [] and LiveBars().numbers([1.0], slow) == []
+
+
 def _hop(st, state, signal=True):
     from engine.hop import HopResult
 

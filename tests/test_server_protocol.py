@@ -506,8 +506,11 @@ def test_match_and_beat_messages_from_a_hop_result(tmp_path, ctx, engine, server
     hit = Match("nowhere/drums", "nowhere", "drums", "drums", -1.0, float("nan"))
     res = HopResult(1.0, 16000, 5, True, 96, {"drums": [hit]}, beat, np.array([2.0, -1.0, np.nan], np.float32), 0.5,
                     {"total": 3.0}, {"hops": 6}, level_db=-300.0, hop_level_db=-20.0, signal=True)
+    srv.cues.plan(res, 1.0, None, 1.0, None)  # the hop handler plans the live bars first
     b = srv._beat_msg(res, 1.0, 5, None)
     m = srv._match_msg(res, 1.0, 5, None, {"total": 3.0}, 3)
+    # the detected beat at 0.9 s is live beat 0; the forecast one at 1.4 s (one period on) is 1
+    assert (b["next_beats"], b["next_beats_number"], b["live_meter"]) == ([1.4], [1], 4)
     for topic, msg in (("beat", b), ("match", m)):
         msg["wall_time"] = msg.pop("_arrival")  # what _publish stamps
         assert not P.validate_message(topic, msg), (topic, P.validate_message(topic, msg))
