@@ -52,7 +52,11 @@ activation whole, in chunks or frame by frame gives bit-identical results.
 ``confidence`` is ``P(tracking) * (mass within +-2 interval steps and +-0.1 beat of the best
 state)``, mapped through a monotone calibration (``calibration``: knots ``(raw, calibrated)``,
 default the source's in :data:`engine.beatcal.CALIBRATION_FILE`, fitted with ``python -m
-training.beatcal``) so that it reads as the fraction of reported beats that are correct.
+training.beatcal``) so that it reads as the fraction of reported beats that are correct. The
+calibration is fitted on beats reported, so it says nothing of the no-beat state, where none are:
+there the confidence is the smaller of the calibrated and the raw value (the map's low end, fitted
+on the least sure beats, would otherwise lift a raw 0.02 to a confidence of 0.2 when no beat is
+heard).
 
 What it reports is a :class:`engine.beatstate.BeatState`. :class:`BarStateSpace`, :class:`BeatState`,
 :data:`CALIBRATION_FILE` and :func:`load_calibration` are imported here too.
@@ -344,9 +348,12 @@ class CausalBeatTracker:
         meter, b, meter_conf, bar_conf = self._bar(now - phase_frames, tau)
         to_down = (meter - 1 - b) % meter  # beats after the next one until a downbeat
         last = None if self._last_beat_frame is None else self.time_offset + self._last_beat_frame / self.fps
+        no_beat = bool(self.none >= 0.5)
+        raw = self.raw_confidence()
+        conf = min(raw, self.calibrate(raw)) if no_beat else self.calibrate(raw)  # see the module text
         return BeatState(time=self.time_offset + max(now, 0) / self.fps, tempo=60.0 * self.fps / iv, phase=frac,
-                         last_beat=last, next_beats=nxt, confidence=min(1.0, self.calibrate(self.raw_confidence())),
-                         beats=list(beats or []), frames=self.frame, no_beat=bool(self.none >= 0.5),
+                         last_beat=last, next_beats=nxt, confidence=min(1.0, conf),
+                         beats=list(beats or []), frames=self.frame, no_beat=no_beat,
                          beat_presence=float(1.0 - self.none), meter=meter, meter_confidence=meter_conf,
                          beat_in_bar=b, bar_phase=(b + frac) / meter,
                          next_downbeat=self.time_offset + (first_next + to_down * iv) / self.fps,

@@ -118,6 +118,27 @@ def test_no_beat_state_on_activations_without_a_pulse(source, name):
     assert max(confs) < 0.05, max(confs)
 
 
+STEEP_LOW_END = ([0.0, 0.0378, 0.4894, 1.0], [0.0, 0.3333, 0.4884, 1.0])  # a refit whose least sure beats were 1/3 right
+
+
+@pytest.mark.parametrize("name", sorted(n for s, n in NO_BEAT if s == "net"))
+def test_no_beat_confidence_stays_near_zero_under_a_steep_calibration(name):
+    """The calibration is fitted on reported beats; in the no-beat state no beat is reported and
+    the confidence stays the raw one when that is smaller, however steep the map's low end."""
+    act = NO_BEAT[("net", name)](np.random.default_rng(0), 20 * FPS)
+    tr = CausalBeatTracker(FPS, source="net", calibration=STEEP_LOW_END)
+    states = [tr.process(act[i:i + 8]) for i in range(0, len(act), 8)]
+    assert all(st.no_beat for st in states) and max(st.confidence for st in states) < 0.05
+
+
+def test_a_pulse_keeps_its_calibrated_confidence():
+    act, _, _, _ = bars(120.0, 4, dur=20.0)
+    raw, cal = (CausalBeatTracker(FPS, source="net", calibration=c) for c in (None, STEEP_LOW_END))
+    for i in range(0, len(act), 8):
+        a, b = raw.process(act[i:i + 8]), cal.process(act[i:i + 8])
+    assert not b.no_beat and b.confidence == pytest.approx(np.interp(a.confidence, *STEEP_LOW_END))
+
+
 @pytest.mark.parametrize("source", ["net", "head"])
 def test_locks_fast_holds_through_a_break_and_lets_go_of_silence(source):
     act, _, ref, _ = bars(120.0, 4, dur=40.0, gap=(15.0, 16.2))
