@@ -193,9 +193,9 @@ class CueWatcher:
                 continue
             key = (top["stem_id"], top["offset"])
             if self.current.get(inst) == key:
-                if self.sched.pending(("play", inst)) is None:
-                    continue  # started already: it plays on
                 when = self.sched.pending(("play", inst))
+                if when is None:
+                    continue  # started already: it plays on
                 if self.beat.get(inst) != top["cue"]["beat"] and when < time.time() + CUE_HOLD_S:
                     continue  # the pending downbeat is too close to be announced again: it stays
             # a new top match, or the newest estimate of the pending downbeat (the tracker refines
