@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,6 +288,45 @@ def built_dir(model_dir: str | Path, packed: dict | None = None) -> Path:
     return cache_root() / "models" / packed["fingerprint"][:24]
 
 
+#: files a model directory may ship beside the model (name -> key in a full manifest's ``files``)
+OPTIONAL_FILES = {"beatnet.npz": "beatnet"}
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """``doc`` as JSON at ``path``, atomically (a reader sees the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def sync_optional(root: Path, packed: dict, out: Path) -> None:
+    """The packed directory's optional files (:data:`OPTIONAL_FILES`) into the built directory
+    ``out``, listed in its manifest's ``files``; one the packed directory no longer lists leaves."""
+    mpath = out / MANIFEST
+    doc = json.loads(mpath.read_text())
+    files = doc.setdefault("files", {})
+    changed = False
+    for name, key in OPTIONAL_FILES.items():
+        e = packed.get("files", {}).get(name)
+        if e is None:
+            if key in files:
+                (out / files.pop(key)["path"]).unlink(missing_ok=True)
+                changed = True
+            continue
+        if files.get(key, {}).get("sha256") == e["sha256"] and (out / name).is_file():
+            continue
+        src = root / e["path"]
+        if not src.is_file() or sha256_file(src) != e["sha256"]:
+            raise ModelDirError(f"{root}: {e['path']} is missing or corrupt (sha256 differs from {PACKED})")
+        tmp = out / f".{name}.tmp"
+        shutil.copyfile(src, tmp)
+        tmp.replace(out / name)  # atomic: a loader elsewhere reads the old file or the new one
+        files[key] = {"path": name, "sha256": e["sha256"]}
+        changed = True
+    if changed:
+        write_json(mpath, doc)
+
+
 def resolve_model_dir(model_dir: str | Path) -> Path:
     """``model_dir`` itself (a full model directory) or, for a packed one, its built forms.
     Raises :class:`ModelDirError` naming the command that builds them when they are absent."""
@@ -303,6 +343,11 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
     if fp != packed["fingerprint"]:
         raise ModelDirError(f"{root}: a packed model whose ONNX/TorchScript forms are not built yet; build them once "
                             f"with `python -m export.cache {root}` (writes {out})")
+    try:
+        sync_optional(root, packed, out)  # a beat network updated beside the weights: its built copy follows
+    except OSError as e:
+        raise ModelDirError(f"{out}: its copy of the files beside the model is out of date and cannot be "
+                            f"updated ({e}); run `python -m export.cache {root}`") from e
     return out
 
 

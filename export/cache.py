@@ -28,16 +28,16 @@ import time
 from pathlib import Path
 
 from engine.cli import Parser, guarded
-from engine.manifest import (MANIFEST, PACKED, PACKED_FORMAT, PACKED_VERSION, ModelDirError, built_dir, read_packed,
-                             sha256_file)
+from engine.manifest import (MANIFEST, OPTIONAL_FILES, PACKED, PACKED_FORMAT, PACKED_VERSION, ModelDirError,
+                             built_dir, read_packed, sha256_file)
+from engine.manifest import sync_optional as _sync_optional
+from engine.manifest import write_json as _write_json
 
 from .core import ExportError
 
 WEIGHTS = "weights.pt"
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "engine" / "assets" / "model"
 PACK_FILES = ("text_encoder.onnx", "tokenizer.json", "conditioning.npz")
-#: files a model directory may ship beside the model (name -> key in a full manifest's ``files``)
-OPTIONAL_FILES = {"beatnet.npz": "beatnet"}
 
 
 def pack_model(checkpoint: str | Path, out_dir: str | Path, *, precisions=("fp32", "int8"),
@@ -147,38 +147,6 @@ def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
         _sync_optional(root, packed, out)
         log(f"export.cache: built in {time.time() - t0:.0f} s")
     return out
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
-
-
-def _sync_optional(root: Path, packed: dict, out: Path) -> None:
-    """The packed directory's optional files (:data:`OPTIONAL_FILES`) into the built directory
-    ``out``, listed in its manifest's ``files``; one the packed directory no longer lists leaves."""
-    mpath = out / MANIFEST
-    doc = json.loads(mpath.read_text())
-    files = doc.setdefault("files", {})
-    changed = False
-    for name, key in OPTIONAL_FILES.items():
-        e = packed.get("files", {}).get(name)
-        if e is None:
-            if key in files:
-                (out / files.pop(key)["path"]).unlink(missing_ok=True)
-                changed = True
-            continue
-        if files.get(key, {}).get("sha256") == e["sha256"] and (out / name).is_file():
-            continue
-        src = root / e["path"]
-        if not src.is_file() or sha256_file(src) != e["sha256"]:
-            raise ModelDirError(f"{root}: {e['path']} is missing or corrupt (sha256 differs from {PACKED})")
-        shutil.copyfile(src, out / name)
-        files[key] = {"path": name, "sha256": e["sha256"]}
-        changed = True
-    if changed:
-        _write_json(mpath, doc)
 
 
 def add_file(model_dir: str | Path, file: str | Path) -> dict:
