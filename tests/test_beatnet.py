@@ -383,6 +383,37 @@ def test_shipped_beside_the_model_and_synced_into_the_built_dir(tmp_path, net):
         add_file(packed, packed / "packed.json")
 
 
+def test_a_new_network_beside_packed_weights_reaches_every_loader(tmp_path, net, monkeypatch):
+    """A packed directory resolves to its built forms (what ``load_manifest``, the server, the
+    evaluation and the calibration read); when its beat network changes (a new ``beatnet.npz``
+    listed in packed.json), the next resolve hands out the new one, not the built copy of the old."""
+    from engine.manifest import MANIFEST, PACKED_FORMAT, PACKED_VERSION, built_dir, resolve_model_dir, sha256_file
+    from export.cache import add_file
+
+    monkeypatch.setenv("STEMJEPA_CACHE", str(tmp_path / "cache"))
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    fp = "ab" * 32
+    (packed / "packed.json").write_text(json.dumps({"format": PACKED_FORMAT, "version": PACKED_VERSION,
+                                                    "fingerprint": fp, "weights": {}, "files": {}}))
+    add_file(packed, net.path)
+    out = built_dir(packed)
+    out.mkdir(parents=True)
+    (out / MANIFEST).write_text(json.dumps({"fingerprint": fp, "files": {}}))
+    assert resolve_model_dir(packed) == out
+    assert sha256_file(find_beatnet(out)) == sha256_file(packed / "beatnet.npz")
+    v2 = tmp_path / "v2" / "beatnet.npz"  # another network: the same file with other weights
+    v2.parent.mkdir()
+    with np.load(net.path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    k = next(k for k, a in arrays.items() if a.dtype.kind == "f" and a.size > 1)
+    arrays[k] = arrays[k] * 1.5
+    np.savez(v2, **arrays)
+    add_file(packed, v2)
+    got = find_beatnet(resolve_model_dir(packed))
+    assert sha256_file(got) == sha256_file(v2) != sha256_file(net.path)
+
+
 def test_matcher_takes_its_beats_from_the_network(net):
     """With a beat network the hop feeds the tracker the network's activation over the stream
     (equal to the network over the whole signal), with downbeats, and never runs the beat head;
@@ -432,7 +463,7 @@ def test_the_shipped_network_hears_no_beat_without_music_and_the_demo_tempo_with
     from engine.audio import load_audio
     from engine.beats import CausalBeatTracker
 
-    assert find_beatnet(SHIPPED.parent) == SHIPPED and SHIPPED.stat().st_size < 400_000
+    assert find_beatnet(SHIPPED.parent) == SHIPPED and SHIPPED.stat().st_size < 1_000_000  # 48 channels: 434 kB
     net = BeatNet.load(SHIPPED)
     n = SR * 10
     t = np.arange(n) / SR
@@ -484,5 +515,5 @@ def test_demo_check_counts_beats_on_the_beat_and_half_beat_grids():
     assert r["beats"] > 20 and r["on_beat"] > 0.6 and r["on_half"] < 0.25
     assert 85 < r["bpm"] < 105
     fast = demo_check(ROOT / "engine" / "assets" / "model", {"min_bpm": 170.0, "max_bpm": 215.0})
-    # (it locks later than at the song's own tempo, so fewer than twice the beats)
-    assert fast["bpm"] > 160 and fast["on_half"] > 0.3 and fast["beats"] > 1.3 * r["beats"]
+    # (it locks later than at the song's own tempo: more beats, though fewer than twice as many)
+    assert fast["bpm"] > 160 and fast["on_half"] > 0.3 and fast["beats"] > r["beats"]
