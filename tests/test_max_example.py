@@ -148,7 +148,10 @@ def test_player_script_under_node_plays_on_the_reported_downbeat():
     # beats fire when the server said they would (its next_beats_wall), within 20 ms
     forecasts = np.array(sorted({w for m in sub.of("beat") for w in m["next_beats_wall"]}))
     beats = [o for o in outs if o["out"] == "beat"]
-    assert len(beats) >= 5
+    # (the run ends at the second start, a bar or two after the tracker locks: 4-6 beats)
+    assert len(beats) >= 3
+    nums = [o["args"][0] for o in beats]
+    assert nums == sorted(set(nums)), nums  # the server's live numbers: each once, rising
     late = np.array([o["at"] - o["args"][1] for o in beats])
     print(f"node beats: {len(late)}, late by median {1000 * np.median(late):.2f} ms, max {1000 * late.max():.2f} ms")
     # Node's timers count whole ms; on this loaded 2-core machine one may wake late now and then

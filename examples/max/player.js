@@ -6,7 +6,8 @@
 //   outlet messages (the patch routes on the first word; OUTLETS below is the complete list):
 //     inst <i> <instrument> <stem_id> <score>   top match of instrument i (0-based), every hop
 //     tempo <bpm>                               live tempo, every beat message with a tempo
-//     beat <n> <wall_time>                      at each live beat (scheduled on next_beats_wall)
+//     beat <n> <wall_time>                      at each live beat (scheduled on next_beats_wall; n: its
+//                                               live number, next_beats_number, as in cue.beat)
 //     load <file>                               a new top match for the playing instrument: read it into buffer~
 //     play <position_ms> <rate> <stream_time> <wall_time>   (the final forecast of the cue's downbeat)
 //                                               at the cue's wall time: start groove~ at position_ms (in the
@@ -68,24 +69,41 @@ let beatTimer = null;
 let beatAt = null; // wall s of the scheduled beat
 let beatCount = 0;
 let lastFired = -Infinity; // wall s of the latest beat emitted
+let lastNumber = null; // its live beat number (next_beats_number)
+let lastPeriod = Infinity; // s, the period it was forecast at
 function onBeat(msg) {
   refineCue(msg);
   if (msg.tempo != null) emit("tempo", Math.round(msg.tempo * 100) / 100);
-  const half = 0.5 * (msg.period_s || 0.5);
-  const next = (msg.next_beats_wall || []).find((w) => w > Date.now() / 1000 + 0.005 && w > lastFired + half);
-  if (next === undefined) {
+  const period = msg.period_s || 0.5;
+  // never two beats closer than half a period of the faster tempo (after an octave change the
+  // slower period would swallow the first beat of the new tempo)
+  const half = 0.5 * Math.min(period, lastPeriod);
+  const walls = msg.next_beats_wall || [];
+  const nums = msg.next_beats_number || []; // the server's beat numbers, as in cue.beat
+  const now = Date.now() / 1000;
+  if (beatTimer && beatAt !== null && beatAt <= now + 0.003) return; // a beat fires now
+  const i = walls.findIndex((w, j) => w > now + 0.005 && w > lastFired + half &&
+    !(j < nums.length && lastNumber !== null && nums[j] <= lastNumber)); // a number beats once
+  if (i < 0) {
     if (beatTimer && !msg.signal) { clearTimeout(beatTimer); beatTimer = null; beatAt = null; }
     return;
   }
-  // the newest forecast wins: reschedule the pending beat when this one is the same beat, re-estimated
-  if (beatTimer && beatAt !== null && Math.abs(next - beatAt) < half) clearTimeout(beatTimer);
-  else if (beatTimer) return; // a different, earlier beat is pending: keep it
+  const next = walls[i];
+  const n = i < nums.length ? nums[i] : null;
+  if (n !== null) {
+    if (beatTimer) clearTimeout(beatTimer); // the first beat not emitted yet, newest forecast
+  } else if (beatTimer && beatAt !== null && Math.abs(next - beatAt) < 0.5 * period) {
+    clearTimeout(beatTimer); // (an older server) the same beat, re-estimated
+  } else if (beatTimer) return; // a different, earlier beat is pending: keep it
   beatAt = next;
   beatTimer = at(next, () => {
     beatTimer = null;
     beatAt = null;
     lastFired = next;
-    emit("beat", beatCount++, next);
+    lastPeriod = period;
+    if (n !== null) lastNumber = n;
+    emit("beat", n === null ? beatCount : n, next);
+    beatCount++;
   });
 }
 
@@ -114,7 +132,7 @@ function onMatch(msg) {
   if (same && !wantRecue && !cueTimer) return; // started already: it plays on
   // pending: move it to the newest forecast of the same downbeat (a later one means this one is
   // too close to be announced again: keep it)
-  if (same && !wantRecue && top.cue.beat !== cueBeat) return;
+  if (same && !wantRecue && top.cue.beat !== cueBeat && cueAt !== null && cueAt < Date.now() / 1000 + 0.25) return;
   const reschedule = same && !wantRecue;
   wantRecue = false;
   if (cueTimer) clearTimeout(cueTimer);
@@ -145,8 +163,15 @@ function schedulePlay(wall, stream) {
 function refineCue(msg) {
   if (!cueTimer || !msg.signal || !msg.tempo) return;
   const half = 30 / msg.tempo;
-  const i = (msg.next_beats_wall || []).findIndex((w) => Math.abs(w - cueAt) < half && w > Date.now() / 1000 + 0.003);
-  if (i >= 0) schedulePlay(msg.next_beats_wall[i], msg.next_beats[i]);
+  const walls = msg.next_beats_wall || [];
+  const nums = msg.next_beats_number || [];
+  const now = Date.now() / 1000;
+  // the forecast of the cue's own beat number (its beat outlet comes from the same forecast);
+  // without one, the forecast nearest in time
+  const i = nums.includes(cueBeat)
+    ? nums.findIndex((n, j) => n === cueBeat && walls[j] > now + 0.003)
+    : walls.findIndex((w) => Math.abs(w - cueAt) < half && w > now + 0.003);
+  if (i >= 0) schedulePlay(walls[i], msg.next_beats[i]);
 }
 
 function onStatus(msg) {
