@@ -19,10 +19,11 @@ The server adds these fields to every ``match`` item (docs/protocol.md, *Playabl
 Live downbeats: the planner numbers the beats it is told about -- beat 0 is the first beat after
 the tempo locked, each later detected beat gets the number ``round((t - last) / period)`` more than
 the last one; a forecast beat whose time has passed by the next hop counts as a beat too (the
-clients ticked it), so that a tempo change of an octave never gives two beats one number -- and the bars are the tracker's own: each hop, the number of the tracker's next
-downbeat (``BeatState.next_downbeat``, one of its forecast beats) is made a multiple of its
-``meter`` by moving the numbering forward (never back) when it is not, so a downbeat is a beat whose
-number is divisible by the meter -- every 4th beat in 4/4, every 3rd in 3/4 -- and every client
+clients ticked it), so that a tempo change of an octave never gives two beats one number -- and
+the bars are the tracker's own: each hop, the number of the tracker's next downbeat
+(``BeatState.next_downbeat``, one of its forecast beats) is made a multiple of its ``meter`` by
+moving the numbering forward (never back) when it is not, so a downbeat is a beat whose number is
+divisible by the meter -- every 4th beat in 4/4, every 3rd in 3/4 -- and every client
 (OSC ticks, Link, the live page) sees the tracker's bars. Until the tracker has a bar (its first
 reported beat, a ``bar_confidence`` of :data:`BAR_CONFIDENCE`; a state without ``next_downbeat``)
 and whenever it is less sure, the beats are counted on in bars of the last meter followed,
@@ -134,6 +135,7 @@ class LiveBars:
         if not tempo:
             return
         period = 60.0 / tempo
+        nb = [float(t) for t in next_beats if finite(t) is not None]
         for t in sorted(float(x) for x in detected):
             if self.last_beat is None:
                 self.last_beat, self.last_number = t, 0
@@ -144,7 +146,6 @@ class LiveBars:
             self.last_beat, self.last_number = float(next_beats[0]) - period, -1
         if bar is not None and self.session_meter is None and self.last_beat is not None:
             meter, down = bar
-            nb = [float(t) for t in next_beats if finite(t) is not None]
             near = min(range(len(nb)), key=lambda j: abs(nb[j] - down)) if nb else None
             n = self.numbers(nb, period)[near] if near is not None and abs(nb[near] - down) < 0.5 * period \
                 else self.number_of(down, period)
@@ -153,7 +154,6 @@ class LiveBars:
                 self.last_number += shift
                 self.realigned += 1
             self.meter = meter
-        nb = [float(t) for t in next_beats if finite(t) is not None]
         self.forecast = [(t, n) for t, n in zip(nb, self.numbers(nb, period)) if t > self.last_beat]
 
     def next_downbeat(self, st: float, tempo: float | None, next_beats) -> tuple[float, int] | None:

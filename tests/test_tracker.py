@@ -256,7 +256,7 @@ def test_beat_eval_sweep_grid_and_tracker_settings():
     assert fmeasure(ref, causal_bars(a, min_bpm=150.0, max_bpm=210.0)[0]) < 0.8
 
 
-def test_isotonic_knots_survive_rounding_to_the_written_decimals():
+def test_isotonic_knots_survive_rounding_to_the_written_decimals(tmp_path):
     """Knots are written with 4 decimals; raw values that round alike (0.99997 and 1.0) must not
     leave two equal raw knots, which the engine's loader refuses."""
     from engine.beatcal import load_calibration
@@ -268,8 +268,7 @@ def test_isotonic_knots_survive_rounding_to_the_written_decimals():
     assert np.all(np.diff(kx) > 0) and np.all(np.diff(ky) >= 0) and kx[-1] == 1.0
     assert np.array_equal(kx, kx.round(4)) and np.array_equal(ky, ky.round(4))
     import json
-    import tempfile
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"net": {"raw": kx.tolist(), "calibrated": ky.tolist()}}, f)
-    got = load_calibration(f.name, "net")
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps({"net": {"raw": kx.tolist(), "calibrated": ky.tolist()}}))
+    got = load_calibration(f, "net")
     assert np.allclose(got[0], kx)
