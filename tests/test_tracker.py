@@ -272,3 +272,16 @@ def test_isotonic_knots_survive_rounding_to_the_written_decimals(tmp_path):
     f.write_text(json.dumps({"net": {"raw": kx.tolist(), "calibrated": ky.tolist()}}))
     got = load_calibration(f, "net")
     assert np.allclose(got[0], kx)
+
+
+def test_downbeat_power_weights_the_downbeat_evidence():
+    """``downbeat_power`` 0 leaves the downbeat activation without weight (the beats are those of a
+    tracker without one, bit for bit); the default still finds the bars; a negative power is refused."""
+    act, down, _, ref_down = bars(120.0, 4, 30.0)
+    plain = CausalBeatTracker(fps=FPS).run_bars(act, None)[0]
+    off = CausalBeatTracker(fps=FPS, downbeat_power=0.0).run_bars(act, down)[0]
+    assert np.array_equal(plain, off)
+    beats, downs = CausalBeatTracker(fps=FPS).run_bars(act, down)
+    assert fmeasure(ref_down, downs) > 0.9
+    with pytest.raises(ValueError, match="downbeat_power"):
+        CausalBeatTracker(fps=FPS, downbeat_power=-1.0)
