@@ -281,7 +281,7 @@ def test_downbeat_power_weights_the_downbeat_evidence():
     plain = CausalBeatTracker(fps=FPS).run_bars(act, None)[0]
     off = CausalBeatTracker(fps=FPS, downbeat_power=0.0).run_bars(act, down)[0]
     assert np.array_equal(plain, off)
-    beats, downs = CausalBeatTracker(fps=FPS).run_bars(act, down)
+    _, downs = CausalBeatTracker(fps=FPS).run_bars(act, down)
     assert fmeasure(ref_down, downs) > 0.9
     with pytest.raises(ValueError, match="downbeat_power"):
         CausalBeatTracker(fps=FPS, downbeat_power=-1.0)
