@@ -29,9 +29,7 @@ from pathlib import Path
 
 from engine.cli import Parser, guarded
 from engine.manifest import (MANIFEST, OPTIONAL_FILES, PACKED, PACKED_FORMAT, PACKED_VERSION, ModelDirError,
-                             built_dir, read_packed, sha256_file)
-from engine.manifest import sync_optional as _sync_optional
-from engine.manifest import write_json as _write_json
+                             built_dir, read_packed, sha256_file, sync_optional, write_json)
 
 from .core import ExportError
 
@@ -129,7 +127,7 @@ def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it built
         if _built_ok(out, packed):
-            _sync_optional(root, packed, out)
+            sync_optional(root, packed, out)
             return out
         _verify_packed(root, packed)
         log(f"export.cache: building the ONNX/TorchScript forms of {root} once into {out} ...")
@@ -144,7 +142,7 @@ def ensure_built(model_dir: str | Path = DEFAULT_DIR, log=print) -> Path:
             shutil.rmtree(out, ignore_errors=True)
             raise ModelDirError(f"{root}: the built model's fingerprint {got[:12]} differs from {PACKED}'s "
                                 f"{packed['fingerprint'][:12]}: weights.pt and packed.json disagree")
-        _sync_optional(root, packed, out)
+        sync_optional(root, packed, out)
         log(f"export.cache: built in {time.time() - t0:.0f} s")
     return out
 
@@ -170,7 +168,7 @@ def add_file(model_dir: str | Path, file: str | Path) -> dict:
         raise ModelDirError(f"{root}: neither {MANIFEST} nor {PACKED}: not a model directory")
     doc = json.loads(path.read_text())
     doc.setdefault("files", {})[key] = entry
-    _write_json(path, doc)
+    write_json(path, doc)
     return entry
 
 

@@ -356,8 +356,8 @@ def test_eval_beats_of_a_network(clicks, tmp_path):
 def test_shipped_beside_the_model_and_synced_into_the_built_dir(tmp_path, net):
     """``python -m export.cache add`` lists the file in packed.json; a built directory gets a copy
     listed in its manifest (sha256-checked on load), replaced when the packed one changes."""
-    from engine.manifest import ModelDirError, sha256_file
-    from export.cache import _sync_optional, add_file
+    from engine.manifest import ModelDirError, sha256_file, sync_optional
+    from export.cache import add_file
 
     packed = tmp_path / "packed"
     packed.mkdir()
@@ -369,16 +369,16 @@ def test_shipped_beside_the_model_and_synced_into_the_built_dir(tmp_path, net):
     built = tmp_path / "built"
     built.mkdir()
     (built / "manifest.json").write_text(json.dumps({"files": {}}))
-    _sync_optional(packed, doc, built)
+    sync_optional(packed, doc, built)
     man = json.loads((built / "manifest.json").read_text())
     assert man["files"]["beatnet"]["sha256"] == e["sha256"] and (built / "beatnet.npz").is_file()
     assert BeatNet.load(find_beatnet(built)).arch == net.arch
-    _sync_optional(packed, {"files": {}}, built)  # no longer shipped: removed from the built dir
+    sync_optional(packed, {"files": {}}, built)  # no longer shipped: removed from the built dir
     assert "beatnet" not in json.loads((built / "manifest.json").read_text())["files"]
     assert not (built / "beatnet.npz").exists()
     doc["files"]["beatnet.npz"]["sha256"] = "0" * 64
     with pytest.raises(ModelDirError, match="corrupt"):
-        _sync_optional(packed, doc, built)
+        sync_optional(packed, doc, built)
     with pytest.raises(ModelDirError, match="only"):
         add_file(packed, packed / "packed.json")
 
