@@ -8,7 +8,8 @@ and the beats of its sidecar) is written into the real :class:`engine.pipeline.M
 shipped model directory) in real time, 160 ms at a time; every hop's ``beat`` message is built
 by the server's own code (``server.messages``) with the wall-clock time the hop's last sample
 arrived, and fed to a :class:`server.midi.MidiClock` on a JACK virtual port, as the server does.
-A JACK MIDI input (python-rtmidi) records when each message comes out of the JACK graph. A JACK
+A JACK MIDI input records when each message comes out of the JACK graph, stamped in JACK's own
+thread (``server.testing.MidiRecorder``: this process's GIL cannot delay the stamps). A JACK
 dummy server (``jackd --no-realtime -d dummy -r 48000 -p PERIOD``) is started when none runs.
 
 Reported (ms):
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     from export.cache import ensure_built
     from server.messages import Messages
     from server.midi import CLOCK, MidiClock
+    from server.testing import MidiRecorder
 
     audio = load_audio(a.audio)[: int(16000 * a.seconds)]
     side = Path(a.beats) if a.beats else Path(a.audio).with_suffix(".json")
@@ -128,11 +130,7 @@ def main(argv=None) -> int:
         matcher = Matcher(load_backend(ensure_built(DEFAULT_MODEL_DIR, log=lambda *_: None), threads=1), None,
                           instruments=[], drop_late=True)
         clock = MidiClock(port_name="measure clock", no_beat=a.no_beat, keep_log=100000, send_notes=False)
-        rec, events = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="measure"), []
-        rec.ignore_types(sysex=True, timing=False, active_sense=True)
-        port = next(i for i, p in enumerate(rec.get_ports()) if "measure clock" in p)
-        rec.set_callback(lambda m, _: events.append((time.time(), m[0][0])))
-        rec.open_port(port)
+        rec = MidiRecorder("measure clock", api="jack", name="measure")  # stamped in JACK's thread
         fake = SimpleNamespace(source=SimpleNamespace(speed=1.0), _header=Messages._header)
         msgs = []
         clock.start()
@@ -154,7 +152,8 @@ def main(argv=None) -> int:
         time.sleep(0.3)
         clock.stop()
         time.sleep(0.2)
-        rec.close_port()
+        rec.close()
+        events = [(t, m[0]) for t, m in rec.events]
     finally:
         if jack is not None:
             jack.send_signal(signal.SIGINT)

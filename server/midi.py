@@ -27,6 +27,7 @@ import collections
 import logging
 import math
 import os
+import sys
 import threading
 import time
 
@@ -154,6 +155,11 @@ class MidiClock:
 
     # -- thread --------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the clock thread. It lowers the interpreter's thread switch interval to
+        ``config.MIDI_GIL_SWITCH_S`` (never raises it), so that a tick due while another thread
+        holds the GIL waits well under a millisecond for it, not CPython's default 5 ms."""
+        if sys.getswitchinterval() > config.MIDI_GIL_SWITCH_S:
+            sys.setswitchinterval(config.MIDI_GIL_SWITCH_S)
         self._thread = threading.Thread(target=self._run_safe, name="midi", daemon=True)
         self._thread.start()
 

@@ -147,3 +147,24 @@ def test_target_is_the_grid_beat_after_the_last_beat_tick():
     assert MidiClock.target(0.0, 0.5, 0.3) == pytest.approx(0.3)  # the grid moved 0.2 beat earlier
     assert MidiClock.target(0.0, 0.5, 0.24) == pytest.approx(0.74)  # ...or 0.24 beat later
     assert MidiClock.target(10.0, 0.5, 0.01) == pytest.approx(10.51)
+
+
+def test_start_lowers_the_thread_switch_interval_and_never_raises_it():
+    import sys
+
+    from server import config
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        c = clock()
+        c.start()
+        assert sys.getswitchinterval() == pytest.approx(config.MIDI_GIL_SWITCH_S)
+        c.stop()
+        sys.setswitchinterval(config.MIDI_GIL_SWITCH_S / 5)  # already lower: left as it is
+        c = clock()
+        c.start()
+        assert sys.getswitchinterval() == pytest.approx(config.MIDI_GIL_SWITCH_S / 5)
+        c.stop()
+    finally:
+        sys.setswitchinterval(before)
