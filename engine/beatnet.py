@@ -11,7 +11,11 @@ What it gives the rest of the engine is one small type::
 :class:`BeatActivations` holds ``beat (T,)`` and ``downbeat (T,)``, float32 probabilities in
 [0, 1] at ``fps`` = 50 frames a second; frame ``i`` is at ``t0 + i / fps`` seconds. A beat tracker
 (``engine.beats.CausalBeatTracker``) consumes ``beat``; ``downbeat`` is the probability that the
-frame holds the first beat of a bar (a meter tracker may use it, or ignore it).
+frame holds the first beat of a bar (a meter tracker may use it, or ignore it). A network with a
+tempo output (``BeatNetArch.tempo_bins`` K > 0) adds ``tempo (T, K)``: per frame, a distribution
+over K tempo classes, log-spaced from ``tempo_min_bpm`` to ``tempo_max_bpm``
+(:meth:`BeatNetArch.tempo_bpm`), trained on the local beat period of the tempo map; the tracker can
+weigh its tempo states by it (``tempo_power``).
 
 Timing. Activation frame ``m`` (counted from the stream's first log-mel frame) is computed from
 log-mel frames ``<= 2m + 1`` only, and is placed at the centre of its two frames, ``2m`` and
@@ -30,7 +34,8 @@ The network (weights from ``training/beatnet.py``, which has the torch twin of t
    ``channels`` at 50 fps, ELU;
 4. residual blocks, one per dilation ``d``: ``x + W_mix ELU(causal_conv_k(x, dilation d))``
    (kernel 3; dilations 1, 2, 4, ... 64: a receptive field of 255 frames, 5.1 s);
-5. a 1x1 head on ``ELU(x)`` -> 2 logits (beat, downbeat) -> sigmoid.
+5. a 1x1 head on ``ELU(x)`` -> 2 logits (beat, downbeat) -> sigmoid; with ``tempo_bins`` K, K more
+   logits -> softmax over the K tempo classes.
 
 Every causal convolution is padded with zeros on the left, so the streaming state starts at zero
 and the first activations of a stream equal the offline ones exactly.
@@ -69,6 +74,8 @@ class BeatActivations:
     downbeat: np.ndarray | None = None
     t0: float = 0.0
     fps: float = 50.0
+    tempo: np.ndarray | None = None  # (T, K) tempo-class probabilities (rows sum to 1), or None
+    tempo_bpm: np.ndarray | None = None  # (K,) BPM at the centre of each tempo class
 
     def __len__(self) -> int:
         return int(len(self.beat))
@@ -83,7 +90,9 @@ class BeatActivations:
         if not parts:
             return BeatActivations(np.zeros(0, np.float32), np.zeros(0, np.float32))
         db = None if any(p.downbeat is None for p in parts) else np.concatenate([p.downbeat for p in parts])
-        return BeatActivations(np.concatenate([p.beat for p in parts]), db, parts[0].t0, parts[0].fps)
+        tp = None if any(p.tempo is None for p in parts) else np.concatenate([p.tempo for p in parts])
+        return BeatActivations(np.concatenate([p.beat for p in parts]), db, parts[0].t0, parts[0].fps, tp,
+                               parts[0].tempo_bpm if tp is not None else None)
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,16 @@ class BeatNetArch:
     kernel: int = 3
     dilations: tuple = (1, 2, 4, 8, 16, 32, 64)
     flux: bool = True  # add the half-wave rectified frame difference as 80 more input channels
+    tempo_bins: int = 0  # K tempo classes after beat and downbeat (0: no tempo output)
+    tempo_min_bpm: float = 50.0  # centre of the first tempo class
+    tempo_max_bpm: float = 240.0  # centre of the last (the classes are log-spaced between)
 
     def to_dict(self) -> dict:
-        return {"n_mels": self.n_mels, "channels": self.channels, "front_kernel": self.front_kernel,
-                "kernel": self.kernel, "dilations": list(self.dilations), "flux": self.flux}
+        d = {"n_mels": self.n_mels, "channels": self.channels, "front_kernel": self.front_kernel,
+             "kernel": self.kernel, "dilations": list(self.dilations), "flux": self.flux}
+        if self.tempo_bins:
+            d.update(tempo_bins=self.tempo_bins, tempo_min_bpm=self.tempo_min_bpm, tempo_max_bpm=self.tempo_max_bpm)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "BeatNetArch":
@@ -112,6 +127,17 @@ class BeatNetArch:
     def in_channels(self) -> int:
         return self.n_mels * (2 if self.flux else 1)
 
+    @property
+    def n_outputs(self) -> int:
+        """Logits of the head: beat, downbeat and the ``tempo_bins`` tempo classes."""
+        return len(OUTPUTS) + int(self.tempo_bins)
+
+    def tempo_bpm(self) -> np.ndarray:
+        """``(K,)`` BPM at the centre of each tempo class (log-spaced; empty without a tempo output)."""
+        if not self.tempo_bins:
+            return np.zeros(0)
+        return np.geomspace(self.tempo_min_bpm, self.tempo_max_bpm, int(self.tempo_bins))
+
     def receptive_field(self) -> int:
         """Activation frames (50 Hz) an output depends on, itself included."""
         return 1 + sum((self.kernel - 1) * d for d in self.dilations) + (self.front_kernel - 1) // 2
@@ -121,13 +147,13 @@ class BeatNetArch:
         c = self.channels
         front = c * self.in_channels * self.front_kernel
         block = c * c * self.kernel + c * c
-        return 2.0 * (front + len(self.dilations) * block + len(OUTPUTS) * c)
+        return 2.0 * (front + len(self.dilations) * block + self.n_outputs * c)
 
     def n_params(self) -> int:
         c, k = self.channels, self.kernel
         front = c * self.in_channels * self.front_kernel + c
         block = c * c * k + c + c * c + c
-        return front + len(self.dilations) * block + len(OUTPUTS) * c + len(OUTPUTS)
+        return front + len(self.dilations) * block + self.n_outputs * (c + 1)
 
 
 def _elu(x: np.ndarray) -> np.ndarray:
@@ -174,11 +200,12 @@ class BeatNet:
         except (KeyError, ValueError) as e:
             raise BeatNetError(f"{path or 'weights'}: arrays do not match the architecture {a.to_dict()} ({e})") from e
         want = (a.channels, a.front_kernel * a.in_channels)
-        if self.front_w.shape != want or self.head_w.shape != (len(OUTPUTS), a.channels):
+        if self.front_w.shape != want or self.head_w.shape != (a.n_outputs, a.channels):
             raise BeatNetError(f"{path or 'weights'}: front {self.front_w.shape} / head {self.head_w.shape} do not "
                                f"match the architecture {a.to_dict()}")
         self.fps = self.frontend.sample_rate / self.frontend.hop / 2.0  # 50 Hz
         self.centre_s = self.frontend.frames_centre_s(2)
+        self.tempo_bpm = a.tempo_bpm() if a.tempo_bins else None  # (K,) or None
 
     # ---------------------------------------------------------------------------------- files
     @classmethod
@@ -259,7 +286,8 @@ class BeatNetStream:
         n = (self._fbuf.shape[1] - (k0 - 2)) // 2  # activation frames now complete
         if n <= 0:
             empty = np.zeros(0, np.float32)
-            return BeatActivations(empty, empty.copy(), t0, net.fps)
+            tempo = np.zeros((0, a.tempo_bins), np.float32) if a.tempo_bins else None
+            return BeatActivations(empty, empty.copy(), t0, net.fps, tempo, net.tempo_bpm)
         buf = self._fbuf
         stack = np.concatenate([buf[:, j:j + 2 * n:2] for j in range(k0)], axis=0)  # (k0 * C_in, n)
         h = _elu(net.front_w @ stack + net.front_b)
@@ -272,9 +300,16 @@ class BeatNetStream:
             keep = (k - 1) * d
             if keep:
                 self._hist[i] = hb[:, hb.shape[1] - keep:].copy()
-        y = _sigmoid(net.head_w @ _elu(h) + net.head_b).astype(np.float32)
+        logits = net.head_w @ _elu(h) + net.head_b
+        y = _sigmoid(logits[:len(OUTPUTS)]).astype(np.float32)
+        tempo = None
+        if a.tempo_bins:
+            z = logits[len(OUTPUTS):]
+            e = np.exp(z - z.max(axis=0, keepdims=True))
+            tempo = np.ascontiguousarray((e / e.sum(axis=0, keepdims=True)).T.astype(np.float32))  # (n, K)
         self.frames_out += n
-        return BeatActivations(np.ascontiguousarray(y[0]), np.ascontiguousarray(y[1]), t0, net.fps)
+        return BeatActivations(np.ascontiguousarray(y[0]), np.ascontiguousarray(y[1]), t0, net.fps, tempo,
+                               net.tempo_bpm)
 
 
 def find_beatnet(model_dir) -> Path | None:

@@ -41,6 +41,8 @@ class MatcherBeats:
         if self.beatnet is not None:
             self._bnet = self.beatnet.stream()
             self._bact = np.zeros((2, self.W // self.frames_per_act), np.float32)  # the window's beat, downbeat
+            K = self.beatnet.arch.tempo_bins
+            self._btempo = np.zeros((self._bact.shape[1], K), np.float32) if K else None  # its tempo classes
 
     def _beat_network(self, source: str | None, net: BeatNet | None) -> BeatNet | None:
         """The beat network the hop runs (None: the beat head); see ``beat_source``."""
@@ -67,6 +69,8 @@ class MatcherBeats:
         if self.beatnet is not None:
             self._bnet.reset()
             self._bact[:] = 0.0
+            if self._btempo is not None:
+                self._btempo[:] = 0.0
             self._bdone = 0  # activation frames (from the origin) the beat network has produced
 
     def _restart_beats(self, f0: int) -> None:
@@ -89,6 +93,9 @@ class MatcherBeats:
                     self._bact[:, :-k] = self._bact[:, k:]
                     self._bact[0, -k:] = a.beat[n - k:]
                     self._bact[1, -k:] = a.downbeat[n - k:]
+                    if self._btempo is not None:
+                        self._btempo[:-k] = self._btempo[k:]
+                        self._btempo[-k:] = a.tempo[n - k:]
                     self._bdone += n
 
     def act_time(self, m: int) -> float:
@@ -97,15 +104,18 @@ class MatcherBeats:
         return (self._origin + m * fpa) / self.sr + self.fe.frames_centre_s(self.frames_per_act)
 
     def _beats(self, tokens, T: int, end_frames: int, quiet: bool,
-               st: Stages) -> tuple[BeatState, np.ndarray, float, np.ndarray | None]:
+               st: Stages) -> tuple[BeatState, np.ndarray, float, np.ndarray | None, np.ndarray | None]:
         """The window's beat activation (the beat network's, run in ``_frontend``; or the beat
         head's, streaming: computed per new column) -> the values not yet seen -> the causal
         tracker (zeros when ``quiet``: it decays, never locks, in silence). Returns ``(tracker
-        state, the new activation, time of its first value, the new downbeat activation or None)``."""
-        down = None
+        state, the new activation, time of its first value, the new downbeat activation or None, the
+        new tempo-class probabilities (t, K) or None)``."""
+        down = tempo = None
         if self.beatnet is not None:  # the window's part of what the network has produced
             n = min(T // self.frames_per_act, self._bdone - self._frame0 // self.frames_per_act)
             act, down = self._bact[0, self._bact.shape[1] - n:].copy(), self._bact[1, self._bact.shape[1] - n:].copy()
+            if self._btempo is not None:
+                tempo = self._btempo[len(self._btempo) - n:].copy()
             m_end = self._bdone
         else:
             with st("beat_head"):
@@ -121,10 +131,12 @@ class MatcherBeats:
                 self.tracker.reset(self.act_time(m_start))
             new_act = act[self._act_next - m_start:]
             new_down = None if down is None else down[self._act_next - m_start:]
+            new_tempo = None if tempo is None else tempo[self._act_next - m_start:]
             if quiet:
                 new_act = np.zeros_like(new_act)  # no onsets in silence: the tracker decays, never locks
                 new_down = None if new_down is None else np.zeros_like(new_down)
             act_time = self.act_time(self._act_next)
-            beat_state = self.tracker.process(new_act, new_down, gated=quiet)
+            beat_state = self.tracker.process(new_act, new_down, gated=quiet, tempo=new_tempo,
+                                              tempo_classes=None if new_tempo is None else self.beatnet.tempo_bpm)
             self._act_next = m_end
-        return beat_state, new_act, act_time, new_down
+        return beat_state, new_act, act_time, new_down, new_tempo

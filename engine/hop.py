@@ -46,6 +46,9 @@ class HopResult:
     hop_level_db: float = -120.0
     signal: bool = False
     downbeat_activation: np.ndarray | None = None  # the beat network's, aligned with ``activation``; None: the head
+    # (t, K) the beat network's tempo-class probabilities, aligned with ``activation`` (None: it has no
+    # tempo output); not in ``to_dict``
+    tempo_activation: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         return {"stream_time": self.stream_time, "end_sample": self.end_sample, "hop_index": self.hop_index,

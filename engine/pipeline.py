@@ -250,17 +250,18 @@ class Matcher(MatcherControls, MatcherBeats):
         else:
             T = (self._filled // self.patch) * self.patch
         ready = T >= self.min_frames
-        matches, beat_state, new_act, act_time, new_down = {}, None, np.zeros(0, np.float32), None, None
+        matches, beat_state, new_act, act_time, new_down, new_tempo = {}, None, np.zeros(0, np.float32), None, None, None
         if ready:
             tokens = None if self.streaming else self._encode(T, st)  # streaming: column by column above
             matches = self._match(tokens, T, signal, st)
             if self.enable_beats:
                 quiet = not signal or hop_level_db < self.signal_threshold_db
-                beat_state, new_act, act_time, new_down = self._beats(tokens, T, end_frames, quiet, st)
+                beat_state, new_act, act_time, new_down, new_tempo = self._beats(tokens, T, end_frames, quiet, st)
         self.hops += 1
         st.ms["total"] = (time.perf_counter() - t_start) * 1e3
         return HopResult(end / self.sr, end, self._hop_index, ready, T, matches, beat_state, new_act, act_time,
-                         st.ms, self.counters(), level_db, hop_level_db, signal, downbeat_activation=new_down)
+                         st.ms, self.counters(), level_db, hop_level_db, signal, downbeat_activation=new_down,
+                         tempo_activation=new_tempo)
 
     def _next_hop(self, drop_late: bool | None) -> int | None:
         """End (ring position) of the hop to compute now, or None when none is complete; with

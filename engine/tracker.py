@@ -106,7 +106,7 @@ class CausalBeatTracker:
                  none_prior: float = 0.9, floor: float = 0.05, background_period: int | None = None,
                  background_rise_s: float = 2.0, background_fall_s: float = 0.5, calibration="default",
                  source: str = "net", tempo_prior: float = 0.0, tempo_centre: float = 120.0,
-                 downbeat_power: float = 0.2):
+                 downbeat_power: float = 0.2, tempo_power: float = 0.0):
         if source not in SOURCES:
             raise ValueError(f"source must be one of {sorted(SOURCES)}, not {source!r}")
         self._kw = {k: v for k, v in locals().items() if k not in ("self", "fps", "__class__")}
@@ -121,6 +121,11 @@ class CausalBeatTracker:
         if not downbeat_power >= 0.0:
             raise ValueError(f"need downbeat_power >= 0, got {downbeat_power}")
         self.downbeat_power = float(downbeat_power)
+        if not tempo_power >= 0.0:
+            raise ValueError(f"need tempo_power >= 0, got {tempo_power}")
+        self.tempo_power = float(tempo_power)
+        self._tempo_classes: np.ndarray | None = None  # (K,) BPM of the tempo input's classes
+        self._state_class: np.ndarray | None = None  # (n_states,) the class of each tracking state
         # tempo prior: every beat of interval tau is weighted exp(-tempo_prior * log2(bpm / centre)^2),
         # at most 1; a tempo twice as fast passes twice as many beats, so an octave pays per second
         bpm = 60.0 * fps / self.ss.intervals
@@ -200,8 +205,26 @@ class CausalBeatTracker:
         self._bg[j] = bg + (self._rise if a > bg else self._fall) * (a - bg)
         return f + (1.0 - 2.0 * f) * r
 
-    def _step(self, a: float, d: float | None, gated: bool = False) -> tuple[float, int] | None:
-        """Advance one frame; returns (frame of the reported beat, its beat in the bar) or None."""
+    def _tempo_weights(self, tempo: np.ndarray, classes) -> np.ndarray:
+        """``(t, K)`` tempo-class probabilities -> ``(t, K)`` weights of the classes,
+        ``(p / max p) ** tempo_power`` (a tracking state takes its class's: ``_state_class``)."""
+        classes = np.asarray(classes, np.float64).reshape(-1)
+        if tempo.ndim != 2 or tempo.shape[1] != len(classes) or len(classes) < 2:
+            raise ValueError(f"tempo activation of shape {tempo.shape} for {len(classes)} tempo classes")
+        if self._tempo_classes is None or not np.array_equal(classes, self._tempo_classes):
+            lc = np.log2(classes)
+            bpm = 60.0 * self.fps / self.ss.intervals  # (intervals,)
+            u = np.clip(np.round((np.log2(bpm) - lc[0]) / (lc[1] - lc[0])), 0, len(classes) - 1).astype(int)
+            self._state_class = np.tile(u[self.ss.state_tempo], self.space.n_blocks)
+            self._tempo_classes = classes.copy()
+        p = np.nan_to_num(np.asarray(tempo, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(0.0, None) + 1e-6
+        return (p / p.max(axis=1, keepdims=True)) ** self.tempo_power  # (t, K)
+
+    def _step(self, a: float, d: float | None, gated: bool = False,
+              tempo_w: np.ndarray | None = None) -> tuple[float, int] | None:
+        """Advance one frame; returns (frame of the reported beat, its beat in the bar) or None.
+        ``tempo_w``: ``(K,)`` weights of the tempo classes from a tempo input (the tracking states'
+        shares of the tracking mass move by them; the tracking mass itself does not)."""
         sp, ss = self.space, self.ss
         al, new = self.alpha, self._new
         none = self.none
@@ -225,6 +248,12 @@ class CausalBeatTracker:
             f = self.floor
             dd = f + (1.0 - 2.0 * f) * d
             new[sp.down_region] *= (dd / (1.0 - dd)) ** self.downbeat_power
+        if tempo_w is not None:  # moves mass between tempi, never between tracking and no beat
+            before = new.sum()
+            new *= tempo_w[self._state_class]
+            after = new.sum()
+            if after > 0:
+                new *= before / after
         none *= self.none_weight * pn  # no beat anywhere: every frame scored as off the beat
         z = new.sum() + none
         if not z > 0 or not np.isfinite(z):
@@ -368,11 +397,13 @@ class CausalBeatTracker:
                          bar_confidence=bar_conf, downbeats=list(downbeats or []))
 
     def process(self, act_chunk: np.ndarray, downbeat_chunk: np.ndarray | None = None, *,
-                gated: bool = False) -> BeatState:
+                gated: bool = False, tempo: np.ndarray | None = None, tempo_classes=None) -> BeatState:
         """Feed ``(t,)`` beat activations and, optionally, ``(t,)`` downbeat activations (values
         outside [0, 1] clipped, non-finite -> 0); returns the state after the last frame, with
         ``beats`` / ``downbeats`` = the beat times (s) reported in this chunk. ``gated``: the
-        chunk's input was below the signal threshold (its activation counts as 0)."""
+        chunk's input was below the signal threshold (its activation counts as 0). ``tempo``:
+        ``(t, K)`` tempo-class probabilities of the same frames, ``tempo_classes`` their ``(K,)``
+        BPM (log-spaced); read only when ``tempo_power`` > 0 and not ``gated``."""
         act = check_activation(act_chunk)
         down = None
         if downbeat_chunk is not None:
@@ -380,9 +411,17 @@ class CausalBeatTracker:
             if len(down) != len(act):
                 raise ValueError(f"downbeat activation has {len(down)} frames, the beat activation {len(act)}")
             down = down.tolist()
+        tw = None
+        if tempo is not None and self.tempo_power > 0.0 and not gated:
+            if tempo_classes is None:
+                raise ValueError("a tempo activation needs its tempo_classes (BPM)")
+            tempo = np.asarray(tempo)
+            if len(tempo) != len(act):
+                raise ValueError(f"tempo activation has {len(tempo)} frames, the beat activation {len(act)}")
+            tw = self._tempo_weights(tempo, tempo_classes)
         beats, downs = [], []
         for i, a in enumerate(act.tolist()):
-            r = self._step(a, None if down is None else down[i], gated)
+            r = self._step(a, None if down is None else down[i], gated, None if tw is None else tw[i])
             if r is not None:
                 t = self.time_offset + r[0] / self.fps
                 beats.append(t)
@@ -390,13 +429,16 @@ class CausalBeatTracker:
                     downs.append(t)
         return self.state(beats, downs)
 
-    def run(self, activation: np.ndarray, downbeat: np.ndarray | None = None) -> np.ndarray:
+    def run(self, activation: np.ndarray, downbeat: np.ndarray | None = None, tempo=None,
+            tempo_classes=None) -> np.ndarray:
         """Reset, process a whole activation, return every reported beat time (s)."""
         self.reset()
-        return np.asarray(self.process(activation, downbeat).beats, dtype=np.float64)
+        return np.asarray(self.process(activation, downbeat, tempo=tempo, tempo_classes=tempo_classes).beats,
+                          dtype=np.float64)
 
-    def run_bars(self, activation: np.ndarray, downbeat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def run_bars(self, activation: np.ndarray, downbeat: np.ndarray | None = None, tempo=None,
+                 tempo_classes=None) -> tuple[np.ndarray, np.ndarray]:
         """Reset, process a whole activation; (beat times, downbeat times) reported (s)."""
         self.reset()
-        st = self.process(activation, downbeat)
+        st = self.process(activation, downbeat, tempo=tempo, tempo_classes=tempo_classes)
         return np.asarray(st.beats, dtype=np.float64), np.asarray(st.downbeats, dtype=np.float64)

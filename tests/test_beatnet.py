@@ -26,7 +26,7 @@ def random_arrays(arch: BeatNetArch, seed: int = 0) -> dict:
     a = {"norm_mean": rng.normal(-5, 1, arch.n_mels).astype(np.float32),
          "norm_std": rng.uniform(2, 4, arch.n_mels).astype(np.float32),
          "front.weight": w(c, arch.in_channels, arch.front_kernel), "front.bias": w(c, 1)[:, 0],
-         "head.weight": w(2, c, 1), "head.bias": np.zeros(2, np.float32)}
+         "head.weight": w(arch.n_outputs, c, 1), "head.bias": np.zeros(arch.n_outputs, np.float32)}
     for i, _ in enumerate(arch.dilations):
         a[f"blocks.{i}.conv.weight"] = w(c, c, arch.kernel)
         a[f"blocks.{i}.conv.bias"] = w(c, 1)[:, 0]
@@ -139,21 +139,36 @@ def test_arch_counts():
 torch = pytest.importorskip("torch")
 
 
-def test_numpy_forward_equals_torch(tmp_path):
+@pytest.mark.parametrize("tempo_bins", [0, 12])
+def test_numpy_forward_equals_torch(tmp_path, tempo_bins):
     from training.beatnet import BeatNetTorch
 
     torch.manual_seed(0)
-    m = BeatNetTorch(BeatNetArch()).eval()
+    m = BeatNetTorch(BeatNetArch(tempo_bins=tempo_bins)).eval()
     m.norm_mean.copy_(torch.randn(80) - 5)
     m.norm_std.copy_(torch.rand(80) + 2)
     x = logmel(8.0, seed=4)
     with torch.no_grad():
-        ref = torch.sigmoid(m(torch.from_numpy(x)[None]))[0].numpy()
+        logits = m(torch.from_numpy(x)[None])[0]
+        ref = torch.sigmoid(logits[:2]).numpy()
+        ref_tempo = torch.softmax(logits[2:], dim=0).numpy().T  # (T, K)
     n = BeatNet(m.numpy_arrays(), {"format": "stemjepa-beatnet", "version": 1, "arch": m.arch.to_dict()})
     got = n.offline(x)
     assert ref.shape == (2, x.shape[1] // 2)
     assert np.abs(ref[0] - got.beat).max() < 1e-5 and np.abs(ref[1] - got.downbeat).max() < 1e-5
-    assert np.abs(ref[0] - pushed(n, x, [5] * 200).beat).max() < 1e-5
+    streamed = pushed(n, x, [5] * 200)
+    assert np.abs(ref[0] - streamed.beat).max() < 1e-5
+    if not tempo_bins:
+        assert got.tempo is None and streamed.tempo is None
+        return
+    assert got.tempo.shape == (x.shape[1] // 2, tempo_bins) and np.abs(ref_tempo - got.tempo).max() < 1e-5
+    assert np.abs(ref_tempo - streamed.tempo).max() < 1e-5
+    np.testing.assert_allclose(got.tempo.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got.tempo_bpm, m.arch.tempo_bpm())
+    assert got.tempo_bpm[0] == pytest.approx(50.0) and got.tempo_bpm[-1] == pytest.approx(240.0)
+    # a file of an older network (no tempo output) is read by this code, and the tempo arch round-trips
+    assert BeatNetArch.from_dict(m.arch.to_dict()) == m.arch
+    assert "tempo_bins" not in BeatNetArch().to_dict()
 
 
 def test_checkpoint_export_round_trip(tmp_path):
@@ -218,7 +233,7 @@ def test_examples_targets_and_negatives(clicks):
     ex = BeatExamples(s, cfg)
     rng = np.random.default_rng(0)
     x, y, mask = ex.example(rng)
-    assert x.shape == (s.S,) and y.shape == (4, ex.n_act) and mask == 1.0
+    assert x.shape == (s.S,) and y.shape == (5, ex.n_act) and mask == 1.0
     assert y[0].max() == 1.0 and (y[1] == 1.0).sum() < (y[0] == 1.0).sum()
     # hard negatives: the half-beat points lie between the beats, never on one; the non-downbeat
     # beats are beats, never downbeats
@@ -229,6 +244,9 @@ def test_examples_targets_and_negatives(clicks):
     assert np.abs(half[:, None] - mids[None, :]).min(1).max() <= cfg.widen + 0.5
     assert (y[3] == 1.0).any() and not (y[3] * y[1]).any()
     assert (y[0][y[3] == 1.0] > 0).all()
+    # the local tempo: the tracks' own (120, 130 or 140 BPM) on every frame of the crop (a kick
+    # every beat from the track's start to its end, so the crop is all within a period of one)
+    assert set(np.unique(np.round(y[4]))) <= {120.0, 130.0, 140.0} and len(np.unique(np.round(y[4]))) == 1
     # the target frames sit on the kicks: the mix is loud there
     frames = np.flatnonzero(y[0] == 1.0)
     env = np.array([np.abs(x[int((f / 50 + 0.0175) * SR):int((f / 50 + 0.0175) * SR) + 320]).max() for f in frames])
@@ -240,7 +258,37 @@ def test_examples_targets_and_negatives(clicks):
     x, y, _ = neg.example(rng)
     assert not y.any()
     b = ex.batch(np.random.default_rng(2), 3)
-    assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 4, ex.n_act)
+    assert b["audio"].shape == (3, s.S) and b["targets"].shape == (3, 5, ex.n_act)
+
+
+def test_local_tempo_and_the_tempo_loss():
+    """The tempo target is the period around each frame, 0 away from the beats; the tempo loss
+    is lowest for logits peaked on the target's class, counts the frames near it as hits, and
+    ignores frames without a target."""
+    import torch
+
+    from engine.beatnet import BeatNetArch
+    from training.beatnet import local_tempo, tempo_loss
+
+    beats = np.array([1.0, 1.5, 2.0, 3.0])  # 120, 120, then 60 BPM
+    t = np.array([0.0, 0.6, 1.2, 1.7, 2.5, 3.5, 4.1])
+    np.testing.assert_allclose(local_tempo(beats, t), [0.0, 120.0, 120.0, 120.0, 60.0, 60.0, 0.0])
+    assert not local_tempo(beats[:1], t).any()
+    arch = BeatNetArch(tempo_bins=24)
+    k = int(np.argmin(np.abs(arch.tempo_bpm() - 100.0)))
+    bpm = torch.tensor([[100.0, 100.0, 0.0]])
+    peaked = torch.full((1, 24, 3), -5.0)
+    peaked[0, k] = 5.0
+    wrong = torch.full((1, 24, 3), -5.0)
+    wrong[0, (k + 10) % 24] = 5.0
+    lp, acc_p = tempo_loss(peaked, bpm, arch, sigma=1.0)
+    lw, acc_w = tempo_loss(wrong, bpm, arch, sigma=1.0)
+    assert float(lp) < float(lw) and float(acc_p) == 1.0 and float(acc_w) == 0.0
+    other = peaked.clone()
+    other[0, :, 2] = torch.randn(24) * 10  # the frame without a target does not count
+    assert float(tempo_loss(other, bpm, arch, 1.0)[0]) == pytest.approx(float(lp))
+    z, _ = tempo_loss(peaked, torch.zeros(1, 3), arch, 1.0)
+    assert float(z) == 0.0
 
 
 def test_pooled_sampler_draws_every_root_by_its_track_count(clicks, tmp_path):
@@ -304,6 +352,16 @@ def test_fit_resumes_exactly_and_exports(clicks, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
     assert np.isfinite(log[2]["val_beat"])
+    # init=: a new run with a tempo output starts from the trained network (at lr 0 it stays it:
+    # body and beat/downbeat rows copied, the tempo rows zero, a uniform distribution)
+    tk = keys + ["tempo_bins=6", "tempo_weight=0.5", "lr=0", "min_lr=0", f"init={whole}"]
+    t = fit(load_config(None, tk + [f"out={tmp_path / 't'}"]), log=lambda m: None)
+    tm = torch.load(t, weights_only=False)["model"]
+    assert all(torch.equal(a[k], tm[k]) for k in a if not k.startswith("head."))
+    assert torch.equal(tm["head.weight"][:2], a["head.weight"]) and not tm["head.weight"][2:].any()
+    log = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["tempo"] == pytest.approx(np.log(6), rel=1e-4) and 0.0 <= log[2]["val_tempo_acc"] <= 1.0
+    assert BeatNet.load(export_weights(t, tmp_path / "wt.npz")).arch.tempo_bins == 6
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -450,6 +508,33 @@ def test_matcher_takes_its_beats_from_the_network(net):
         Matcher(be, None, beat_source="both")
     quiet = [r for r in Matcher(be, None, beatnet=net).run_array(np.zeros(SR * 3, np.float32)) if r.ready]
     assert quiet and not any(r.activation.any() or r.downbeat_activation.any() for r in quiet)
+    assert all(r.tempo_activation is None for r in runs[2560])  # this network has no tempo output
+
+
+def test_matcher_feeds_a_tempo_output_to_the_tracker(tmp_path):
+    """A network with a tempo output: each hop carries its tempo-class probabilities, aligned with
+    the beat activation and equal to the network's over the whole signal, and the tracker gets them."""
+    from test_pipeline_backend import MicroBackend, mixture
+
+    from engine.pipeline import Matcher
+
+    arch = BeatNetArch(tempo_bins=16)
+    p = tmp_path / "beatnet.npz"
+    BeatNet.save(p, random_arrays(arch, seed=2), {"arch": arch.to_dict(), "frontend": {}})
+    net = BeatNet.load(p)
+    x = mixture(1, 6.0)
+    ref = net.from_audio(x)
+    m = Matcher(MicroBackend(seed=0), None, beatnet=net, tracker_kw={"tempo_power": 0.05})
+    seen = []
+    real = m.tracker.process
+    m.tracker.process = lambda *a, **k: (seen.append(k.get("tempo")), real(*a, **k))[1]
+    res = [r for r in m.run_array(x, chunk=2560) if r.ready]
+    tempo = np.concatenate([r.tempo_activation for r in res])
+    m0 = int(round((res[0].activation_time - ref.t0) * ref.fps))
+    assert tempo.shape == (sum(len(r.activation) for r in res), 16)
+    assert np.abs(tempo - ref.tempo[m0:m0 + len(tempo)]).max() < 1e-5
+    assert len(seen) >= len(res) and all(t is not None and t.shape[1] == 16 for t in seen[-len(res):])
+    assert "tempo_activation" not in res[0].to_dict()
 
 
 

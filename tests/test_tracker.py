@@ -285,3 +285,38 @@ def test_downbeat_power_weights_the_downbeat_evidence():
     assert fmeasure(ref_down, downs) > 0.9
     with pytest.raises(ValueError, match="downbeat_power"):
         CausalBeatTracker(fps=FPS, downbeat_power=-1.0)
+
+
+def test_tempo_input_chooses_the_octave_and_never_the_beat_presence():
+    """A beat activation of 60-BPM beats (peaks of 0.9) with weaker half beats (0.6) is tracked at
+    120 BPM without a tempo input (both peaks fall in its beat regions); a tempo input
+    that says 60 BPM makes the tracker keep 60 with ``tempo_power`` > 0, and changes nothing at
+    power 0 (bit for bit). The tempo input only moves mass between tempi, frame by frame: on silence, a
+    confident tempo input gives no beats, and the no-beat state holds as much as without it.
+    Mismatched shapes are refused."""
+    t = np.arange(int(30 * FPS)) / FPS
+    d1, d2 = ((t - 0.3 + 0.5) % 1.0) - 0.5, ((t - 0.8 + 0.5) % 1.0) - 0.5  # beats, half beats
+    act = np.clip(0.03 + 0.9 * np.exp(-0.5 * (d1 / 0.02) ** 2) + 0.6 * np.exp(-0.5 * (d2 / 0.02) ** 2)
+                  + 0.03 * np.random.default_rng(0).random(t.size), 0, 1)
+    classes = np.geomspace(50.0, 240.0, 48)
+    p = np.exp(-0.5 * ((np.log2(classes) - np.log2(60.0)) / 0.05) ** 2)
+    tempo = np.tile(p / p.sum(), (len(t), 1)).astype(np.float32)
+    plain = CausalBeatTracker(fps=FPS)
+    st = plain.process(act)
+    assert abs(st.tempo - 120.0) < 2.0
+    off = CausalBeatTracker(fps=FPS, tempo_power=0.0).process(act, tempo=tempo, tempo_classes=classes)
+    assert off.beats == st.beats and off.tempo == st.tempo
+    on = CausalBeatTracker(fps=FPS, tempo_power=0.05).process(act, tempo=tempo, tempo_classes=classes)
+    assert abs(on.tempo - 60.0) < 1.5 and 0.4 * len(st.beats) < len(on.beats) < 0.6 * len(st.beats)
+    quiet = np.full(t.size, 0.02)
+    a, b = CausalBeatTracker(fps=FPS), CausalBeatTracker(fps=FPS, tempo_power=1.0)
+    sa, sb = a.process(quiet), b.process(quiet, tempo=tempo, tempo_classes=classes)
+    assert not sa.beats and not sb.beats and sb.no_beat and b.none >= a.none - 0.02
+    with pytest.raises(ValueError, match="tempo"):
+        CausalBeatTracker(fps=FPS, tempo_power=0.1).process(act, tempo=tempo[:10], tempo_classes=classes)
+    with pytest.raises(ValueError, match="tempo"):
+        CausalBeatTracker(fps=FPS, tempo_power=0.1).process(act, tempo=tempo, tempo_classes=classes[:5])
+    with pytest.raises(ValueError, match="tempo_classes"):
+        CausalBeatTracker(fps=FPS, tempo_power=0.1).process(act, tempo=tempo)
+    with pytest.raises(ValueError, match="tempo_power"):
+        CausalBeatTracker(fps=FPS, tempo_power=-0.5)

@@ -249,7 +249,8 @@ def causal_bars(act, **tracker) -> tuple[np.ndarray, np.ndarray | None]:
     ``tracker``: settings of ``CausalBeatTracker`` other than its defaults (:func:`sweep`)."""
     from engine.beats import CausalBeatTracker
 
-    beats, downs = CausalBeatTracker(fps=act.fps, **tracker).run_bars(act.beat, act.downbeat)
+    beats, downs = CausalBeatTracker(fps=act.fps, **tracker).run_bars(act.beat, act.downbeat, getattr(act, "tempo", None),
+                                                                      getattr(act, "tempo_bpm", None))
     return act.t0 + beats, (act.t0 + downs if act.downbeat is not None else None)
 
 

@@ -59,30 +59,35 @@ def beatless_signals(sr: int = 16000, seconds: float = 20.0, seed: int = 0) -> d
     return {k: v.astype(np.float32) for k, v in sig.items()}
 
 
-def live_activation(matcher, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+def live_activation(matcher, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
     """(beat activation (T,), downbeat activation (T,) or None (the beat head has none), stream
-    time of their first frame) of ``audio`` through the live hop."""
+    time of their first frame, tempo-class probabilities (T, K) or None) of ``audio`` through the
+    live hop."""
     matcher.reset()
     origin = matcher.act_time(0) - matcher.fe.frames_centre_s(matcher.frames_per_act)
     res = [r for r in matcher.run_array(audio) if r.ready]
     if not res:
-        return np.zeros(0, np.float32), None, 0.0
-    down = None
+        return np.zeros(0, np.float32), None, 0.0, None
+    down = tempo = None
     if all(r.downbeat_activation is not None for r in res):
         down = np.concatenate([r.downbeat_activation for r in res]).astype(np.float32)
+    if all(r.tempo_activation is not None for r in res):
+        tempo = np.concatenate([r.tempo_activation for r in res]).astype(np.float32)
     return (np.concatenate([r.activation for r in res]).astype(np.float32), down,
-            float(res[0].activation_time - origin))
+            float(res[0].activation_time - origin), tempo)
 
 
-def collect(act: np.ndarray, t0: float, ref: np.ndarray, tracker, down: np.ndarray | None = None):
-    """(raw confidence, correct) of every beat ``tracker`` reports on ``act`` (and ``down``), fed
-    hop by hop."""
+def collect(act: np.ndarray, t0: float, ref: np.ndarray, tracker, down: np.ndarray | None = None,
+            tempo: np.ndarray | None = None, tempo_classes: np.ndarray | None = None):
+    """(raw confidence, correct) of every beat ``tracker`` reports on ``act`` (and ``down``, and
+    the tempo classes ``tempo`` of BPM ``tempo_classes``), fed hop by hop."""
     cal, tracker.calibration = tracker.calibration, None
     try:
         tracker.reset(t0)
         conf, ok = [], []
         for i in range(0, len(act), HOP_FRAMES):
-            st = tracker.process(act[i:i + HOP_FRAMES], None if down is None else down[i:i + HOP_FRAMES])
+            st = tracker.process(act[i:i + HOP_FRAMES], None if down is None else down[i:i + HOP_FRAMES],
+                                 tempo=None if tempo is None else tempo[i:i + HOP_FRAMES], tempo_classes=tempo_classes)
             for b in st.beats:
                 conf.append(st.confidence)
                 ok.append(bool(len(ref) and np.min(np.abs(ref - b)) <= TOLERANCE_S))
@@ -184,30 +189,34 @@ def main(argv=None) -> int:
     def acts(key, audio):
         nonlocal matcher, fingerprint
         if key + "/act" in cache:
-            return cache[key + "/act"], cache.get(key + "/down"), float(cache[key + "/t0"])
+            return cache[key + "/act"], cache.get(key + "/down"), float(cache[key + "/t0"]), cache.get(key + "/tempo")
         if matcher is None:  # a packed directory's built forms: `python -m export.cache` first
             be = load_backend(model, threads=1)
             fingerprint = getattr(be.manifest, "fingerprint", None)
             matcher = Matcher(be, None, instruments=[], drop_late=False, beat_source=source)
-        act, down, t0 = live_activation(matcher, audio)
+            if matcher.beatnet is not None and matcher.beatnet.tempo_bpm is not None:
+                cache["tempo_bpm"] = matcher.beatnet.tempo_bpm
+        act, down, t0, tempo = live_activation(matcher, audio)
         cache[key + "/act"], cache[key + "/t0"] = act, np.float64(t0)
         if down is not None:
             cache[key + "/down"] = down
-        return act, down, t0
+        if tempo is not None:
+            cache[key + "/tempo"] = tempo
+        return act, down, t0, tempo
 
     tracker = CausalBeatTracker(50.0, calibration=None, source=source)
     sets = {"fit": [], "eval": []}
     names = {"fit": [], "eval": []}
     for tid, fit_half, x, ref in _tracks(Path(a.data), "validation", a.max_tracks):
         part = "fit" if fit_half else "eval"
-        act, down, t0 = acts(f"validation/{tid}", x)
-        sets[part].append(collect(act, t0, ref, tracker, down))
+        act, down, t0, tempo = acts(f"validation/{tid}", x)
+        sets[part].append(collect(act, t0, ref, tracker, down, tempo, cache.get("tempo_bpm")))
         names[part].append(tid)
         print(f"[beatcal] half {'AB'[part == 'eval']} {tid}: {len(sets[part][-1][0])} beats", flush=True)
     neg = {}
     for name, x in beatless_signals().items():
-        act, down, t0 = acts(f"beatless/{name}", x)
-        c, ok = collect(act, t0, np.zeros(0), tracker, down)
+        act, down, t0, tempo = acts(f"beatless/{name}", x)
+        c, ok = collect(act, t0, np.zeros(0), tracker, down, tempo, cache.get("tempo_bpm"))
         neg[name] = {"beats": int(len(c)), "max_raw_confidence": float(c.max()) if len(c) else 0.0}
         for part in sets:
             sets[part].append((c, ok))

@@ -21,14 +21,20 @@ run draws exactly what an unbroken one would):
 * every example at a random gain of ``gain_min_db`` .. ``gain_max_db``.
 
 Loss: binary cross-entropy per output (``pos_weight`` on positives), downbeats weighted by
-``downbeat_weight`` and masked for tracks that have none; optionally hard negatives
+``downbeat_weight`` and masked for tracks that have none; with a tempo output (``tempo_bins`` K),
+``tempo_weight`` x the cross-entropy of its K classes against the local beat period of the tempo
+map (a Gaussian of ``tempo_sigma`` classes around it; frames outside the beats masked, see
+:func:`tempo_loss`); optionally hard negatives
 (``offbeat_weight``: the half-beat points between beats, for the beat output;
 ``nondownbeat_weight``: the beats that are not downbeats, for the downbeat output). The validation
 loss is always the plain BCE. AdamW; learning rate from
 ``training.schedules.lr_at`` (warm-up, cosine; a pure function of the step). The checkpoint
 (``OUT/last.pt`` every ``ckpt_every`` steps, ``OUT/final.pt`` at the end) holds the config, the
 architecture, the front end, the normalisation (per mel bin), the weights, the optimiser and the
-step: a run resumes exactly from ``last.pt``, and the file rebuilds the network alone
+step: a run resumes exactly from ``last.pt``, and the file rebuilds the network alone. ``init``
+starts a new run from another run's checkpoint: every tensor of the same name and shape is
+copied (the normalisation too), and the head's beat and downbeat rows, so a tempo output can be
+added to a trained network
 (:func:`load_checkpoint`). TensorBoard scalars go to ``OUT/tb``, one JSON line per step to
 ``OUT/log.jsonl``.
 """
@@ -76,7 +82,7 @@ class Block(nn.Module):
 
 class BeatNetTorch(nn.Module):
     """The network of ``engine.beatnet`` in torch. ``forward((B, n_mels, T) raw log-mel)`` ->
-    ``(B, 2, T // 2)`` logits (beat, downbeat)."""
+    ``(B, 2 + K, T // 2)`` logits (beat, downbeat, then the K tempo classes if any)."""
 
     def __init__(self, arch: BeatNetArch, dropout: float = 0.0):
         super().__init__()
@@ -85,7 +91,7 @@ class BeatNetTorch(nn.Module):
         self.register_buffer("norm_std", torch.ones(arch.n_mels))
         self.front = nn.Conv1d(arch.in_channels, arch.channels, arch.front_kernel, stride=2)
         self.blocks = nn.ModuleList(Block(arch.channels, arch.kernel, d, dropout) for d in arch.dilations)
-        self.head = nn.Conv1d(arch.channels, len(OUTPUTS), 1)
+        self.head = nn.Conv1d(arch.channels, arch.n_outputs, 1)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         z = (logmel - self.norm_mean[:, None]) / self.norm_std[:, None]
@@ -133,6 +139,12 @@ class BeatNetConfig:
     # that are not downbeats (0: off, the plain BCE of every other frame only)
     offbeat_weight: float = 0.0
     nondownbeat_weight: float = 0.0
+    # tempo output: K log-spaced classes (engine.beatnet.BeatNetArch.tempo_bpm), cross-entropy weight,
+    # width of the target (classes)
+    tempo_bins: int = 0
+    tempo_weight: float = 0.0
+    tempo_sigma: float = 1.0
+    init: str = ""  # a beatnet checkpoint to start a new run from (module docstring)
     # augmentation
     gain_min_db: float = -30.0
     gain_max_db: float = 6.0
@@ -157,7 +169,7 @@ class BeatNetConfig:
     def arch(self) -> BeatNetArch:
         return BeatNetArch(channels=self.channels, kernel=self.kernel, front_kernel=self.front_kernel,
                            dilations=tuple(int(d) for d in str(self.dilations).split(",") if d.strip()),
-                           flux=self.flux)
+                           flux=self.flux, tempo_bins=self.tempo_bins)
 
 
 def _typed(name: str, value, default):
@@ -254,11 +266,12 @@ class BeatExamples:
         self.offset_s = self.fe.frames_centre_s(2)  # centre of activation frame 0
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(audio (S,), targets (4, n_act), downbeat mask)``. Rows of the targets: beat, downbeat
-        (widened, 0..1), and the hard-negative masks (0/1): half-beat points between two beats,
-        beats that are not downbeats (only where the track has downbeats)."""
+        """``(audio (S,), targets (5, n_act), downbeat mask)``. Rows of the targets: beat, downbeat
+        (widened, 0..1), the hard-negative masks (0/1): half-beat points between two beats,
+        beats that are not downbeats (only where the track has downbeats); and the local tempo
+        (BPM, 0 where none: :func:`local_tempo`)."""
         c, n, sr = self.cfg, self.S, self.fe.sample_rate
-        y = np.zeros((4, self.n_act), np.float32)
+        y = np.zeros((5, self.n_act), np.float32)
         if rng.random() < c.p_negative:
             return negative_example(rng, n, sr), y, 1.0
         it = self.sampler.sample_beats(rng, keep=c.stem_keep if rng.random() < c.p_stem_drop else 1.0)
@@ -290,12 +303,50 @@ class BeatExamples:
             y[3] = widen_beat_targets(off - self.offset_s, self.n_act, self.fps, c.widen).numpy() > 0
         y[2] *= y[0] == 0
         y[3] *= y[1] == 0
+        y[4] = local_tempo(b, self.offset_s + np.arange(self.n_act) / self.fps)
         return x.astype(np.float32), y, 0.0 if downs is None else 1.0
 
     def batch(self, rng: np.random.Generator, size: int) -> dict:
         xs, ys, ms = zip(*(self.example(rng) for _ in range(size)))
         return {"audio": torch.from_numpy(np.stack(xs)), "targets": torch.from_numpy(np.stack(ys)),
                 "downbeat_mask": torch.tensor(ms, dtype=torch.float32)}
+
+
+def local_tempo(beats: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``(T,)`` BPM of the beat period around each time (s): ``60 / (b[j+1] - b[j])`` between two
+    beats, the first (last) period for up to one period before the first (after the last) beat,
+    0 elsewhere and with fewer than two beats."""
+    b = np.sort(np.asarray(beats, np.float64))
+    out = np.zeros(len(times), np.float32)
+    if len(b) < 2:
+        return out
+    per = np.diff(b)
+    j = np.clip(np.searchsorted(b, times, side="right") - 1, 0, len(per) - 1)
+    ok = (times >= b[0] - per[0]) & (times < b[-1] + per[-1])
+    out[ok] = 60.0 / per[j[ok]]
+    return out
+
+
+def tempo_loss(logits: torch.Tensor, bpm: torch.Tensor, arch: BeatNetArch, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the tempo classes and the share of frames whose likeliest class is within
+    one class of the target, over the frames with a tempo in the classes' range.
+
+    ``logits (B, K, T)`` (the head's tempo rows); ``bpm (B, T)`` (0: no target). The target of a
+    frame is a Gaussian over the classes' log2 centres, ``sigma`` classes wide, around its tempo."""
+    c = torch.log2(torch.as_tensor(arch.tempo_bpm(), dtype=logits.dtype, device=logits.device))  # (K,)
+    step = float(c[1] - c[0]) if len(c) > 1 else 1.0
+    ok = (bpm >= arch.tempo_min_bpm / 2 ** (step / 2)) & (bpm <= arch.tempo_max_bpm * 2 ** (step / 2))
+    if not bool(ok.any()):
+        z = logits.sum() * 0.0
+        return z, z.detach()
+    lt = torch.log2(bpm.clamp_min(1.0)).clamp(float(c[0]), float(c[-1]))  # (B, T); masked frames: any finite value
+    q = torch.exp(-0.5 * ((c[None, :, None] - lt[:, None, :]) / (step * sigma)) ** 2)  # (B, K, T)
+    q = q / q.sum(1, keepdim=True)
+    ce = -(q * F.log_softmax(logits, dim=1)).sum(1)  # (B, T)
+    m = ok.to(logits.dtype)
+    loss = torch.where(ok, ce, torch.zeros_like(ce)).sum() / m.sum()
+    hit = ((logits.argmax(1).to(logits.dtype) - (lt - c[0]) / step).abs() <= 1.0).to(logits.dtype)
+    return loss, ((hit * m).sum() / m.sum()).detach()
 
 
 def estimate_norm(sampler, n: int, seed: int) -> dict:
@@ -417,6 +468,17 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
         opt.load_state_dict(state["optimizer"])
         start, elapsed0 = int(state["step"]), float(state.get("elapsed_s", 0.0))
         log(f"[beatnet] resuming {last} at step {start}")
+    elif cfg.init:
+        src, _ = load_checkpoint(cfg.init)
+        own = model.state_dict()
+        for k, v in src.state_dict().items():
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+            elif k.startswith("head.") and k in own and own[k].shape[1:] == v.shape[1:]:
+                n = min(len(own[k]), len(v), len(OUTPUTS))
+                own[k][:n].copy_(v[:n])  # beat and downbeat rows
+                own[k][len(OUTPUTS):] = 0.0  # new tempo rows: a uniform distribution to start
+        log(f"[beatnet] starting from {cfg.init}")
     else:
         norm = estimate_norm(sampler, cfg.norm_samples, cfg.seed)
         model.norm_mean.copy_(torch.tensor(norm["mean"]))
@@ -440,15 +502,22 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
 
     def val_loss() -> dict:
         model.eval()
-        tot = np.zeros(2)
+        tot = np.zeros(4)
         with torch.no_grad():
             for j in range(cfg.val_batches):
                 b = val.batch(np.random.default_rng([cfg.seed, 10 ** 9 + j]), cfg.batch_size)
+                logits = model(lm(b["audio"]))
                 # the plain BCE, comparable across runs whatever their hard-negative weights
-                lb, ld = beat_losses(model(lm(b["audio"])), b["targets"], b["downbeat_mask"], cfg.pos_weight)
-                tot += [float(lb), float(ld)]
+                lb, ld = beat_losses(logits, b["targets"], b["downbeat_mask"], cfg.pos_weight)
+                tot[:2] += [float(lb), float(ld)]
+                if model.arch.tempo_bins:
+                    lt, acc = tempo_loss(logits[:, len(OUTPUTS):], b["targets"][:, 4], model.arch, cfg.tempo_sigma)
+                    tot[2:] += [float(lt), float(acc)]
         model.train()
-        return {"val_beat": tot[0] / cfg.val_batches, "val_downbeat": tot[1] / cfg.val_batches}
+        out = {"val_beat": tot[0] / cfg.val_batches, "val_downbeat": tot[1] / cfg.val_batches}
+        if model.arch.tempo_bins:
+            out.update(val_tempo=tot[2] / cfg.val_batches, val_tempo_acc=tot[3] / cfg.val_batches)
+        return out
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="beatnet")
     recent: list[float] = []
@@ -468,9 +537,14 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
             g["lr"] = lr
         with torch.no_grad():
             feats = lm(b["audio"])
-        lb, ld = beat_losses(model(feats), b["targets"], b["downbeat_mask"], cfg.pos_weight,
+        logits = model(feats)
+        lb, ld = beat_losses(logits, b["targets"], b["downbeat_mask"], cfg.pos_weight,
                              cfg.offbeat_weight, cfg.nondownbeat_weight)
         loss = lb + cfg.downbeat_weight * ld
+        lt = None
+        if model.arch.tempo_bins:
+            lt, _ = tempo_loss(logits[:, len(OUTPUTS):], b["targets"][:, 4], model.arch, cfg.tempo_sigma)
+            loss = loss + cfg.tempo_weight * lt
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -479,6 +553,8 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         rec = {"step": step, "loss": loss.item(), "beat": lb.item(), "downbeat": ld.item(), "lr": lr}
+        if lt is not None:
+            rec["tempo"] = lt.item()
         if val is not None and cfg.val_every and (step + 1) % cfg.val_every == 0:
             rec.update(val_loss())
         recent.append(rec["loss"])
