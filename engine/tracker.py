@@ -44,6 +44,12 @@ entry into tracking alike. A tempo twice as fast completes twice as many beats, 
 reading of a song with busy off-beats (eighth-note hats) pays per second what the true one does
 not; a clear pulse still wins, since its evidence comes every beat too.
 
+A **tempo input** (``process(..., tempo=(t, K), tempo_classes=(K,) BPM)``: the beat network's tempo
+output, when it has one) weights every tracking state, each frame, by ``(p_c / max p) **
+tempo_power`` for the class ``c`` nearest its tempo (``tempo_power`` default 0: not read). The
+tracking mass is scaled back to what it was, so the input moves mass between tempi and never
+towards or away from the no-beat state (it was not trained on music without a beat).
+
 Beats are detected on the beat-level posterior (the blocks summed): a beat is found when the most
 probable state's phase wraps (refractory half a beat), reported once its beat region has passed,
 on the strongest activation frame of that region (as :func:`engine.beatspace.offline_beats` places

@@ -362,6 +362,10 @@ def test_fit_resumes_exactly_and_exports(clicks, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
     assert log[0]["tempo"] == pytest.approx(np.log(6), rel=1e-4) and 0.0 <= log[2]["val_tempo_acc"] <= 1.0
     assert BeatNet.load(export_weights(t, tmp_path / "wt.npz")).arch.tempo_bins == 6
+    from engine.cli import CliError
+
+    with pytest.raises(CliError, match="another body"):  # a network of other channels is refused
+        fit(load_config(None, tk + ["channels=12", f"out={tmp_path / 'u'}"]), log=lambda m: None)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

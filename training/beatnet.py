@@ -471,6 +471,10 @@ def fit(cfg: BeatNetConfig, log=print) -> Path:
     elif cfg.init:
         src, _ = load_checkpoint(cfg.init)
         own = model.state_dict()
+        odd = [k for k, v in src.state_dict().items() if not k.startswith("head.") and (k not in own or own[k].shape != v.shape)]
+        if odd:
+            raise CliError(f"init={cfg.init}: another body ({src.arch.to_dict()}; {odd[0]} differs)",
+                           "init= adds outputs to a trained network of the same channels, kernel and dilations")
         for k, v in src.state_dict().items():
             if k in own and own[k].shape == v.shape:
                 own[k].copy_(v)
